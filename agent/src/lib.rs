@@ -1,0 +1,1 @@
+//! Corral agent (built in later issues).

@@ -1,0 +1,1 @@
+//! Corral master (built in later issues).

@@ -1,0 +1,60 @@
+//! Errors of the sled store.
+//!
+//! Two families are kept apart (STYLE.md, rule 11): [`StoreError::WrongNode`],
+//! [`StoreError::WrongCluster`] and [`StoreError::UnsupportedFormat`] mean the data dir
+//! cannot be used by this process at all and the binary should exit; everything else is an
+//! I/O or corruption failure of an otherwise valid store.
+
+use std::path::PathBuf;
+
+/// An error opening, reading or writing a sled-backed Raft store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or internal error.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// A stored record could not be encoded or decoded.
+    #[error("{what}: {source}")]
+    Codec {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// A stored record carries a format version this build does not know.
+    #[error("{what}: unsupported format version {version} (this build reads up to {supported})")]
+    UnsupportedFormat { what: &'static str, version: u8, supported: u8 },
+
+    /// The data dir was written by another node.
+    #[error("data dir {dir} belongs to node {found}, not node {expected}")]
+    WrongNode { dir: PathBuf, expected: u64, found: u64 },
+
+    /// The data dir was written for another cluster.
+    #[error("data dir {dir} belongs to cluster {found:?}, not cluster {expected:?}")]
+    WrongCluster { dir: PathBuf, expected: String, found: String },
+
+    /// The stored log or metadata breaks an invariant of the store (a hole in the log,
+    /// entries out of order, applied beyond the log...). Never expected; means corruption.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+
+    /// The application state machine rejected a snapshot.
+    #[error("snapshot rejected by the state machine: {0}")]
+    Snapshot(String),
+
+    /// The background flusher thread is gone (the store is shutting down).
+    #[error("log flusher stopped")]
+    FlusherStopped,
+}
+
+impl StoreError {
+    /// True when the data dir belongs to another node or cluster, or was written by a newer
+    /// format: the process must not use it and should exit rather than retry.
+    pub fn is_fatal_environment(&self) -> bool {
+        matches!(
+            self,
+            StoreError::WrongNode { .. } | StoreError::WrongCluster { .. } | StoreError::UnsupportedFormat { .. }
+        )
+    }
+}

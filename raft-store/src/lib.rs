@@ -1,0 +1,148 @@
+//! openraft 0.9 log storage and state-machine storage on sled, generic over the application
+//! state machine. Knows nothing of Corral.
+//!
+//! # Layout
+//! - [`open`] opens (or creates) a node's data dir and checks it belongs to that node and
+//!   cluster, then returns the two halves openraft wants:
+//! - [`LogStore`] (`log_store`): the log, the vote and the committed index; durable appends
+//!   with group commit through a dedicated flusher thread (`flusher`);
+//! - [`SmStore`] (`state_machine`): the applied state in memory around a [`StateMachine`]
+//!   of the application, snapshots persisted in sled;
+//! - `codec`: the versioned encoding of everything written.
+//!
+//! One sled `Db` per data dir holds three trees: `log` (index → entry), `meta` (identity,
+//! vote, committed, last purged) and `snapshot` (the current snapshot).
+//!
+//! ```text
+//!  openraft ──append──▶ LogStore ──insert──▶ sled `log` tree
+//!                          │ callback
+//!                          ▼
+//!                      flusher thread ── Db::flush (one fsync for many appends) ──▶ "durable"
+//!  openraft ──apply───▶ SmStore ──▶ StateMachine::apply (in memory, deterministic)
+//!  openraft ──snapshot─▶ SmStore ──▶ sled `snapshot` tree (flushed) ──▶ openraft purges log
+//! ```
+
+mod codec;
+mod error;
+mod flusher;
+mod log_store;
+mod state_machine;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use codec::FORMAT_VERSION;
+pub use error::StoreError;
+pub use log_store::{LogStore, LogSummary};
+pub use openraft;
+pub use state_machine::{Applied, SmStore, SnapshotBuilder, StateMachine, StateReader};
+
+use crate::codec::{decode, encode};
+use crate::flusher::Flusher;
+use crate::log_store::LogInner;
+
+/// The openraft type configurations this store serves: u64 node ids, basic nodes, the
+/// standard entry, snapshots as in-memory byte buffers.
+pub trait StoreConfig:
+    openraft::RaftTypeConfig<
+    NodeId = u64,
+    Node = openraft::BasicNode,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = Cursor<Vec<u8>>,
+>
+{
+}
+
+impl<C> StoreConfig for C where
+    C: openraft::RaftTypeConfig<
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<C>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >
+{
+}
+
+/// Who a data dir belongs to. Written on first open, checked on every later one, so that a
+/// master pointed at another master's data dir refuses to start instead of corrupting Raft.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub node_id: u64,
+    pub cluster: String,
+}
+
+/// Tuning of the underlying sled database.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// sled's page cache, in bytes. The log is kept short by snapshots, so this need not be
+    /// large; sled's own default (1 GiB) would dominate a master's memory.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { cache_capacity_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+const KEY_IDENTITY: &str = "identity";
+
+/// Open the store in `dir` for `identity`, creating it if the dir is empty.
+///
+/// Fails with [`StoreError::WrongNode`] or [`StoreError::WrongCluster`] if the dir was
+/// written for someone else, and with [`StoreError::Corrupt`] if the stored log breaks its
+/// invariants (see [`LogStore::verify`]).
+pub fn open<C, A>(
+    dir: &Path,
+    identity: &Identity,
+    options: &Options,
+) -> Result<(LogStore<C>, SmStore<C, A>), StoreError>
+where
+    C: StoreConfig,
+    A: StateMachine<C>,
+{
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(options.cache_capacity_bytes)
+        // Durability is explicit (every acknowledgement waits for a flush); sled's periodic
+        // background fsync would only compete with ours for the disk.
+        .flush_every_ms(None)
+        .open()?;
+    let meta = db.open_tree("meta")?;
+    match meta.get(KEY_IDENTITY)? {
+        Some(bytes) => {
+            let found: Identity = decode("identity", &bytes)?;
+            if found.node_id != identity.node_id {
+                return Err(StoreError::WrongNode {
+                    dir: dir.to_path_buf(),
+                    expected: identity.node_id,
+                    found: found.node_id,
+                });
+            }
+            if found.cluster != identity.cluster {
+                return Err(StoreError::WrongCluster {
+                    dir: dir.to_path_buf(),
+                    expected: identity.cluster.clone(),
+                    found: found.cluster,
+                });
+            }
+        }
+        None => {
+            meta.insert(KEY_IDENTITY, encode("identity", identity)?)?;
+            db.flush()?;
+        }
+    }
+    let log = db.open_tree("log")?;
+    let flusher = Flusher::start(db.clone(), format!("raft-flush-{}", identity.node_id))
+        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    let log_store = LogStore::<C>::new(Arc::new(LogInner { db: db.clone(), log, meta, flusher }));
+    let leftovers = log_store.finish_interrupted_purge()?;
+    if leftovers > 0 {
+        tracing::info!(entries = leftovers, "finished an interrupted log purge");
+    }
+    let summary = log_store.verify()?;
+    tracing::debug!(?summary, "log store opened");
+    let sm = SmStore::open(db)?;
+    Ok((log_store, sm))
+}

@@ -1,0 +1,43 @@
+//! A tiny key-value state machine to exercise the store in tests and benches.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+
+use corral_raft_store::openraft::{self, LogId};
+use corral_raft_store::{Identity, LogStore, Options, SmStore, StateMachine, StoreError};
+
+openraft::declare_raft_types!(
+    /// Test config: payloads are `key=value` strings, responses the previous value.
+    pub TestConfig: D = String, R = String
+);
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kv {
+    pub map: BTreeMap<String, String>,
+    pub applied: u64,
+}
+
+impl StateMachine<TestConfig> for Kv {
+    fn apply(&mut self, _log_id: &LogId<u64>, data: &String) -> String {
+        self.applied += 1;
+        let (k, v) = data.split_once('=').unwrap_or((data.as_str(), ""));
+        self.map.insert(k.to_string(), v.to_string()).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a map of strings always serializes")
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+pub type Stores = (LogStore<TestConfig>, SmStore<TestConfig, Kv>);
+
+pub fn open_node(dir: &Path, node_id: u64) -> Result<Stores, StoreError> {
+    let identity = Identity { node_id, cluster: "test".into() };
+    corral_raft_store::open(dir, &identity, &Options::default())
+}
