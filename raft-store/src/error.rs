@@ -14,6 +14,10 @@ pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
 
+    /// A file of the store (the sled data file, a snapshot file) could not be written.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+
     /// A stored record could not be encoded or decoded.
     #[error("{what}: {source}")]
     Codec {
@@ -42,6 +46,10 @@ pub enum StoreError {
     /// The application state machine rejected a snapshot.
     #[error("snapshot rejected by the state machine: {0}")]
     Snapshot(String),
+
+    /// A log entry over [`crate::MAX_ENTRY_BYTES`]: the application must split its commands.
+    #[error("log entry {index} is {bytes} bytes, over the limit of {} bytes", crate::MAX_ENTRY_BYTES)]
+    EntryTooLarge { index: u64, bytes: usize },
 
     /// The background flusher thread is gone (the store is shutting down).
     #[error("log flusher stopped")]

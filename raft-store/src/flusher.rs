@@ -1,25 +1,34 @@
-//! Group commit for log appends.
+//! Group commit: the one place where the store makes writes durable.
 //!
 //! openraft hands every append a callback to fire once the entries are durable, and may issue
 //! the next append before that happens. Appends write into sled at once (so readers see them),
-//! then queue their callback here. One thread per store waits for callbacks, takes every one
-//! queued so far, runs a single `Db::flush` (write + fsync of sled's log) and fires them all:
-//! concurrent appends share one fsync instead of paying one each.
+//! then queue their callback here; votes, truncations and purges queue a barrier the same way.
+//! One thread per store waits for work, takes everything queued so far, makes it durable once
+//! and fires every callback: concurrent writers share the cost of one flush.
 //!
-//! The flush runs on this dedicated OS thread, never on a tokio worker: a blocking fsync would
+//! "Durable" takes two steps, because sled 0.34's `flush` alone is not enough: on Linux it
+//! ends in `sync_file_range`, which neither persists the file's size when the log grew nor
+//! flushes the disk's write cache, so flushed writes can still vanish on power loss (they do
+//! survive a process crash). After sled has written its buffers we `fdatasync` its data file
+//! through our own descriptor; fsync works on the inode, so it covers sled's writes too.
+//!
+//! The work runs on this dedicated OS thread, never on a tokio worker: a blocking fsync would
 //! stall the runtime, and `flush_async` on several `Db`s driven from different runtimes has
 //! been reported to deadlock (`corral local` runs three stores in one process).
 
+use std::fs::File;
 use std::sync::mpsc;
 use std::thread;
 
 use tracing::{error, trace};
 
-/// A callback fired with the outcome of the flush that made its entries durable.
+use crate::StoreError;
+
+/// A callback fired with the outcome of the flush that made its writes durable.
 pub(crate) type Durable = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 
-/// Maximum callbacks served by one flush. Bounds the latency of the first waiter of a huge
-/// batch; anything left over is served by the next flush right away.
+/// Maximum callbacks served by one flush. Bounds the latency of the first waiter behind a
+/// huge queue; anything left over is served by the next flush right away.
 const MAX_CALLBACKS_PER_FLUSH: usize = 4096;
 
 /// Handle to the flusher thread. Dropping it closes the queue; the thread serves what is
@@ -30,9 +39,10 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(db: sled::Db, name: String) -> std::io::Result<Self> {
+    /// Start the thread for `db`, whose data file is `data_file`.
+    pub(crate) fn start(db: sled::Db, data_file: File, name: String) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Durable>();
-        let thread = thread::Builder::new().name(name).spawn(move || run(db, rx))?;
+        let thread = thread::Builder::new().name(name).spawn(move || run(db, data_file, rx))?;
         Ok(Flusher { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -43,6 +53,17 @@ impl Flusher {
             Some(tx) => tx.send(done).map_err(|e| e.0),
             None => Err(done),
         }
+    }
+
+    /// Wait until everything written to sled before this call is durable.
+    pub(crate) async fn barrier(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.after_next_flush(Box::new(move |res| {
+            // The waiter may have given up (its task was cancelled); nothing to do then.
+            let _ = tx.send(res);
+        }))
+        .map_err(|_| StoreError::FlusherStopped)?;
+        rx.await.map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Io)
     }
 }
 
@@ -57,7 +78,7 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, rx: mpsc::Receiver<Durable>) {
+fn run(db: sled::Db, data_file: File, rx: mpsc::Receiver<Durable>) {
     let mut batch: Vec<Durable> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -67,8 +88,14 @@ fn run(db: sled::Db, rx: mpsc::Receiver<Durable>) {
                 Err(_) => break,
             }
         }
-        let outcome = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let outcome = db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
         trace!(callbacks = batch.len(), ok = outcome.is_ok(), "log flush");
+        if let Err(e) = &outcome {
+            error!(error = %e, "log flush failed");
+        }
         for done in batch.drain(..) {
             // io::Error is not Clone: every waiter gets its own copy of the message.
             done(outcome.clone().map_err(std::io::Error::other));

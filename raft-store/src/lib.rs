@@ -10,8 +10,8 @@
 //!   of the application, snapshots persisted in sled;
 //! - `codec`: the versioned encoding of everything written.
 //!
-//! One sled `Db` per data dir holds three trees: `log` (index → entry), `meta` (identity,
-//! vote, committed, last purged) and `snapshot` (the current snapshot).
+//! A data dir holds a sled `Db` in `sled/` with two trees, `log` (index → entry) and `meta`
+//! (identity, vote, committed, last purged), and the current snapshot in `snapshots/`.
 //!
 //! ```text
 //!  openraft ──append──▶ LogStore ──insert──▶ sled `log` tree
@@ -19,7 +19,7 @@
 //!                          ▼
 //!                      flusher thread ── Db::flush (one fsync for many appends) ──▶ "durable"
 //!  openraft ──apply───▶ SmStore ──▶ StateMachine::apply (in memory, deterministic)
-//!  openraft ──snapshot─▶ SmStore ──▶ sled `snapshot` tree (flushed) ──▶ openraft purges log
+//!  openraft ──snapshot─▶ SmStore ──▶ snapshots/current.snap (fsynced) ──▶ openraft purges log
 //! ```
 
 mod codec;
@@ -88,6 +88,18 @@ impl Default for Options {
 
 const KEY_IDENTITY: &str = "identity";
 
+/// sled's segment size. sled writes any value over about a quarter of a segment to a blob
+/// file of its own that it never fsyncs; a large segment keeps every log entry in the data
+/// file that the flusher fsyncs.
+const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The largest encoded log entry the store accepts; larger appends fail. Applications batch
+/// commands into entries and must keep each entry below this.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+// Entries must stay clear of sled's blob threshold (a quarter segment less a header).
+const _: () = assert!(MAX_ENTRY_BYTES < SEGMENT_SIZE / 4 - 1024);
+
 /// Open the store in `dir` for `identity`, creating it if the dir is empty.
 ///
 /// Fails with [`StoreError::WrongNode`] or [`StoreError::WrongCluster`] if the dir was
@@ -102,8 +114,13 @@ where
     C: StoreConfig,
     A: StateMachine<C>,
 {
+    let sled_dir = dir.join("sled");
+    let snapshot_dir = dir.join("snapshots");
+    let fresh = !sled_dir.exists();
+    std::fs::create_dir_all(&snapshot_dir)?;
     let db = sled::Config::new()
-        .path(dir)
+        .path(&sled_dir)
+        .segment_size(SEGMENT_SIZE)
         .cache_capacity(options.cache_capacity_bytes)
         // Durability is explicit (every acknowledgement waits for a flush); sled's periodic
         // background fsync would only compete with ours for the disk.
@@ -130,19 +147,25 @@ where
         }
         None => {
             meta.insert(KEY_IDENTITY, encode("identity", identity)?)?;
-            db.flush()?;
         }
     }
     let log = db.open_tree("log")?;
-    let flusher = Flusher::start(db.clone(), format!("raft-flush-{}", identity.node_id))
-        .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-    let log_store = LogStore::<C>::new(Arc::new(LogInner { db: db.clone(), log, meta, flusher }));
+    let data_file = std::fs::OpenOptions::new().read(true).open(sled_dir.join("db"))?;
+    let flusher = Flusher::start(db.clone(), data_file, format!("raft-flush-{}", identity.node_id))?;
+    db.flush()?;
+    if fresh {
+        // Make the new files' directory entries durable before anything is acknowledged.
+        for d in [&sled_dir, &snapshot_dir, dir] {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+    }
+    let log_store = LogStore::<C>::new(Arc::new(LogInner { log, meta, flusher }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {
         tracing::info!(entries = leftovers, "finished an interrupted log purge");
     }
     let summary = log_store.verify()?;
     tracing::debug!(?summary, "log store opened");
-    let sm = SmStore::open(db)?;
+    let sm = SmStore::open(snapshot_dir)?;
     Ok((log_store, sm))
 }

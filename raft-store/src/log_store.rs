@@ -25,7 +25,6 @@ pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 
 pub(crate) struct LogInner {
-    pub(crate) db: sled::Db,
     pub(crate) log: sled::Tree,
     pub(crate) meta: sled::Tree,
     pub(crate) flusher: Flusher,
@@ -79,13 +78,9 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
-    /// Flush sled on a blocking thread (never on a tokio worker; see `flusher`).
+    /// Wait until every write made so far is durable (see `flusher`).
     async fn flush_now(&self) -> Result<(), StoreError> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("flush task failed: {e}")))??;
-        Ok(())
+        self.inner.flusher.barrier().await
     }
 
     fn decode_entry(bytes: &[u8]) -> Result<Entry<C>, StoreError> {
@@ -243,12 +238,25 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::new();
         for entry in entries {
             let bytes = encode("log entry", &entry).map_err(write_err)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            if bytes.len() > crate::MAX_ENTRY_BYTES {
+                return Err(write_err(StoreError::EntryTooLarge { index: entry.log_id.index, bytes: bytes.len() }));
+            }
+            encoded.push((index_key(entry.log_id.index), bytes));
         }
-        self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
+        // A lone entry is a plain insert: a sled batch costs an extra manifest record, which
+        // sled writes and syncs separately. Several entries go in one atomic batch.
+        if let [(key, bytes)] = encoded.as_mut_slice() {
+            self.inner.log.insert(key, std::mem::take(bytes)).map_err(|e| write_err(e.into()))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (key, bytes) in encoded {
+                batch.insert(&key, bytes);
+            }
+            self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
+        }
         let done = Box::new(move |res: Result<(), std::io::Error>| callback.log_io_completed(res));
         if let Err(done) = self.inner.flusher.after_next_flush(done) {
             done(Err(std::io::Error::other(StoreError::FlusherStopped)));

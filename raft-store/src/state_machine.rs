@@ -4,10 +4,19 @@
 //! On open the state machine is restored from the last persisted snapshot and openraft
 //! re-applies the committed entries after it (the log store persists the committed index).
 //! This keeps apply free of I/O and fast, and bounds recovery work by the snapshot policy.
+//!
+//! Snapshots are files (`<data dir>/snapshots/current.snap`), not sled values: sled 0.34
+//! stores values over a quarter of a segment as separate blob files that it never fsyncs, and
+//! a cluster's snapshot is that large. A snapshot is written to a temporary file, fsynced,
+//! renamed over the current one and the directory fsynced, so a crash leaves either the old
+//! snapshot or the new one, and openraft purges the log only behind a durable snapshot.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -19,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::{StoreConfig, StoreError};
 
-const KEY_SNAPSHOT: &str = "current";
+const SNAPSHOT_FILE: &str = "current.snap";
+const SNAPSHOT_TMP: &str = "current.snap.tmp";
 
 /// The application state machine replicated by the store. Corral's cluster state implements
 /// this; the store knows nothing else about it.
@@ -53,9 +63,11 @@ struct StoredSnapshot {
 }
 
 pub(crate) struct SmShared<A> {
-    pub(crate) db: sled::Db,
-    pub(crate) snapshots: sled::Tree,
-    pub(crate) state: RwLock<Applied<A>>,
+    /// The directory holding the snapshot file.
+    dir: PathBuf,
+    /// Serializes snapshot writers; holds the metadata of the stored snapshot.
+    stored_meta: Mutex<Option<SnapshotMeta<u64, openraft::BasicNode>>>,
+    state: RwLock<Applied<A>>,
     snapshot_seq: AtomicU64,
 }
 
@@ -96,17 +108,23 @@ fn snap_err(e: StoreError) -> StorageError<u64> {
 }
 
 impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
-    /// Open over `db`, restoring the last persisted snapshot if there is one.
-    pub(crate) fn open(db: sled::Db) -> Result<Self, StoreError> {
-        let snapshots = db.open_tree("snapshot")?;
+    /// Open the snapshots in `dir`, restoring the state from the current one if any.
+    pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&dir)?;
         let mut applied = Applied::<A>::default();
-        if let Some(bytes) = snapshots.get(KEY_SNAPSHOT)? {
-            let stored: StoredSnapshot = decode("snapshot", &bytes)?;
+        let stored = read_snapshot_file(&dir)?;
+        let stored_meta = stored.as_ref().map(|s| s.meta.clone());
+        if let Some(stored) = stored {
             applied.app = A::restore(&stored.data).map_err(StoreError::Snapshot)?;
             applied.last_applied = stored.meta.last_log_id;
             applied.membership = stored.meta.last_membership;
         }
-        let shared = SmShared { db, snapshots, state: RwLock::new(applied), snapshot_seq: AtomicU64::new(0) };
+        let shared = SmShared {
+            dir,
+            stored_meta: Mutex::new(stored_meta),
+            state: RwLock::new(applied),
+            snapshot_seq: AtomicU64::new(0),
+        };
         Ok(SmStore { shared: Arc::new(shared), _c: std::marker::PhantomData })
     }
 
@@ -120,24 +138,36 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        match self.shared.snapshots.get(KEY_SNAPSHOT)? {
-            Some(bytes) => Ok(Some(decode("snapshot", &bytes)?)),
-            None => Ok(None),
-        }
+        let _writer = self.shared.stored_meta.lock().unwrap_or_else(|p| p.into_inner());
+        read_snapshot_file(&self.shared.dir)
     }
 
-    /// Persist `snap` as the current snapshot unless a newer one is already stored (a slow
-    /// build may finish after a newer snapshot was installed from the leader), and flush.
+    /// Durably store `snap` as the current snapshot unless a newer one is already stored (a
+    /// slow build may finish after a newer snapshot was installed from the leader). Blocking.
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<bool, StoreError> {
-        if let Some(current) = self.load_snapshot()? {
-            if current.meta.last_log_id > snap.meta.last_log_id {
-                return Ok(false);
-            }
+        let mut stored_meta = self.shared.stored_meta.lock().unwrap_or_else(|p| p.into_inner());
+        if stored_meta.as_ref().is_some_and(|m| m.last_log_id > snap.meta.last_log_id) {
+            return Ok(false);
         }
-        self.shared.snapshots.insert(KEY_SNAPSHOT, encode("snapshot", snap)?)?;
-        // Flushed before openraft is told, because it will purge the log behind it.
-        self.shared.db.flush()?;
+        let dir = &self.shared.dir;
+        let tmp = dir.join(SNAPSHOT_TMP);
+        let mut file = File::create(&tmp)?;
+        file.write_all(&encode("snapshot", snap)?)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+        // The rename is durable only once the directory is.
+        File::open(dir)?.sync_all()?;
+        *stored_meta = Some(snap.meta.clone());
         Ok(true)
+    }
+}
+
+fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
+    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(bytes) => Ok(Some(decode("snapshot", &bytes)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -241,7 +271,11 @@ where
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<u64>> {
-        let stored = self.load_snapshot().map_err(snap_err)?;
+        let store = self.clone();
+        let stored = tokio::task::spawn_blocking(move || store.load_snapshot())
+            .await
+            .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
+            .map_err(snap_err)?;
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
