@@ -2,6 +2,26 @@
 //! protocol shared by the master, the agent, the CLI and frameworks.
 //!
 //! # Layout
-//! - [`resources`]: resources in exact milli-units and range sets; text form and checks.
+//! - [`v1`]: the generated `corral.v1` messages and the tonic clients and servers of the
+//!   `Scheduler`, `Agents`, `Operator` and `Raft` services (from `proto/corral/v1/*.proto`);
+//! - [`resources`]: resources in exact milli-units and range sets; text form and checks;
+//!   [`convert`] maps them to and from the wire;
+//! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
+pub mod convert;
 pub mod resources;
+
+/// The generated `corral.v1` API.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("corral.v1");
+}
+
+/// gRPC metadata key in which a follower answering `UNAVAILABLE` names the leader's
+/// address (`host:port`). Clients redirect on the status code and this key, never on error
+/// text (STYLE.md 7).
+pub const LEADER_METADATA_KEY: &str = "corral-leader";
+
+/// Largest gRPC message any Corral service accepts or sends, in bytes. Bounds the memory a
+/// single request can claim on a master or an agent.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

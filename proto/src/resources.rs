@@ -76,7 +76,11 @@ impl RangeSet {
         let mut sorted = input.to_vec();
         for &(begin, end) in &sorted {
             if begin > end {
-                return Err(ResourceError::InvertedRange { name: name.into(), begin, end });
+                return Err(ResourceError::InvertedRange {
+                    name: name.into(),
+                    begin,
+                    end,
+                });
             }
         }
         sorted.sort_unstable();
@@ -85,7 +89,10 @@ impl RangeSet {
             match ranges.last_mut() {
                 Some(last) if begin <= last.1 => {
                     if strict {
-                        return Err(ResourceError::OverlappingRanges { name: name.into(), at: begin });
+                        return Err(ResourceError::OverlappingRanges {
+                            name: name.into(),
+                            at: begin,
+                        });
                     }
                     last.1 = last.1.max(end);
                 }
@@ -107,7 +114,9 @@ impl RangeSet {
 
     /// How many values the set holds (saturating at u64::MAX for the full range).
     pub fn len(&self) -> u64 {
-        self.ranges.iter().fold(0u64, |n, &(b, e)| n.saturating_add(e - b).saturating_add(1))
+        self.ranges
+            .iter()
+            .fold(0u64, |n, &(b, e)| n.saturating_add(e - b).saturating_add(1))
     }
 
     /// Whether every value of `other` is in `self`.
@@ -193,10 +202,16 @@ fn valid_name(name: &str) -> bool {
 /// Parse a non-negative decimal with at most three fractional digits into milli-units,
 /// exactly (no floating point).
 fn parse_scalar(name: &str, value: &str) -> Result<u64, ResourceError> {
-    let err_nan = || ResourceError::NotANumber { name: name.into(), value: value.into() };
+    let err_nan = || ResourceError::NotANumber {
+        name: name.into(),
+        value: value.into(),
+    };
     if let Some(rest) = value.strip_prefix('-') {
         if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            return Err(ResourceError::Negative { name: name.into(), value: value.into() });
+            return Err(ResourceError::Negative {
+                name: name.into(),
+                value: value.into(),
+            });
         }
         return Err(err_nan());
     }
@@ -209,9 +224,15 @@ fn parse_scalar(name: &str, value: &str) -> Result<u64, ResourceError> {
     }
     let frac = frac.trim_end_matches('0');
     if frac.len() > 3 {
-        return Err(ResourceError::TooPrecise { name: name.into(), value: value.into() });
+        return Err(ResourceError::TooPrecise {
+            name: name.into(),
+            value: value.into(),
+        });
     }
-    let too_large = || ResourceError::TooLarge { name: name.into(), value: value.into() };
+    let too_large = || ResourceError::TooLarge {
+        name: name.into(),
+        value: value.into(),
+    };
     let int: u64 = int.trim_start_matches('0').parse::<u64>().or_else(|_| {
         if int.chars().all(|c| c == '0') {
             Ok(0)
@@ -220,7 +241,10 @@ fn parse_scalar(name: &str, value: &str) -> Result<u64, ResourceError> {
         }
     })?;
     let frac_milli = format!("{frac:0<3}").parse::<u64>().map_err(|_| err_nan())?;
-    let milli = int.checked_mul(MILLI).and_then(|m| m.checked_add(frac_milli)).ok_or_else(too_large)?;
+    let milli = int
+        .checked_mul(MILLI)
+        .and_then(|m| m.checked_add(frac_milli))
+        .ok_or_else(too_large)?;
     if milli > MAX_SCALAR_MILLI {
         return Err(too_large());
     }
@@ -228,8 +252,14 @@ fn parse_scalar(name: &str, value: &str) -> Result<u64, ResourceError> {
 }
 
 fn parse_ranges(name: &str, value: &str) -> Result<RangeSet, ResourceError> {
-    let malformed = || ResourceError::MalformedRanges { name: name.into(), value: value.into() };
-    let inner = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')).ok_or_else(malformed)?;
+    let malformed = || ResourceError::MalformedRanges {
+        name: name.into(),
+        value: value.into(),
+    };
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or_else(malformed)?;
     let mut ranges = Vec::new();
     if !inner.trim().is_empty() {
         for part in inner.split(',') {
@@ -246,14 +276,23 @@ fn parse_ranges(name: &str, value: &str) -> Result<RangeSet, ResourceError> {
 /// Convert a wire (floating point) scalar to milli-units, rounding to 0.001 as Mesos does.
 pub fn scalar_from_f64(name: &str, value: f64) -> Result<u64, ResourceError> {
     if !value.is_finite() {
-        return Err(ResourceError::NotANumber { name: name.into(), value: value.to_string() });
+        return Err(ResourceError::NotANumber {
+            name: name.into(),
+            value: value.to_string(),
+        });
     }
     if value < 0.0 {
-        return Err(ResourceError::Negative { name: name.into(), value: value.to_string() });
+        return Err(ResourceError::Negative {
+            name: name.into(),
+            value: value.to_string(),
+        });
     }
     let milli = (value * MILLI as f64).round();
     if milli > MAX_SCALAR_MILLI as f64 {
-        return Err(ResourceError::TooLarge { name: name.into(), value: value.to_string() });
+        return Err(ResourceError::TooLarge {
+            name: name.into(),
+            value: value.to_string(),
+        });
     }
     Ok(milli as u64)
 }
@@ -280,14 +319,18 @@ impl Resources {
             if entry.is_empty() {
                 return Err(ResourceError::EmptyEntry { position: position + 1 });
             }
-            let (name, value) =
-                entry.split_once(':').ok_or_else(|| ResourceError::MissingColon { entry: entry.into() })?;
+            let (name, value) = entry
+                .split_once(':')
+                .ok_or_else(|| ResourceError::MissingColon { entry: entry.into() })?;
             let (name, value) = (name.trim(), value.trim());
-            out.insert_new(name, if value.starts_with('[') {
-                Value::Ranges(parse_ranges(name, value)?)
-            } else {
-                Value::Scalar(parse_scalar(name, value)?)
-            })?;
+            out.insert_new(
+                name,
+                if value.starts_with('[') {
+                    Value::Ranges(parse_ranges(name, value)?)
+                } else {
+                    Value::Scalar(parse_scalar(name, value)?)
+                },
+            )?;
         }
         Ok(out)
     }
@@ -302,7 +345,10 @@ impl Resources {
         }
         if let Value::Scalar(v) = value {
             if v > MAX_SCALAR_MILLI {
-                return Err(ResourceError::TooLarge { name: name.into(), value: scalar_to_f64(v).to_string() });
+                return Err(ResourceError::TooLarge {
+                    name: name.into(),
+                    value: scalar_to_f64(v).to_string(),
+                });
             }
         }
         self.entries.insert(name.to_string(), value);
@@ -356,7 +402,8 @@ impl Resources {
             let merged = match (out.entries.get(name), value) {
                 (None, v) => v.clone(),
                 (Some(Value::Scalar(a)), Value::Scalar(b)) => Value::Scalar(
-                    a.checked_add(*b).ok_or_else(|| ResourceError::Overflow { name: name.clone() })?,
+                    a.checked_add(*b)
+                        .ok_or_else(|| ResourceError::Overflow { name: name.clone() })?,
                 ),
                 (Some(Value::Ranges(a)), Value::Ranges(b)) => Value::Ranges(a.union(b)),
                 _ => return Err(ResourceError::KindMismatch { name: name.clone() }),
@@ -372,7 +419,9 @@ impl Resources {
         for (name, value) in &other.entries {
             let insufficient = || ResourceError::Insufficient { name: name.clone() };
             let left = match (out.entries.get(name), value) {
-                (Some(Value::Scalar(a)), Value::Scalar(b)) => Value::Scalar(a.checked_sub(*b).ok_or_else(insufficient)?),
+                (Some(Value::Scalar(a)), Value::Scalar(b)) => {
+                    Value::Scalar(a.checked_sub(*b).ok_or_else(insufficient)?)
+                }
                 (Some(Value::Ranges(a)), Value::Ranges(b)) if a.contains(b) => Value::Ranges(a.difference(b)),
                 (Some(Value::Scalar(_)), Value::Ranges(_)) | (Some(Value::Ranges(_)), Value::Scalar(_)) => {
                     return Err(ResourceError::KindMismatch { name: name.clone() })
@@ -387,11 +436,14 @@ impl Resources {
 
     /// Whether `self` holds at least `other` of every resource.
     pub fn contains(&self, other: &Resources) -> bool {
-        other.entries.iter().all(|(name, want)| match (self.entries.get(name), want) {
-            (Some(Value::Scalar(have)), Value::Scalar(want)) => have >= want,
-            (Some(Value::Ranges(have)), Value::Ranges(want)) => have.contains(want),
-            _ => false,
-        })
+        other
+            .entries
+            .iter()
+            .all(|(name, want)| match (self.entries.get(name), want) {
+                (Some(Value::Scalar(have)), Value::Scalar(want)) => have >= want,
+                (Some(Value::Ranges(have)), Value::Ranges(want)) => have.contains(want),
+                _ => false,
+            })
     }
 
     /// This bundle's share of `total` for one scalar resource, in [0, ∞).
@@ -409,7 +461,8 @@ impl Resources {
         total
             .entries
             .iter()
-            .filter_map(|(name, v)| matches!(v, Value::Scalar(t) if *t > 0).then(|| self.share_of(total, name)))
+            .filter(|(_, v)| matches!(v, Value::Scalar(t) if *t > 0))
+            .map(|(name, _)| self.share_of(total, name))
             .fold(0.0, f64::max)
     }
 }

@@ -48,7 +48,11 @@ fn bad_resource_strings_are_rejected_naming_the_problem() {
     for (input, fragment) in table {
         match Resources::parse(input) {
             Ok(r) => panic!("{input:?} was accepted as {r}"),
-            Err(e) => assert!(e.to_string().contains(fragment), "{input:?}: message {:?} lacks {fragment:?}", e.to_string()),
+            Err(e) => assert!(
+                e.to_string().contains(fragment),
+                "{input:?}: message {:?} lacks {fragment:?}",
+                e.to_string()
+            ),
         }
     }
 }
@@ -57,10 +61,22 @@ fn bad_resource_strings_are_rejected_naming_the_problem() {
 fn wire_scalars_are_validated() {
     assert_eq!(scalar_from_f64("cpus", 0.5).unwrap(), 500);
     assert_eq!(scalar_from_f64("cpus", 0.0005).unwrap(), 1, "rounds to 0.001");
-    assert!(matches!(scalar_from_f64("cpus", f64::NAN), Err(ResourceError::NotANumber { .. })));
-    assert!(matches!(scalar_from_f64("cpus", f64::INFINITY), Err(ResourceError::NotANumber { .. })));
-    assert!(matches!(scalar_from_f64("cpus", -1.0), Err(ResourceError::Negative { .. })));
-    assert!(matches!(scalar_from_f64("mem", 1e300), Err(ResourceError::TooLarge { .. })));
+    assert!(matches!(
+        scalar_from_f64("cpus", f64::NAN),
+        Err(ResourceError::NotANumber { .. })
+    ));
+    assert!(matches!(
+        scalar_from_f64("cpus", f64::INFINITY),
+        Err(ResourceError::NotANumber { .. })
+    ));
+    assert!(matches!(
+        scalar_from_f64("cpus", -1.0),
+        Err(ResourceError::Negative { .. })
+    ));
+    assert!(matches!(
+        scalar_from_f64("mem", 1e300),
+        Err(ResourceError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -69,7 +85,10 @@ fn arithmetic_is_checked() {
     let b = Resources::parse("cpus:2").unwrap();
     assert!(matches!(a.checked_sub(&b), Err(ResourceError::Insufficient { .. })));
     let ranges = Resources::parse("cpus:[1-2]").unwrap();
-    assert!(matches!(a.checked_add(&ranges), Err(ResourceError::KindMismatch { .. })));
+    assert!(matches!(
+        a.checked_add(&ranges),
+        Err(ResourceError::KindMismatch { .. })
+    ));
     let big = Resources::scalar("mem", MAX_SCALAR_MILLI).unwrap();
     let mut sum = big.clone();
     let overflow = (0..20_000).try_for_each(|_| {
@@ -77,7 +96,9 @@ fn arithmetic_is_checked() {
         Ok::<_, ResourceError>(())
     });
     assert!(matches!(overflow, Err(ResourceError::Overflow { .. })));
-    assert!(Resources::new().insert_new("cpus", Value::Scalar(MAX_SCALAR_MILLI + 1)).is_err());
+    assert!(Resources::new()
+        .insert_new("cpus", Value::Scalar(MAX_SCALAR_MILLI + 1))
+        .is_err());
 }
 
 #[test]

@@ -22,7 +22,13 @@ const ENTRY_BYTES: usize = 256;
 
 fn fsync_floor(c: &mut Criterion) {
     let dir = tempfile::tempdir_in(bench_dir()).unwrap();
-    let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(dir.path().join("floor")).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("floor"))
+        .unwrap();
     let block = vec![7u8; 4096];
     let mut group = c.benchmark_group("fsync_floor");
     let mut offset = 0u64;
@@ -38,7 +44,11 @@ fn fsync_floor(c: &mut Criterion) {
 }
 
 fn durable_append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir_in(bench_dir()).unwrap();
     let (mut log, _sm) = open_node(dir.path(), 1).unwrap();
     let payload = "x".repeat(ENTRY_BYTES);

@@ -25,7 +25,11 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
         Some((&FORMAT_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|source| StoreError::Codec { what, source })
         }
-        Some((&version, _)) => Err(StoreError::UnsupportedFormat { what, version, supported: FORMAT_VERSION }),
+        Some((&version, _)) => Err(StoreError::UnsupportedFormat {
+            what,
+            version,
+            supported: FORMAT_VERSION,
+        }),
         None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
     }
 }

@@ -28,7 +28,11 @@ pub enum StoreError {
 
     /// A stored record carries a format version this build does not know.
     #[error("{what}: unsupported format version {version} (this build reads up to {supported})")]
-    UnsupportedFormat { what: &'static str, version: u8, supported: u8 },
+    UnsupportedFormat {
+        what: &'static str,
+        version: u8,
+        supported: u8,
+    },
 
     /// The data dir was written by another node.
     #[error("data dir {dir} belongs to node {found}, not node {expected}")]
@@ -36,7 +40,11 @@ pub enum StoreError {
 
     /// The data dir was written for another cluster.
     #[error("data dir {dir} belongs to cluster {found:?}, not cluster {expected:?}")]
-    WrongCluster { dir: PathBuf, expected: String, found: String },
+    WrongCluster {
+        dir: PathBuf,
+        expected: String,
+        found: String,
+    },
 
     /// The stored log or metadata breaks an invariant of the store (a hole in the log,
     /// entries out of order, applied beyond the log...). Never expected; means corruption.
@@ -48,7 +56,10 @@ pub enum StoreError {
     Snapshot(String),
 
     /// A log entry over [`crate::MAX_ENTRY_BYTES`]: the application must split its commands.
-    #[error("log entry {index} is {bytes} bytes, over the limit of {} bytes", crate::MAX_ENTRY_BYTES)]
+    #[error(
+        "log entry {index} is {bytes} bytes, over the limit of {} bytes",
+        crate::MAX_ENTRY_BYTES
+    )]
     EntryTooLarge { index: u64, bytes: usize },
 
     /// The background flusher thread is gone (the store is shutting down).

@@ -42,8 +42,13 @@ impl Flusher {
     /// Start the thread for `db`, whose data file is `data_file`.
     pub(crate) fn start(db: sled::Db, data_file: File, name: String) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Durable>();
-        let thread = thread::Builder::new().name(name).spawn(move || run(db, data_file, rx))?;
-        Ok(Flusher { tx: Some(tx), thread: Some(thread) })
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || run(db, data_file, rx))?;
+        Ok(Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queue `done` to fire after the next flush. Everything written to sled before this call
@@ -63,7 +68,9 @@ impl Flusher {
             let _ = tx.send(res);
         }))
         .map_err(|_| StoreError::FlusherStopped)?;
-        rx.await.map_err(|_| StoreError::FlusherStopped)?.map_err(StoreError::Io)
+        rx.await
+            .map_err(|_| StoreError::FlusherStopped)?
+            .map_err(StoreError::Io)
     }
 }
 

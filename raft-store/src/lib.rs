@@ -82,7 +82,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { cache_capacity_bytes: 64 * 1024 * 1024 }
+        Options {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 

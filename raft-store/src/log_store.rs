@@ -39,7 +39,10 @@ pub struct LogStore<C: StoreConfig> {
 
 impl<C: StoreConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { inner: self.inner.clone(), _c: std::marker::PhantomData }
+        LogStore {
+            inner: self.inner.clone(),
+            _c: std::marker::PhantomData,
+        }
     }
 }
 
@@ -63,7 +66,10 @@ fn write_err(e: StoreError) -> StorageError<u64> {
 
 impl<C: StoreConfig> LogStore<C> {
     pub(crate) fn new(inner: Arc<LogInner>) -> Self {
-        LogStore { inner, _c: std::marker::PhantomData }
+        LogStore {
+            inner,
+            _c: std::marker::PhantomData,
+        }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
@@ -130,10 +136,16 @@ impl<C: StoreConfig> LogStore<C> {
                 }
                 Some(p) => {
                     if index != p.index + 1 {
-                        return Err(StoreError::Corrupt(format!("hole in log between {} and {index}", p.index)));
+                        return Err(StoreError::Corrupt(format!(
+                            "hole in log between {} and {index}",
+                            p.index
+                        )));
                     }
                     if entry.log_id.leader_id < p.leader_id {
-                        return Err(StoreError::Corrupt(format!("term goes back at {}: {}", index, entry.log_id)));
+                        return Err(StoreError::Corrupt(format!(
+                            "term goes back at {}: {}",
+                            index, entry.log_id
+                        )));
                     }
                 }
             }
@@ -149,12 +161,21 @@ impl<C: StoreConfig> LogStore<C> {
                 return Err(StoreError::Corrupt(format!("committed {c} beyond last log id {last}")));
             }
         }
-        Ok(LogSummary { last_purged, first_index, last_log_id, entries, vote: self.get_meta(KEY_VOTE)?, committed })
+        Ok(LogSummary {
+            last_purged,
+            first_index,
+            last_log_id,
+            entries,
+            vote: self.get_meta(KEY_VOTE)?,
+            committed,
+        })
     }
 
     /// Delete entries at or below `last_purged` left behind by a purge interrupted by a crash.
     pub(crate) fn finish_interrupted_purge(&self) -> Result<u64, StoreError> {
-        let Some(purged) = self.last_purged()? else { return Ok(0) };
+        let Some(purged) = self.last_purged()? else {
+            return Ok(0);
+        };
         let mut removed = 0;
         for key in self.inner.log.range(..=index_key(purged.index)).keys() {
             self.inner.log.remove(key?)?;
@@ -184,7 +205,9 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<C>>, StorageError<u64>> {
-        let Some((start, end)) = inclusive_bounds(&range) else { return Ok(Vec::new()) };
+        let Some((start, end)) = inclusive_bounds(&range) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for item in self.inner.log.range(index_key(start)..=index_key(end)) {
             let (_, value) = item.map_err(|e| read_err(e.into()))?;
@@ -200,7 +223,10 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
         let last_purged_log_id = self.last_purged().map_err(read_err)?;
         let last_log_id = self.last_entry_id().map_err(read_err)?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -216,7 +242,8 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
@@ -224,7 +251,12 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // sooner; it rides along with the next flush.
         let res = match committed {
             Some(c) => self.put_meta(KEY_COMMITTED, &c),
-            None => self.inner.meta.remove(KEY_COMMITTED).map(|_| ()).map_err(StoreError::from),
+            None => self
+                .inner
+                .meta
+                .remove(KEY_COMMITTED)
+                .map(|_| ())
+                .map_err(StoreError::from),
         };
         res.map_err(write_err)
     }
@@ -242,14 +274,20 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         for entry in entries {
             let bytes = encode("log entry", &entry).map_err(write_err)?;
             if bytes.len() > crate::MAX_ENTRY_BYTES {
-                return Err(write_err(StoreError::EntryTooLarge { index: entry.log_id.index, bytes: bytes.len() }));
+                return Err(write_err(StoreError::EntryTooLarge {
+                    index: entry.log_id.index,
+                    bytes: bytes.len(),
+                }));
             }
             encoded.push((index_key(entry.log_id.index), bytes));
         }
         // A lone entry is a plain insert: a sled batch costs an extra manifest record, which
         // sled writes and syncs separately. Several entries go in one atomic batch.
         if let [(key, bytes)] = encoded.as_mut_slice() {
-            self.inner.log.insert(key, std::mem::take(bytes)).map_err(|e| write_err(e.into()))?;
+            self.inner
+                .log
+                .insert(key, std::mem::take(bytes))
+                .map_err(|e| write_err(e.into()))?;
         } else {
             let mut batch = sled::Batch::default();
             for (key, bytes) in encoded {

@@ -11,11 +11,11 @@
 //! renamed over the current one and the directory fsynced, so a crash leaves either the old
 //! snapshot or the new one, and openraft purges the log only behind a durable snapshot.
 
-use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::fs::File;
+use std::io::Cursor;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -79,7 +79,10 @@ pub struct SmStore<C: StoreConfig, A: StateMachine<C>> {
 
 impl<C: StoreConfig, A: StateMachine<C>> Clone for SmStore<C, A> {
     fn clone(&self) -> Self {
-        SmStore { shared: self.shared.clone(), _c: std::marker::PhantomData }
+        SmStore {
+            shared: self.shared.clone(),
+            _c: std::marker::PhantomData,
+        }
     }
 }
 
@@ -90,7 +93,9 @@ pub struct StateReader<A> {
 
 impl<A> Clone for StateReader<A> {
     fn clone(&self) -> Self {
-        StateReader { shared: self.shared.clone() }
+        StateReader {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -125,12 +130,17 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
             state: RwLock::new(applied),
             snapshot_seq: AtomicU64::new(0),
         };
-        Ok(SmStore { shared: Arc::new(shared), _c: std::marker::PhantomData })
+        Ok(SmStore {
+            shared: Arc::new(shared),
+            _c: std::marker::PhantomData,
+        })
     }
 
     /// A read handle on the applied state.
     pub fn reader(&self) -> StateReader<A> {
-        StateReader { shared: self.shared.clone() }
+        StateReader {
+            shared: self.shared.clone(),
+        }
     }
 
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, Applied<A>> {
@@ -146,7 +156,10 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
     /// slow build may finish after a newer snapshot was installed from the leader). Blocking.
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<bool, StoreError> {
         let mut stored_meta = self.shared.stored_meta.lock().unwrap_or_else(|p| p.into_inner());
-        if stored_meta.as_ref().is_some_and(|m| m.last_log_id > snap.meta.last_log_id) {
+        if stored_meta
+            .as_ref()
+            .is_some_and(|m| m.last_log_id > snap.meta.last_log_id)
+        {
             return Ok(false);
         }
         let dir = &self.shared.dir;
@@ -181,14 +194,20 @@ pub struct SnapshotBuilder<C: StoreConfig, A: StateMachine<C>> {
 
 impl<C: StoreConfig, A: StateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuilder<C, A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
-        let stored = StoredSnapshot { meta: self.meta.clone(), data: std::mem::take(&mut self.data) };
+        let stored = StoredSnapshot {
+            meta: self.meta.clone(),
+            data: std::mem::take(&mut self.data),
+        };
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.persist_snapshot(&stored).map(|_| stored))
             .await
             .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
         tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -241,7 +260,11 @@ where
             last_membership: state.membership.clone(),
             snapshot_id,
         };
-        SnapshotBuilder { store: self.clone(), meta, data: state.app.snapshot() }
+        SnapshotBuilder {
+            store: self.clone(),
+            meta,
+            data: state.app.snapshot(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
@@ -256,7 +279,10 @@ where
         let data = snapshot.into_inner();
         // Decode first: a snapshot the application cannot read must not replace good state.
         let app = A::restore(&data).map_err(|e| snap_err(StoreError::Snapshot(e)))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.persist_snapshot(&stored))
             .await
@@ -276,6 +302,9 @@ where
             .await
             .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
             .map_err(snap_err)?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }

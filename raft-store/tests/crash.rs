@@ -38,7 +38,11 @@ fn entry(index: u64, term: u64) -> Entry<TestConfig> {
 #[ignore = "entry point of the crash test's child process"]
 fn crash_child() {
     let dir = std::env::var(CHILD_DIR_ENV).expect("run by the crash test with its data dir");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let (mut log, _sm) = open_node(dir.as_ref(), NODE).expect("open store");
         let mut out = std::io::stdout().lock();
@@ -50,7 +54,9 @@ fn crash_child() {
         let mut seed_rng = rand::rngs::StdRng::seed_from_u64(next);
         loop {
             let n = seed_rng.random_range(1..=64u64);
-            log.blocking_append((next..next + n).map(|i| entry(i, term))).await.unwrap();
+            log.blocking_append((next..next + n).map(|i| entry(i, term)))
+                .await
+                .unwrap();
             writeln!(out, "durable {next} {} {term}", next + n - 1).unwrap();
             out.flush().unwrap();
             next += n;
@@ -62,7 +68,9 @@ fn crash_child() {
                 out.flush().unwrap();
             }
             if seed_rng.random_ratio(1, 4) {
-                log.save_committed(Some(LogId::new(CommittedLeaderId::new(term, NODE), next - 1))).await.unwrap();
+                log.save_committed(Some(LogId::new(CommittedLeaderId::new(term, NODE), next - 1)))
+                    .await
+                    .unwrap();
             }
         }
     });
@@ -111,7 +119,10 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let mut r = reports.lock().unwrap();
                     match words.as_slice() {
-                        ["durable", a, b, t] => r.durable.push((a.parse().unwrap(), b.parse().unwrap(), t.parse().unwrap())),
+                        ["durable", a, b, t] => {
+                            r.durable
+                                .push((a.parse().unwrap(), b.parse().unwrap(), t.parse().unwrap()))
+                        }
                         ["purged", i] => r.purged = i.parse().unwrap(),
                         ["vote", t] => r.vote_term = t.parse().unwrap(),
                         _ => continue,
@@ -131,11 +142,17 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
-            assert!(std::time::Instant::now() < deadline, "seed {seed} round {round}: child never reached report {kill_at}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "seed {seed} round {round}: child never reached report {kill_at}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         reader.join().unwrap();
-        assert!(!status.success(), "seed {seed} round {round}: child exited on its own: {status}");
+        assert!(
+            !status.success(),
+            "seed {seed} round {round}: child exited on its own: {status}"
+        );
         let r = std::mem::take(&mut *reports.lock().unwrap());
         all.durable.extend(r.durable);
         all.purged = all.purged.max(r.purged);
@@ -143,22 +160,40 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
 
         // Reopen and check.
         rt.block_on(async {
-            let (mut log, _sm) = open_node(dir.path(), NODE)
-                .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
-            let summary = log.verify().unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            let (mut log, _sm) =
+                open_node(dir.path(), NODE).unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen failed: {e}"));
+            let summary = log
+                .verify()
+                .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             let purged = summary.last_purged.map_or(0, |p| p.index);
-            assert!(purged >= all.purged, "seed {seed} round {round}: purge to {} lost ({summary:?})", all.purged);
+            assert!(
+                purged >= all.purged,
+                "seed {seed} round {round}: purge to {} lost ({summary:?})",
+                all.purged
+            );
             let vote = log.read_vote().await.unwrap().map_or(0, |v| v.leader_id.term);
-            assert!(vote >= all.vote_term, "seed {seed} round {round}: vote {} lost, found {vote}", all.vote_term);
+            assert!(
+                vote >= all.vote_term,
+                "seed {seed} round {round}: vote {} lost, found {vote}",
+                all.vote_term
+            );
             for &(first, last, term) in &all.durable {
                 let first = first.max(purged + 1);
                 if first > last {
                     continue;
                 }
                 let got = log.try_get_log_entries(first..=last).await.unwrap();
-                assert_eq!(got.len() as u64, last - first + 1, "seed {seed} round {round}: entries {first}..={last} missing");
+                assert_eq!(
+                    got.len() as u64,
+                    last - first + 1,
+                    "seed {seed} round {round}: entries {first}..={last} missing"
+                );
                 for e in got {
-                    assert_eq!(e.log_id.leader_id.term, term, "seed {seed} round {round}: entry {} term", e.log_id.index);
+                    assert_eq!(
+                        e.log_id.leader_id.term, term,
+                        "seed {seed} round {round}: entry {} term",
+                        e.log_id.index
+                    );
                     match e.payload {
                         EntryPayload::Normal(p) => assert_eq!(p, payload(e.log_id.index, term)),
                         other => panic!("seed {seed} round {round}: entry {} payload {other:?}", e.log_id.index),
@@ -169,5 +204,8 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
     }
     let reported: u64 = all.durable.iter().map(|(a, b, _)| b - a + 1).sum();
     assert!(reported > 0, "seed {seed}: no entry was ever reported durable");
-    eprintln!("crash test: {ROUNDS} kills, {reported} durable entries checked, purged up to {}", all.purged);
+    eprintln!(
+        "crash test: {ROUNDS} kills, {reported} durable entries checked, purged up to {}",
+        all.purged
+    );
 }

@@ -15,15 +15,26 @@ async fn store_open_refuses_data_dir_of_another_node_or_cluster() {
         log.save_vote(&Vote::new(3, 1)).await.unwrap();
     }
     match open_node(dir.path(), 2) {
-        Err(e @ StoreError::WrongNode { expected: 2, found: 1, .. }) => {
+        Err(
+            e @ StoreError::WrongNode {
+                expected: 2, found: 1, ..
+            },
+        ) => {
             assert!(e.is_fatal_environment());
             assert!(e.to_string().contains("belongs to node 1, not node 2"), "{e}");
         }
         other => panic!("expected WrongNode, got {:?}", other.map(|_| ())),
     }
-    let other_cluster = Identity { node_id: 1, cluster: "elsewhere".into() };
+    let other_cluster = Identity {
+        node_id: 1,
+        cluster: "elsewhere".into(),
+    };
     let res = corral_raft_store::open::<TestConfig, Kv>(dir.path(), &other_cluster, &Options::default());
-    assert!(matches!(res, Err(StoreError::WrongCluster { .. })), "{:?}", res.map(|_| ()));
+    assert!(
+        matches!(res, Err(StoreError::WrongCluster { .. })),
+        "{:?}",
+        res.map(|_| ())
+    );
 
     // The rightful owner still opens it, with its vote intact.
     let (mut log, _sm) = open_node(dir.path(), 1).unwrap();
@@ -40,5 +51,9 @@ async fn store_append_refuses_entry_over_the_size_limit() {
     };
     let err = log.blocking_append([big]).await.unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
-    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None, "nothing was appended");
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        None,
+        "nothing was appended"
+    );
 }

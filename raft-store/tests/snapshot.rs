@@ -30,6 +30,8 @@ struct Net {
 }
 
 impl Net {
+    // The error type is the one openraft's RaftNetwork methods must return.
+    #[allow(clippy::result_large_err)]
     fn peer<E: std::error::Error>(&self) -> Result<Node, RPCError<u64, BasicNode, RaftError<u64, E>>> {
         self.router
             .lock()
@@ -50,7 +52,10 @@ impl RaftNetwork<TestConfig> for Net {
         rpc: AppendEntriesRequest<TestConfig>,
         _: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.peer()?.append_entries(rpc).await.map_err(|e| remote(self.target, e))
+        self.peer()?
+            .append_entries(rpc)
+            .await
+            .map_err(|e| remote(self.target, e))
     }
 
     async fn install_snapshot(
@@ -58,7 +63,10 @@ impl RaftNetwork<TestConfig> for Net {
         rpc: InstallSnapshotRequest<TestConfig>,
         _: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>> {
-        self.peer()?.install_snapshot(rpc).await.map_err(|e| remote(self.target, e))
+        self.peer()?
+            .install_snapshot(rpc)
+            .await
+            .map_err(|e| remote(self.target, e))
     }
 
     async fn vote(
@@ -75,18 +83,17 @@ struct NetFactory(Router);
 impl RaftNetworkFactory<TestConfig> for NetFactory {
     type Network = Net;
     async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Net {
-        Net { router: self.0.clone(), target }
+        Net {
+            router: self.0.clone(),
+            target,
+        }
     }
 }
 
 const SNAPSHOT_EVERY: u64 = 100;
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
-async fn start(
-    id: u64,
-    dir: &std::path::Path,
-    router: &Router,
-) -> (Node, StateReader<Kv>, LogStore<TestConfig>) {
+async fn start(id: u64, dir: &std::path::Path, router: &Router) -> (Node, StateReader<Kv>, LogStore<TestConfig>) {
     let (log, sm): (LogStore<TestConfig>, SmStore<TestConfig, Kv>) = open_node(dir, id).unwrap();
     let reader = sm.reader();
     let config = Config {
@@ -97,9 +104,15 @@ async fn start(
         snapshot_max_chunk_size: 512,
         ..Default::default()
     };
-    let raft = Raft::new(id, Arc::new(config.validate().unwrap()), NetFactory(router.clone()), log.clone(), sm)
-        .await
-        .unwrap();
+    let raft = Raft::new(
+        id,
+        Arc::new(config.validate().unwrap()),
+        NetFactory(router.clone()),
+        log.clone(),
+        sm,
+    )
+    .await
+    .unwrap();
     router.lock().unwrap().insert(id, raft.clone());
     (raft, reader, log)
 }
@@ -115,9 +128,16 @@ async fn store_snapshot_install_on_fresh_node_survives_restart() {
     for i in 0..350u64 {
         a.client_write(format!("key{}={i}", i % 50)).await.unwrap();
     }
-    let m = a.wait(WAIT).metrics(|m| m.snapshot.is_some_and(|s| s.index >= 250), "A snapshots").await.unwrap();
+    let m = a
+        .wait(WAIT)
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= 250), "A snapshots")
+        .await
+        .unwrap();
     let snap = m.snapshot.unwrap();
-    a.wait(WAIT).purged(Some(snap), "A purges behind its snapshot").await.unwrap();
+    a.wait(WAIT)
+        .purged(Some(snap), "A purges behind its snapshot")
+        .await
+        .unwrap();
     assert!(log_a.verify().unwrap().first_index.is_none_or(|f| f > snap.index));
 
     // B starts empty; the entries it needs are gone from A's log, so only the snapshot helps.
@@ -127,13 +147,22 @@ async fn store_snapshot_install_on_fresh_node_survives_restart() {
     for i in 350..370u64 {
         last = a.client_write(format!("key{}={i}", i % 50)).await.unwrap().log_id;
     }
-    b.wait(WAIT).applied_index(Some(last.index), "B catches up").await.unwrap();
-    assert!(b.metrics().borrow().snapshot.is_some_and(|s| s.index >= snap.index), "B installed a snapshot");
+    b.wait(WAIT)
+        .applied_index(Some(last.index), "B catches up")
+        .await
+        .unwrap();
+    assert!(
+        b.metrics().borrow().snapshot.is_some_and(|s| s.index >= snap.index),
+        "B installed a snapshot"
+    );
     let state_a = reader_a.read().app.clone();
     assert_eq!(state_a, reader_b.read().app, "A and B applied the same state");
     assert_eq!(state_a.map.len(), 50);
     assert_eq!(state_a.map["key19"], "369");
-    assert!(log_b.verify().unwrap().last_purged.is_some(), "B's log starts at its snapshot");
+    assert!(
+        log_b.verify().unwrap().last_purged.is_some(),
+        "B's log starts at its snapshot"
+    );
 
     // Restart both from disk.
     for raft in [a, b] {
@@ -144,23 +173,38 @@ async fn store_snapshot_install_on_fresh_node_survives_restart() {
     let (a, reader_a, log_a) = start(1, dir_a.path(), &router).await;
     let (b, reader_b, log_b) = start(2, dir_b.path(), &router).await;
     a.wait(WAIT).current_leader(1, "A leads again").await.unwrap();
-    a.wait(WAIT).applied_index_at_least(Some(last.index), "A re-applied").await.unwrap();
-    b.wait(WAIT).applied_index_at_least(Some(last.index), "B re-applied").await.unwrap();
+    a.wait(WAIT)
+        .applied_index_at_least(Some(last.index), "A re-applied")
+        .await
+        .unwrap();
+    b.wait(WAIT)
+        .applied_index_at_least(Some(last.index), "B re-applied")
+        .await
+        .unwrap();
     // A new leader term appends a blank entry; wait for B to have it too before comparing.
     let now = a
         .wait(WAIT)
-        .metrics(|m| m.last_applied.is_some_and(|l| Some(l.index) == m.last_log_index), "A applied its whole log")
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| Some(l.index) == m.last_log_index),
+            "A applied its whole log",
+        )
         .await
         .unwrap()
         .last_applied
         .unwrap();
-    b.wait(WAIT).applied_index(Some(now.index), "B applies the new term's entry").await.unwrap();
+    b.wait(WAIT)
+        .applied_index(Some(now.index), "B applies the new term's entry")
+        .await
+        .unwrap();
     assert_eq!(reader_a.read().app, state_a, "A's state survived the restart");
     assert_eq!(reader_b.read().app, state_a, "B's state survived the restart");
     assert_eq!(reader_a.read().last_applied, reader_b.read().last_applied);
     for log in [&log_a, &log_b] {
         let summary = log.verify().unwrap();
-        assert!(summary.last_purged.is_some_and(|p| p.index >= snap.index), "purge kept: {summary:?}");
+        assert!(
+            summary.last_purged.is_some_and(|p| p.index >= snap.index),
+            "purge kept: {summary:?}"
+        );
     }
     for raft in [a, b] {
         raft.shutdown().await.unwrap();

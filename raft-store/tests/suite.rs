@@ -20,6 +20,8 @@ impl StoreBuilder<TestConfig, LogStore<TestConfig>, SmStore<TestConfig, Kv>, tem
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(SledBuilder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

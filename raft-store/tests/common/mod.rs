@@ -38,6 +38,9 @@ impl StateMachine<TestConfig> for Kv {
 pub type Stores = (LogStore<TestConfig>, SmStore<TestConfig, Kv>);
 
 pub fn open_node(dir: &Path, node_id: u64) -> Result<Stores, StoreError> {
-    let identity = Identity { node_id, cluster: "test".into() };
+    let identity = Identity {
+        node_id,
+        cluster: "test".into(),
+    };
     corral_raft_store::open(dir, &identity, &Options::default())
 }

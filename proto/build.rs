@@ -1,0 +1,20 @@
+//! Compiles `proto/corral/v1/*.proto` in pure Rust (protox), so building needs no `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from("proto");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("corral/v1"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "proto"));
+    files.sort();
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(&files, [&root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .emit_rerun_if_changed(false)
+        .compile_fds(fds)?;
+    Ok(())
+}
