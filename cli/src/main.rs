@@ -1,7 +1,359 @@
-//! `corral`, the operator CLI. Its commands (DESIGN.md "corral CLI") arrive with the master
-//! and agent; until then it says so instead of pretending.
+//! `corral`, the operator CLI (DESIGN.md "corral CLI").
+//!
+//! Output goes to stdout (tables, or JSON with `--json`); errors are one line on stderr and
+//! a non-zero exit: 1 when the cluster refused or could not be reached, 2 for usage errors.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("corral: no commands yet; the operator CLI arrives with the replicated master");
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use corral_proto::client::{parse_masters, Masters};
+use corral_proto::v1;
+use corral_proto::v1::operator_client::OperatorClient;
+use serde_json::{json, Value};
+use tonic::{Code, Status};
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "Operate a Corral cluster")]
+struct Cli {
+    /// Masters to contact, any of them: host:port,host:port,...
+    #[arg(long, global = true, env = "CORRAL_MASTERS", default_value = "127.0.0.1:5050")]
+    masters: String,
+
+    /// How long to keep trying to reach the leader.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    timeout_secs: f64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Leader, term, members with their indexes and state hashes, and counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, add or remove masters (membership changes use joint consensus).
+    Members {
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+    /// Show role weights, or set one with `corral weights set ROLE WEIGHT`.
+    Weights {
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<WeightsAction>,
+    },
+    /// Registered agents.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Registered frameworks.
+    Frameworks {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks of every framework.
+    Tasks {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersAction {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add master ID at HOST:PORT: it catches up as a learner, then becomes a voter.
+    Add { id: u64, address: String },
+    /// Remove master ID from the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum WeightsAction {
+    /// Set the DRF weight of ROLE (a number greater than 0; roles not set weigh 1).
+    Set {
+        role: String,
+        #[arg(allow_negative_numbers = true)]
+        weight: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corral: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corral: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line for a failed call: what the cluster said, without transport noise.
+fn describe(status: &Status) -> String {
+    let what = match status.code() {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::FailedPrecondition => "refused",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "timed out",
+        _ => "failed",
+    };
+    format!("{what}: {}", status.message())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let masters = parse_masters(&cli.masters).map_err(|e| format!("--masters: {e}"))?;
+    if !(cli.timeout_secs.is_finite() && cli.timeout_secs > 0.0) {
+        return Err("--timeout-secs: must be a positive number".into());
+    }
+    let deadline = Duration::from_secs_f64(cli.timeout_secs);
+    let masters = Masters::new(masters, deadline);
+    let op = |ch| corral_proto::limit_client!(OperatorClient::new(ch));
+    match cli.command {
+        Command::Status { json } => {
+            let status = status(&masters, deadline).await.map_err(|s| describe(&s))?;
+            print_status(&status, json);
+        }
+        Command::Members {
+            action: MembersAction::List { json },
+        } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch).list_members(v1::ListMembersRequest {}).await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print_members(&r.members, json);
+        }
+        Command::Members {
+            action: MembersAction::Add { id, address },
+        } => {
+            let r = masters
+                .on_leader(deadline.max(Duration::from_secs(40)), |ch| {
+                    let address = address.clone();
+                    async move { op(ch).add_member(v1::AddMemberRequest { id, address }).await }
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            println!("master {id} added");
+            print_members(&r.members, false);
+        }
+        Command::Members {
+            action: MembersAction::Remove { id },
+        } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch).remove_member(v1::RemoveMemberRequest { id }).await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            println!("master {id} removed");
+            print_members(&r.members, false);
+        }
+        Command::Weights {
+            action: Some(WeightsAction::Set { role, weight }),
+            ..
+        } => {
+            masters
+                .on_leader(deadline, |ch| {
+                    let weights = vec![v1::WeightInfo {
+                        role: role.clone(),
+                        weight,
+                    }];
+                    async move { op(ch).set_weights(v1::SetWeightsRequest { weights }).await }
+                })
+                .await
+                .map_err(|s| describe(&s))?;
+            println!("weight of role {role} set to {weight}");
+        }
+        Command::Weights { action: None, json } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch).get_weights(v1::GetWeightsRequest {}).await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            let mut weights: Vec<(String, f64)> = r.weights.into_iter().collect();
+            weights.sort_by(|a, b| a.0.cmp(&b.0));
+            if json {
+                let obj: serde_json::Map<String, Value> = weights.iter().map(|(r, w)| (r.clone(), json!(w))).collect();
+                println!("{}", Value::Object(obj));
+            } else if weights.is_empty() {
+                println!("no weights set (every role weighs 1)");
+            } else {
+                println!("{:<32} WEIGHT", "ROLE");
+                for (role, w) in weights {
+                    println!("{role:<32} {w}");
+                }
+            }
+        }
+        Command::Agents { json } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch).list_agents(v1::ListAgentsRequest {}).await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print_list(json, r.agents.len(), "agents", || Value::Array(Vec::new()));
+        }
+        Command::Frameworks { json } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch).list_frameworks(v1::ListFrameworksRequest {}).await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print_list(json, r.frameworks.len(), "frameworks", || Value::Array(Vec::new()));
+        }
+        Command::Tasks { json } => {
+            let r = masters
+                .on_leader(deadline, |ch| async move {
+                    op(ch)
+                        .list_tasks(v1::ListTasksRequest {
+                            framework_id: String::new(),
+                        })
+                        .await
+                })
+                .await
+                .map_err(|s| describe(&s))?
+                .into_inner();
+            print_list(json, r.tasks.len(), "tasks", || Value::Array(Vec::new()));
+        }
+    }
+    Ok(())
+}
+
+/// Ask any master; if it knows a leader elsewhere, ask the leader, whose view is current.
+async fn status(masters: &Masters, deadline: Duration) -> Result<v1::StatusResponse, Status> {
+    let mut last = Status::unavailable("no master answered");
+    for addr in masters.addresses() {
+        let channel = masters.channel_to(addr)?;
+        match tokio::time::timeout(deadline, OperatorClient::new(channel).status(v1::StatusRequest {})).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                let answered = r.answered_by.as_ref().map(|m| m.address.clone());
+                if let Some(leader) = &r.leader {
+                    if answered.as_deref() != Some(leader.address.as_str()) {
+                        let channel = masters.channel_to(&leader.address)?;
+                        if let Ok(Ok(lr)) =
+                            tokio::time::timeout(deadline, OperatorClient::new(channel).status(v1::StatusRequest {}))
+                                .await
+                        {
+                            return Ok(lr.into_inner());
+                        }
+                    }
+                }
+                return Ok(r);
+            }
+            Ok(Err(s)) => last = s,
+            Err(_) => last = Status::deadline_exceeded(format!("{addr} did not answer within {deadline:?}")),
+        }
+    }
+    Err(last)
+}
+
+fn member_json(m: &v1::MemberStatus) -> Value {
+    json!({
+        "id": m.id,
+        "address": m.address,
+        "role": m.role,
+        "voter": m.voter,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.applied_index,
+        "state_hash": m.state_hash,
+    })
+}
+
+fn print_members(members: &[v1::MemberStatus], json: bool) {
+    if json {
+        println!("{}", Value::Array(members.iter().map(member_json).collect()));
+        return;
+    }
+    println!(
+        "{:<4} {:<24} {:<12} {:<6} {:>10} {:>10}  STATE HASH",
+        "ID", "ADDRESS", "ROLE", "VOTER", "LAST LOG", "APPLIED"
+    );
+    for m in members {
+        let hash = if m.state_hash.len() > 16 {
+            &m.state_hash[..16]
+        } else {
+            &m.state_hash
+        };
+        println!(
+            "{:<4} {:<24} {:<12} {:<6} {:>10} {:>10}  {hash}",
+            m.id,
+            m.address,
+            m.role,
+            if m.voter { "yes" } else { "no" },
+            m.last_log_index,
+            m.applied_index
+        );
+    }
+}
+
+fn print_status(s: &v1::StatusResponse, json: bool) {
+    if json {
+        let tasks: serde_json::Map<String, Value> = s.tasks.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let out = json!({
+            "leader": s.leader.as_ref().map(|l| json!({"id": l.id, "address": l.address})),
+            "term": s.term,
+            "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+            "agents": s.agents,
+            "frameworks": s.frameworks,
+            "tasks": tasks,
+        });
+        println!("{out}");
+        return;
+    }
+    match &s.leader {
+        Some(l) => println!("leader: {} ({})   term: {}", l.id, l.address, s.term),
+        None => println!("leader: none   term: {}", s.term),
+    }
+    println!();
+    print_members(&s.members, false);
+    println!();
+    let mut tasks: Vec<_> = s.tasks.iter().collect();
+    tasks.sort();
+    let tasks: Vec<String> = tasks.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "agents: {}   frameworks: {}   tasks: {}",
+        s.agents,
+        s.frameworks,
+        if tasks.is_empty() {
+            "none".to_string()
+        } else {
+            tasks.join(" ")
+        }
+    );
+}
+
+fn print_list(json: bool, n: usize, what: &str, to_json: impl Fn() -> Value) {
+    if json {
+        println!("{}", to_json());
+    } else {
+        println!("{n} {what}");
+    }
 }

@@ -1,3 +1,31 @@
-//! Corral master: the Raft node, the replicated cluster state, the DRF allocator and the
-//! leader-only services. Built from the next issue ("Replicated master quorum") on; this
-//! crate holds only its place in the workspace for now.
+//! Corral master: one replica of the cluster's replicated state.
+//!
+//! # Layout
+//! - [`config`]: flags and their validation;
+//! - [`types`]: the openraft type configuration and what the log carries ([`types::Proposal`]);
+//! - [`state`]: the replicated cluster state and its deterministic apply, with the state hash;
+//! - [`network`]: Raft peer traffic over tonic (client and server);
+//! - [`node`]: a running master: store, Raft, services, start-up and shutdown;
+//! - `service::operator`: the operator API (`corral status`, members, weights);
+//! - `http`: `/health`, `/metrics`, `/state`, `/redirect` on the same port as gRPC.
+//!
+//! A write's path:
+//!
+//! ```text
+//! client ──gRPC──▶ any master ──not leader──▶ UNAVAILABLE + corral-leader: <addr> ──▶ client retries there
+//!                      │ leader
+//!                      ▼
+//!                 validate ──▶ raft.client_write(Proposal) ──▶ log on a majority (sled, fsynced)
+//!                                                                   │ committed
+//!                                                                   ▼
+//!                 reply ◀── Outcome ◀── ClusterState::apply (every master, deterministic)
+//! ```
+
+pub mod config;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state;
+pub mod types;
+
+mod http;

@@ -6,8 +6,10 @@
 //!   `Scheduler`, `Agents`, `Operator` and `Raft` services (from `proto/corral/v1/*.proto`);
 //! - [`resources`]: resources in exact milli-units and range sets; text form and checks;
 //!   [`convert`] maps them to and from the wire;
+//! - [`client`]: leader following (redirects, retry with backoff and jitter) for every client;
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
+pub mod client;
 pub mod convert;
 pub mod resources;
 

@@ -1,2 +1,404 @@
-//! Corral's real-process cluster harness and scenario tests arrive with the replicated
-//! master; this crate holds only its place in the workspace for now.
+//! A harness that runs real `corral-master` processes on free loopback ports with temp data
+//! dirs, and can SIGKILL, SIGSTOP/SIGCONT, restart and add each one. Every process is killed
+//! when the [`Cluster`] drops; on a panicking test, the masters' logs are printed.
+//!
+//! Binaries are looked up beside the test executable (`target/<profile>/`), where
+//! `cargo test --workspace` and `cargo build` put them, or in `CORRAL_BIN_DIR`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use corral_proto::client::Masters;
+use corral_proto::v1;
+use corral_proto::v1::operator_client::OperatorClient;
+use tonic::Status;
+
+/// Cluster tests in one test binary run one at a time: each starts several masters with
+/// tight timeouts, and on a 2-core machine two clusters at once would starve each other's
+/// heartbeats.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Where the Corral binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CORRAL_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe.parent().expect("executable in a directory");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    if dir.ends_with("deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The path of Corral binary `name`, or a panic that says how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` (which builds it) or build it with `cargo build --bins`, or set CORRAL_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released for the child to take).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or panic after `deadline` saying what
+/// was awaited.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One master process of the cluster.
+pub struct MasterProc {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+    /// Passed again on restart; None for masters added with `members add`.
+    peers: Option<String>,
+}
+
+impl MasterProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A set of masters on this machine.
+pub struct Cluster {
+    pub masters: BTreeMap<u64, MasterProc>,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Start `n` masters (ids 1..=n) forming one cluster.
+    pub fn start(n: u64) -> Cluster {
+        Self::start_with(n, &[])
+    }
+
+    /// Start `n` masters with extra flags for every one.
+    pub fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let peers = addresses
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            masters: BTreeMap::new(),
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _turn: turn,
+        };
+        for (id, address) in addresses {
+            cluster.add_process(id, address, Some(peers.clone()));
+        }
+        eprintln!("cluster: started {n} masters: {}", cluster.masters_arg());
+        cluster
+    }
+
+    fn add_process(&mut self, id: u64, address: String, peers: Option<String>) {
+        let data_dir = self.dir.path().join(format!("master-{id}"));
+        let log = self.dir.path().join(format!("master-{id}.log"));
+        let mut m = MasterProc {
+            id,
+            address,
+            data_dir,
+            log,
+            child: None,
+            stopped: false,
+            peers,
+        };
+        spawn(&mut m, &self.extra_args);
+        self.masters.insert(id, m);
+    }
+
+    /// Start master `id` on an empty data dir without `--peers`: it waits to be added with
+    /// `corral members add`.
+    pub fn start_standalone(&mut self, id: u64) -> String {
+        let address = format!("127.0.0.1:{}", free_port());
+        self.add_process(id, address.clone(), None);
+        address
+    }
+
+    /// Every master address, comma-separated (for `--masters`).
+    pub fn masters_arg(&self) -> String {
+        self.masters
+            .values()
+            .map(|m| m.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn address(&self, id: u64) -> &str {
+        &self.masters[&id].address
+    }
+
+    /// A leader-following client of the running masters.
+    pub fn client(&self) -> Masters {
+        let addrs = self
+            .masters
+            .values()
+            .filter(|m| m.is_running())
+            .map(|m| m.address.clone())
+            .collect();
+        Masters::new(addrs, Duration::from_secs(2))
+    }
+
+    /// SIGKILL master `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let m = self.masters.get_mut(&id).expect("known master");
+        if let Some(mut child) = m.child.take() {
+            if m.stopped {
+                signal(&child, libc::SIGCONT);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        m.stopped = false;
+        eprintln!("cluster: killed master {id}");
+    }
+
+    /// SIGSTOP master `id` (it keeps its sockets but answers nothing).
+    pub fn pause(&mut self, id: u64) {
+        let m = self.masters.get_mut(&id).expect("known master");
+        signal(m.child.as_ref().expect("running"), libc::SIGSTOP);
+        m.stopped = true;
+        eprintln!("cluster: paused master {id}");
+    }
+
+    /// SIGCONT master `id`.
+    pub fn resume(&mut self, id: u64) {
+        let m = self.masters.get_mut(&id).expect("known master");
+        signal(m.child.as_ref().expect("running"), libc::SIGCONT);
+        m.stopped = false;
+        eprintln!("cluster: resumed master {id}");
+    }
+
+    /// Start master `id` again on its data dir (after a kill).
+    pub fn restart(&mut self, id: u64) {
+        let extra = self.extra_args.clone();
+        let m = self.masters.get_mut(&id).expect("known master");
+        assert!(m.child.is_none(), "master {id} is still running");
+        spawn(m, &extra);
+        eprintln!("cluster: restarted master {id}");
+    }
+
+    /// Forget master `id` after killing it (it was removed from the cluster).
+    pub fn discard(&mut self, id: u64) {
+        self.kill(id);
+        self.masters.remove(&id);
+    }
+
+    /// Master `id`'s own view, or the error.
+    pub async fn member(&self, id: u64) -> Result<v1::MemberStatus, Status> {
+        let channel = corral_proto::client::channel(self.address(id), Duration::from_millis(500))?;
+        let mut client = OperatorClient::new(channel);
+        let call = client.member(v1::MemberRequest {});
+        match tokio::time::timeout(Duration::from_millis(700), call).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded("member query timed out")),
+        }
+    }
+
+    /// Wait until exactly one of `among` is leader and all of them name it; returns its id.
+    pub async fn wait_leader(&self, among: &[u64], deadline: Duration) -> u64 {
+        let what = format!("one leader agreed by masters {among:?}");
+        wait_for(deadline, &what, || async {
+            let mut leaders = Vec::new();
+            for id in among {
+                let Ok(m) = self.member(*id).await else { return None };
+                if m.role == "leader" {
+                    leaders.push(*id);
+                }
+            }
+            let [leader] = leaders.as_slice() else { return None };
+            let leader_addr = self.address(*leader).to_string();
+            // Every member must name the same leader (read from /health through Status).
+            for id in among {
+                let status = self.status_of(*id).await?;
+                if status.leader.map(|l| l.address) != Some(leader_addr.clone()) {
+                    return None;
+                }
+            }
+            Some(*leader)
+        })
+        .await
+    }
+
+    /// Master `id`'s answer to `Status`.
+    pub async fn status_of(&self, id: u64) -> Option<v1::StatusResponse> {
+        let channel = corral_proto::client::channel(self.address(id), Duration::from_secs(2)).ok()?;
+        let mut client = OperatorClient::new(channel);
+        let call = client.status(v1::StatusRequest {});
+        tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .ok()?
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Wait until every one of `ids` has applied the same index with the same state hash, at
+    /// least `min_index`; returns (index, hash).
+    pub async fn wait_converged(&self, ids: &[u64], min_index: u64, deadline: Duration) -> (u64, String) {
+        let what = format!("masters {ids:?} at the same applied index (>= {min_index}) and state hash");
+        wait_for(deadline, &what, || async {
+            let mut seen = Vec::new();
+            for id in ids {
+                seen.push(self.member(*id).await.ok()?);
+            }
+            let first = &seen[0];
+            let same = seen
+                .iter()
+                .all(|m| m.applied_index == first.applied_index && m.state_hash == first.state_hash);
+            (same && first.applied_index >= min_index).then(|| (first.applied_index, first.state_hash.clone()))
+        })
+        .await
+    }
+
+    /// Set a role weight through the leader.
+    pub async fn set_weight(
+        &self,
+        client: &Masters,
+        role: &str,
+        weight: f64,
+        deadline: Duration,
+    ) -> Result<(), Status> {
+        client
+            .on_leader(deadline, |ch| {
+                let weights = vec![v1::WeightInfo {
+                    role: role.to_string(),
+                    weight,
+                }];
+                async move {
+                    OperatorClient::new(ch)
+                        .set_weights(v1::SetWeightsRequest { weights })
+                        .await
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The role weights, read from the leader.
+    pub async fn weights(&self, client: &Masters, deadline: Duration) -> Result<BTreeMap<String, f64>, Status> {
+        let r = client
+            .on_leader(deadline, |ch| async move {
+                OperatorClient::new(ch).get_weights(v1::GetWeightsRequest {}).await
+            })
+            .await?;
+        Ok(r.into_inner().weights.into_iter().collect())
+    }
+
+    /// Run the `corral` CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("corral"))
+            .args(args)
+            .env("CORRAL_MASTERS", self.masters_arg())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral")
+    }
+
+    /// The last lines of master `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.masters[&id].log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child we have not reaped, so it cannot be reused.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+fn spawn(m: &mut MasterProc, extra: &[String]) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&m.log)
+        .expect("open master log");
+    let mut cmd = Command::new(binary("corral-master"));
+    cmd.arg("--id")
+        .arg(m.id.to_string())
+        .arg("--listen")
+        .arg(&m.address)
+        .arg("--data-dir")
+        .arg(&m.data_dir)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(p) = &m.peers {
+        cmd.arg("--peers").arg(p);
+    }
+    m.child = Some(cmd.spawn().expect("spawn corral-master"));
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.masters.keys().copied().collect();
+        for id in &ids {
+            let m = self.masters.get_mut(id).expect("known");
+            if let Some(mut child) = m.child.take() {
+                if m.stopped {
+                    signal(&child, libc::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for id in ids {
+                eprintln!("---- master {id} log (last 40 lines) ----\n{}", self.log_tail(id, 40));
+            }
+        }
+    }
+}
+
+/// A temp dir path helper for tests that run a binary by hand.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}

@@ -1,0 +1,261 @@
+//! `corral-master` flags (DESIGN.md), validated once, up front, with errors naming the flag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default cluster name recorded in every data dir.
+pub const DEFAULT_CLUSTER: &str = "corral";
+
+/// Command-line flags; each can also be set as `CORRAL_<FLAG>` in the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "corral-master",
+    version,
+    about = "A Corral master: one replica of the cluster's replicated state"
+)]
+pub struct MasterArgs {
+    /// This master's Raft node id (a positive integer, unique in the cluster, stable for life).
+    #[arg(long, env = "CORRAL_ID")]
+    pub id: u64,
+
+    /// Address to serve gRPC and HTTP on.
+    #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:5050")]
+    pub listen: SocketAddr,
+
+    /// Address the other masters and clients use to reach this one (default: --listen, or
+    /// this master's entry in --peers).
+    #[arg(long, env = "CORRAL_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Initial voters, this master included: `1=host:port,2=host:port,3=host:port`. Used only
+    /// on an empty data dir; every initial master must be given the same list.
+    #[arg(long, env = "CORRAL_PEERS")]
+    pub peers: Option<String>,
+
+    /// Directory of this master's Raft log, snapshots and identity.
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Minimum election timeout; each master draws its own in [t, 2t). A follower stands for
+    /// election after the leader lease (2t) plus its own timeout without hearing a leader.
+    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS", default_value_t = 100)]
+    pub election_timeout_ms: u64,
+
+    /// How often the leader sends heartbeats.
+    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL_MS", default_value_t = 40)]
+    pub heartbeat_interval_ms: u64,
+
+    /// An agent silent this long is marked unreachable (e.g. `15s`, `500ms`, `2m`).
+    #[arg(long, env = "CORRAL_AGENT_PING_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub agent_ping_timeout: Duration,
+
+    /// After a leader change, how long agents have to re-register before they are marked
+    /// unreachable.
+    #[arg(long, env = "CORRAL_AGENT_REREGISTER_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub agent_reregister_timeout: Duration,
+
+    /// Longest time between two allocation passes.
+    #[arg(long, env = "CORRAL_ALLOCATION_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub allocation_interval: Duration,
+
+    /// Rescind offers not used within this time (`0s`: never).
+    #[arg(long, env = "CORRAL_OFFER_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub offer_timeout: Duration,
+
+    /// Name of the cluster, recorded in the data dir; a master refuses a data dir of another
+    /// cluster, and masters refuse Raft traffic from another cluster.
+    #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = DEFAULT_CLUSTER)]
+    pub cluster_name: String,
+}
+
+/// Parse `500ms`, `15s`, `2m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 15s, 2m or 1h"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Parse `--peers`: `id=host:port,...` with unique ids and addresses.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    let mut addresses = BTreeSet::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("--peers: {entry:?} is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers: {entry:?}: id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err(format!("--peers: {entry:?}: ids start at 1"));
+        }
+        let addr = addr.trim();
+        valid_address(addr).map_err(|e| format!("--peers: {entry:?}: {e}"))?;
+        if !addresses.insert(addr.to_string()) {
+            return Err(format!("--peers: address {addr} is given twice"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("--peers: duplicate id {id}"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers: no peers given".into());
+    }
+    Ok(peers)
+}
+
+fn valid_address(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("address {addr:?} is not host:port")),
+    }
+}
+
+/// The validated configuration of a master.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    /// Initial voters, when given.
+    pub peers: Option<BTreeMap<u64, String>>,
+    pub data_dir: PathBuf,
+    pub cluster: String,
+    pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub agent_ping_timeout: Duration,
+    pub agent_reregister_timeout: Duration,
+    pub allocation_interval: Duration,
+    pub offer_timeout: Option<Duration>,
+}
+
+impl MasterArgs {
+    /// Check every flag and the rules between them.
+    pub fn validate(self) -> Result<Config, String> {
+        if self.id == 0 {
+            return Err("--id: must be a positive integer".into());
+        }
+        let peers = self.peers.as_deref().map(parse_peers).transpose()?;
+        if let Some(peers) = &peers {
+            if !peers.contains_key(&self.id) {
+                return Err(format!("--peers: does not include this master's --id {}", self.id));
+            }
+        }
+        let own_peer_addr = peers.as_ref().and_then(|p| p.get(&self.id).cloned());
+        let advertise = match (&self.advertise, &own_peer_addr) {
+            (Some(a), Some(p)) if a != p => {
+                return Err(format!(
+                    "--advertise {a} differs from this master's address {p} in --peers"
+                ));
+            }
+            (Some(a), _) => a.clone(),
+            (None, Some(p)) => p.clone(),
+            (None, None) if self.listen.ip().is_unspecified() => {
+                return Err("--advertise: required when --listen is a wildcard address".into());
+            }
+            (None, None) => self.listen.to_string(),
+        };
+        valid_address(&advertise).map_err(|e| format!("--advertise: {e}"))?;
+        if self.heartbeat_interval_ms < 5 {
+            return Err("--heartbeat-interval-ms: must be at least 5".into());
+        }
+        if self.election_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return Err(format!(
+                "--election-timeout-ms ({}) must be at least twice --heartbeat-interval-ms ({})",
+                self.election_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.allocation_interval.is_zero() {
+            return Err("--allocation-interval: must be greater than 0".into());
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.len() > 64 {
+            return Err("--cluster-name: must be 1 to 64 characters".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err("--data-dir: must not be empty".into());
+        }
+        Ok(Config {
+            id: self.id,
+            listen: self.listen,
+            advertise,
+            peers,
+            data_dir: self.data_dir,
+            cluster: self.cluster_name,
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            agent_ping_timeout: self.agent_ping_timeout,
+            agent_reregister_timeout: self.agent_reregister_timeout,
+            allocation_interval: self.allocation_interval,
+            offer_timeout: (!self.offer_timeout.is_zero()).then_some(self.offer_timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["corral-master", "--id", "1", "--data-dir", "/tmp/x"];
+        argv.extend_from_slice(extra);
+        MasterArgs::try_parse_from(argv).map_err(|e| e.to_string())?.validate()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("99999999999999999h").unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn peers_rules() {
+        let p = parse_peers("1=a:1, 2=b:2,3=c:3").unwrap();
+        assert_eq!(p.len(), 3);
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("duplicate id 1"));
+        assert!(parse_peers("1=a:1,2=a:1").unwrap_err().contains("given twice"));
+        assert!(parse_peers("1:a:1").unwrap_err().contains("not id=host:port"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("not a positive integer"));
+        assert!(parse_peers("1=a").unwrap_err().contains("not host:port"));
+        assert!(parse_peers("0=a:1").unwrap_err().contains("start at 1"));
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        let c = args(&["--peers", "1=h1:5050,2=h2:5050"]).unwrap();
+        assert_eq!(c.advertise, "h1:5050");
+        assert!(args(&["--peers", "2=h2:5050"])
+            .unwrap_err()
+            .contains("does not include"));
+        assert!(args(&["--peers", "1=h1:5050", "--advertise", "h9:1"])
+            .unwrap_err()
+            .contains("differs"));
+        assert!(args(&["--listen", "0.0.0.0:5050"]).unwrap_err().contains("--advertise"));
+        assert!(args(&["--election-timeout-ms", "50", "--heartbeat-interval-ms", "40"])
+            .unwrap_err()
+            .contains("at least twice"));
+        assert!(args(&["--bogus"]).is_err());
+        assert_eq!(args(&[]).unwrap().advertise, "127.0.0.1:5050");
+    }
+}

@@ -1,0 +1,159 @@
+//! Plain HTTP on the gRPC port: `/health`, `/metrics` (Prometheus text), `/state` (JSON)
+//! and `/redirect` (307 to the leader), as Mesos masters serve them.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use openraft::ServerState;
+use serde_json::json;
+
+use crate::node::{Shared, WRITE_BUCKETS_MS};
+
+pub(crate) fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/state", get(state))
+        .route("/redirect", get(redirect))
+        .with_state(shared)
+}
+
+/// 200 while this master serves; says what it knows of the cluster.
+async fn health(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let v = shared.self_view();
+    Json(json!({
+        "status": "ok",
+        "id": v.id,
+        "role": v.role,
+        "term": v.term,
+        "leader": v.leader.map(|(id, address)| json!({"id": id, "address": address})),
+    }))
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let m = shared.raft.metrics().borrow().clone();
+    let id = shared.config.id;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{id=\"{id}\"}} {value}"
+        );
+    };
+    gauge("corral_raft_term", "Current Raft term.", m.current_term as f64);
+    gauge(
+        "corral_raft_is_leader",
+        "1 if this master is the leader.",
+        f64::from(u8::from(m.state == ServerState::Leader)),
+    );
+    gauge(
+        "corral_raft_leader_id",
+        "Id of the known leader, 0 if none.",
+        m.current_leader.unwrap_or(0) as f64,
+    );
+    gauge(
+        "corral_raft_last_log_index",
+        "Index of the last log entry.",
+        m.last_log_index.unwrap_or(0) as f64,
+    );
+    gauge(
+        "corral_raft_applied_index",
+        "Index of the last applied entry.",
+        m.last_applied.map_or(0, |l| l.index) as f64,
+    );
+    gauge(
+        "corral_raft_snapshot_index",
+        "Index of the last snapshot.",
+        m.snapshot.map_or(0, |l| l.index) as f64,
+    );
+    gauge(
+        "corral_raft_purged_index",
+        "Index up to which the log is purged.",
+        m.purged.map_or(0, |l| l.index) as f64,
+    );
+    if let Some(ack) = m.millis_since_quorum_ack {
+        gauge(
+            "corral_raft_quorum_ack_age_seconds",
+            "Time since a quorum last acknowledged the leader.",
+            ack as f64 / 1000.0,
+        );
+    }
+    if let Some(replication) = &m.replication {
+        let last = m.last_log_index.unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "# HELP corral_raft_replication_lag_entries Entries a follower is behind the leader."
+        );
+        let _ = writeln!(out, "# TYPE corral_raft_replication_lag_entries gauge");
+        for (peer, matched) in replication {
+            let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+            let _ = writeln!(
+                out,
+                "corral_raft_replication_lag_entries{{id=\"{id}\",peer=\"{peer}\"}} {lag}"
+            );
+        }
+    }
+    let lat = shared.write_latency.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(
+        out,
+        "# HELP corral_write_commit_seconds Time from proposing a write to it being applied."
+    );
+    let _ = writeln!(out, "# TYPE corral_write_commit_seconds histogram");
+    for (bound, count) in WRITE_BUCKETS_MS.iter().zip(lat.buckets.iter()) {
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "corral_write_commit_seconds_bucket{{id=\"{id}\",le=\"{le}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "corral_write_commit_seconds_bucket{{id=\"{id}\",le=\"+Inf\"}} {}",
+        lat.count
+    );
+    let _ = writeln!(out, "corral_write_commit_seconds_sum{{id=\"{id}\"}} {}", lat.sum_secs);
+    let _ = writeln!(out, "corral_write_commit_seconds_count{{id=\"{id}\"}} {}", lat.count);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// This master's applied state as JSON (not a linearizable read: use the leader's).
+async fn state(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let v = shared.self_view();
+    let weights: serde_json::Map<String, serde_json::Value> = {
+        let s = shared.state.read();
+        s.app
+            .weights
+            .iter()
+            .map(|(r, m)| (r.clone(), json!(*m as f64 / 1000.0)))
+            .collect()
+    };
+    Json(json!({
+        "id": v.id,
+        "address": v.address,
+        "role": v.role,
+        "term": v.term,
+        "leader": v.leader.map(|(id, address)| json!({"id": id, "address": address})),
+        "applied_index": v.applied_index,
+        "state_hash": v.state_hash,
+        "weights": weights,
+        "agents": [],
+        "frameworks": [],
+        "tasks": [],
+    }))
+}
+
+/// 307 to the leader's base URL, or 503 while there is none.
+async fn redirect(State(shared): State<Shared>) -> Response {
+    match shared.leader() {
+        Some((_, addr)) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("http://{addr}/"))],
+        )
+            .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no leader is elected at the moment\n").into_response(),
+    }
+}

@@ -1,0 +1,261 @@
+//! Raft peer traffic over tonic: the client side (openraft's `RaftNetworkFactory`) and the
+//! server side (the `corral.v1.Raft` service), on the masters' one port.
+//!
+//! Payloads are openraft's request/response types encoded with postcard behind a format
+//! byte. Every request names the cluster and the target node; a master refuses traffic for
+//! another cluster or node id (for example a reused address), so a misrouted append can
+//! never land in the wrong log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_proto::v1;
+use corral_proto::v1::raft_client::RaftClient;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use crate::types::{CorralRaft, NodeId, Raft};
+
+/// Format byte in front of every payload.
+const WIRE_FORMAT: u8 = 1;
+/// How long to wait for a TCP connection to a peer. Short: a dead peer should be reported
+/// unreachable quickly so openraft backs off instead of queuing behind it.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![WIRE_FORMAT];
+    postcard::to_io(value, &mut out)?;
+    Ok(out)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&WIRE_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unsupported raft wire format {v}")),
+        None => Err("empty raft payload".into()),
+    }
+}
+
+/// Creates openraft's per-peer clients; channels are shared and reused across RPCs and
+/// across the clients openraft re-creates (on every election, for instance).
+#[derive(Clone)]
+pub struct Network {
+    cluster: String,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new(cluster: String) -> Self {
+        Network {
+            cluster,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<CorralRaft> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let client = self.channel(&node.addr).map(|c| {
+            RaftClient::new(c)
+                .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
+                .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
+        });
+        PeerClient {
+            cluster: self.cluster.clone(),
+            target,
+            client,
+        }
+    }
+}
+
+/// openraft's client for one peer.
+pub struct PeerClient {
+    cluster: String,
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&mut self, kind: RpcKind, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    e.clone(),
+                ))))
+            }
+        };
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(v1::RaftRequest {
+            cluster: self.cluster.clone(),
+            target: self.target,
+            payload,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Vote => client.vote(request).await,
+            RpcKind::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply
+            .map_err(|status| transport_error(status, self.target, kind, option))?
+            .into_inner();
+        match reply.result {
+            Some(v1::raft_reply::Result::Ok(bytes)) => {
+                decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
+            }
+            Some(v1::raft_reply::Result::RaftError(bytes)) => {
+                let err: RaftError<NodeId, E> =
+                    decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+                Err(RPCError::RemoteError(RemoteError::new(self.target, err)))
+            }
+            None => Err(RPCError::Network(NetworkError::new(&std::io::Error::other(
+                "empty raft reply",
+            )))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+fn transport_error<E: std::error::Error>(
+    status: Status,
+    target: NodeId,
+    kind: RpcKind,
+    option: &RPCOption,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let err = std::io::Error::other(format!("{:?}: {}", status.code(), status.message()));
+    match status.code() {
+        // Connection refused or reset: openraft backs off an unreachable peer.
+        Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+        Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(Timeout {
+            action: match kind {
+                RpcKind::Append => openraft::network::RPCTypes::AppendEntries,
+                RpcKind::Vote => openraft::network::RPCTypes::Vote,
+                RpcKind::Snapshot => openraft::network::RPCTypes::InstallSnapshot,
+            },
+            id: 0,
+            target,
+            timeout: option.hard_ttl(),
+        }),
+        _ => RPCError::Network(NetworkError::new(&err)),
+    }
+}
+
+impl RaftNetwork<CorralRaft> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<CorralRaft>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<CorralRaft>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}
+
+/// The server side: hands peer requests to the local openraft node.
+pub struct RaftService {
+    pub raft: Raft,
+    pub cluster: String,
+    pub id: NodeId,
+}
+
+impl RaftService {
+    fn open<T: DeserializeOwned>(&self, req: v1::RaftRequest) -> Result<T, Status> {
+        if req.cluster != self.cluster {
+            return Err(Status::failed_precondition(format!(
+                "raft request for cluster {:?} reached cluster {:?}",
+                req.cluster, self.cluster
+            )));
+        }
+        if req.target != self.id {
+            return Err(Status::failed_precondition(format!(
+                "raft request for node {} reached node {}",
+                req.target, self.id
+            )));
+        }
+        decode(&req.payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+    }
+}
+
+fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<v1::RaftReply>, Status> {
+    let result = match result {
+        Ok(v) => v1::raft_reply::Result::Ok(encode(&v).map_err(|e| Status::internal(e.to_string()))?),
+        Err(e) => v1::raft_reply::Result::RaftError(encode(&e).map_err(|e| Status::internal(e.to_string()))?),
+    };
+    Ok(Response::new(v1::RaftReply { result: Some(result) }))
+}
+
+#[tonic::async_trait]
+impl v1::raft_server::Raft for RaftService {
+    async fn append_entries(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: AppendEntriesRequest<CorralRaft> = self.open(req.into_inner())?;
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: VoteRequest<NodeId> = self.open(req.into_inner())?;
+        reply(self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: InstallSnapshotRequest<CorralRaft> = self.open(req.into_inner())?;
+        reply(self.raft.install_snapshot(rpc).await)
+    }
+}

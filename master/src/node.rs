@@ -1,0 +1,377 @@
+//! A running master: opens the store, starts openraft, serves gRPC and HTTP on one port,
+//! forms the cluster on first start, and shuts down in order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use corral_proto::v1;
+use corral_raft_store::{Identity, LogStore, Options, StateReader, StoreError};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::config::Config;
+use crate::network::{Network, RaftService};
+use crate::state::ClusterState;
+use crate::types::{CorralRaft, NodeId, Outcome, Proposal, Raft};
+
+/// How long a write may wait to be committed before the client is told UNAVAILABLE. A
+/// leader that lost its quorum cannot commit; the client must not hang on it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries between two snapshots; the log is purged behind each one.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
+/// log instead of needing the whole snapshot.
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
+
+/// Why a master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir belongs to another node or cluster, or is of a newer format: the
+    /// operator must fix the configuration (exit code 2).
+    #[error("{0}")]
+    DataDir(StoreError),
+    #[error("opening the store: {0}")]
+    Store(StoreError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting raft: {0}")]
+    Raft(String),
+}
+
+/// Latency of committed writes, for `/metrics`: a small fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct WriteLatency {
+    pub buckets: [u64; WRITE_BUCKETS_MS.len()],
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+/// Upper bounds of the write latency buckets, in milliseconds.
+pub const WRITE_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+impl WriteLatency {
+    fn observe(&mut self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        for (i, bound) in WRITE_BUCKETS_MS.iter().enumerate() {
+            if ms <= *bound as f64 {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_secs += d.as_secs_f64();
+    }
+}
+
+/// Everything the services of one master share. Cheap to clone.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub raft: Raft,
+    pub state: StateReader<ClusterState>,
+    pub write_latency: Arc<Mutex<WriteLatency>>,
+    /// The state hash at an applied index, computed once per index.
+    hash_cache: Arc<Mutex<Option<(u64, String)>>>,
+}
+
+/// This master's own view of itself, read consistently (index and hash from one state).
+#[derive(Debug, Clone)]
+pub struct SelfView {
+    pub id: NodeId,
+    pub address: String,
+    pub role: &'static str,
+    pub voter: bool,
+    pub term: u64,
+    pub leader: Option<(NodeId, String)>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub state_hash: String,
+}
+
+impl Shared {
+    /// The leader's id and address, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Fail with the redirect status unless this master is the leader.
+    pub fn require_leader(&self) -> Result<(), Status> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(corral_proto::client::not_leader(self.leader().map(|l| l.1).as_deref()))
+        }
+    }
+
+    /// The current state hash and the applied index it belongs to.
+    pub fn applied_and_hash(&self) -> (u64, String) {
+        let applied = self.state.read();
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let mut cache = self.hash_cache.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cache {
+            Some((i, h)) if *i == index => (index, h.clone()),
+            _ => {
+                let h = applied.app.hash();
+                *cache = Some((index, h.clone()));
+                (index, h)
+            }
+        }
+    }
+
+    pub fn self_view(&self) -> SelfView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter = membership.voter_ids().any(|v| v == self.config.id);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Learner => "learner",
+            // A candidate is a follower that is standing for election.
+            ServerState::Follower | ServerState::Candidate => "follower",
+            ServerState::Shutdown => "unreachable",
+        };
+        let (applied_index, state_hash) = self.applied_and_hash();
+        SelfView {
+            id: self.config.id,
+            address: self.config.advertise.clone(),
+            role,
+            voter,
+            term: m.current_term,
+            leader: self.leader(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index,
+            state_hash,
+        }
+    }
+
+    /// Commit one command through Raft and return its outcome. Leader only; a follower
+    /// answers with the redirect; a leader that cannot commit within [`WRITE_TIMEOUT`]
+    /// answers UNAVAILABLE.
+    pub async fn write(&self, kind: v1::command::Kind) -> Result<Outcome, Status> {
+        let command = v1::Command {
+            timestamp_ms: now_ms(),
+            kind: Some(kind),
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(Proposal::single(command))).await;
+        let response = match result {
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
+                )))
+            }
+            Ok(Err(e)) => return Err(write_error(self, e)),
+            Ok(Ok(r)) => r,
+        };
+        self.write_latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(started.elapsed());
+        response
+            .data
+            .outcomes
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("apply returned no outcome for the command"))
+    }
+
+    /// Wait until this master is the leader and has applied everything committed before
+    /// the call (a linearizable read point), or answer with the redirect.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(Status::unavailable(
+                "could not confirm leadership with a quorum in time",
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => Err(
+                corral_proto::client::not_leader(f.leader_node.as_ref().map(|n| n.addr.as_str())),
+            ),
+            Ok(Err(e)) => Err(Status::unavailable(format!("not able to serve a consistent read: {e}"))),
+        }
+    }
+}
+
+/// Map an openraft write error to the status a client acts on.
+pub fn write_error(shared: &Shared, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            let hint = f.leader_node.map(|n| n.addr).or_else(|| shared.leader().map(|l| l.1));
+            corral_proto::client::not_leader(hint.as_deref())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Status::failed_precondition(c.to_string()),
+        RaftError::Fatal(f) => Status::unavailable(format!("this master's raft node stopped: {f}")),
+    }
+}
+
+/// Milliseconds since the Unix epoch (the leader's clock, stamped into commands).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A running master.
+pub struct Master {
+    pub shared: Shared,
+    pub local_addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Master {
+    /// Open the store, start Raft and the servers, and form the cluster if this is the first
+    /// start with `--peers`.
+    pub async fn start(config: Config) -> Result<Master, StartError> {
+        let identity = Identity {
+            node_id: config.id,
+            cluster: config.cluster.clone(),
+        };
+        let (mut log, sm): (LogStore<CorralRaft>, _) =
+            corral_raft_store::open::<CorralRaft, ClusterState>(&config.data_dir, &identity, &Options::default())
+                .map_err(|e| {
+                    if e.is_fatal_environment() {
+                        StartError::DataDir(e)
+                    } else {
+                        StartError::Store(e)
+                    }
+                })?;
+        let fresh = log
+            .get_log_state()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
+            .last_log_id
+            .is_none()
+            && log
+                .read_vote()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?
+                .is_none();
+        let state = sm.reader();
+
+        let election_ms = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = Network::new(config.cluster.clone());
+        let raft = openraft::Raft::new(config.id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let shared = Shared {
+            config: Arc::new(config),
+            raft: raft.clone(),
+            state,
+            write_latency: Arc::default(),
+            hash_cache: Arc::default(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(shared.clone(), listener, stopped));
+
+        if fresh {
+            if let Some(peers) = &shared.config.peers {
+                initialize(&raft, peers).await;
+            } else {
+                tracing::info!("empty data dir and no --peers: waiting to be added with `corral members add`");
+            }
+        }
+        tracing::info!(id = shared.config.id, address = %shared.config.advertise, listen = %local_addr, "master started");
+        Ok(Master {
+            shared,
+            local_addr,
+            stop,
+            server,
+        })
+    }
+
+    /// Stop serving and stop the Raft node.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(e) = self.shared.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!(id = self.shared.config.id, "master stopped");
+    }
+}
+
+/// Form the cluster from `--peers`. Every initial master does this with the same list: the
+/// membership entry they write is identical (log index 0, term 0), so whichever starts
+/// first, they agree; a master that already received a leader's log refuses, harmlessly.
+async fn initialize(raft: &Raft, peers: &BTreeMap<NodeId, String>) {
+    let members: BTreeMap<NodeId, BasicNode> = peers.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect();
+    let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(?voters, "cluster initialized from --peers"),
+        Err(RaftError::APIError(e)) => tracing::info!(error = %e, "not initializing: this master already has state"),
+        Err(e) => tracing::error!(error = %e, "initialize failed"),
+    }
+}
+
+async fn serve(
+    shared: Shared,
+    listener: tokio::net::TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let max = corral_proto::MAX_MESSAGE_BYTES;
+    let raft_svc = v1::raft_server::RaftServer::new(RaftService {
+        raft: shared.raft.clone(),
+        cluster: shared.config.cluster.clone(),
+        id: shared.config.id,
+    })
+    .max_decoding_message_size(max * 4)
+    .max_encoding_message_size(max * 4);
+    let operator =
+        v1::operator_server::OperatorServer::new(crate::service::operator::OperatorService::new(shared.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let mut routes = tonic::service::Routes::new(raft_svc).add_service(operator);
+    let http = crate::http::router(shared.clone());
+    let grpc = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = grpc.merge(http);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+}

@@ -1,0 +1,3 @@
+//! gRPC services of the master.
+
+pub mod operator;

@@ -1,0 +1,302 @@
+//! The operator API (`corral.v1.Operator`), behind `corral status`, `corral members` and
+//! `corral weights`.
+//!
+//! Every mutating call follows the same steps: redirect if not leader → validate → Raft
+//! write → reply. Reads other than `Status` and `Member` are served by the leader at a
+//! linearizable read point.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use corral_proto::v1;
+use corral_proto::v1::operator_client::OperatorClient;
+use corral_proto::v1::operator_server::Operator;
+use openraft::BasicNode;
+use tonic::{Request, Response, Status};
+
+use crate::node::{write_error, SelfView, Shared};
+use crate::state::validate_weight;
+use crate::types::{NodeId, Outcome};
+
+/// How long `Status` waits for each other member's own view.
+pub const MEMBER_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long `AddMember` waits for the new master to catch up as a learner.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most weights set in one call.
+pub const MAX_WEIGHTS_PER_CALL: usize = 1024;
+
+pub struct OperatorService {
+    shared: Shared,
+}
+
+impl OperatorService {
+    pub fn new(shared: Shared) -> Self {
+        OperatorService { shared }
+    }
+
+    /// Every member's status: this master's own view, and each other member's answer to
+    /// `Member`, or "unreachable".
+    async fn members(&self) -> Vec<v1::MemberStatus> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let nodes: Vec<(NodeId, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (id, addr) in nodes.clone() {
+            if id == self.shared.config.id {
+                continue;
+            }
+            tasks.spawn(async move {
+                let answer = async {
+                    let channel = corral_proto::client::channel(&addr, MEMBER_QUERY_TIMEOUT)?;
+                    let mut client = OperatorClient::new(channel);
+                    client.member(v1::MemberRequest {}).await.map(Response::into_inner)
+                };
+                let answer = tokio::time::timeout(MEMBER_QUERY_TIMEOUT, answer).await;
+                (id, addr, answer)
+            });
+        }
+        let mut out: BTreeMap<NodeId, v1::MemberStatus> = BTreeMap::new();
+        if nodes.iter().any(|(id, _)| *id == self.shared.config.id) {
+            out.insert(self.shared.config.id, member_status(&self.shared.self_view()));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((id, addr, answer)) = joined else { continue };
+            let status = match answer {
+                Ok(Ok(mut s)) if s.id == id => {
+                    s.voter = voters.contains(&id);
+                    s
+                }
+                _ => v1::MemberStatus {
+                    id,
+                    address: addr,
+                    role: "unreachable".into(),
+                    voter: voters.contains(&id),
+                    ..Default::default()
+                },
+            };
+            out.insert(id, status);
+        }
+        out.into_values().collect()
+    }
+}
+
+fn member_status(v: &SelfView) -> v1::MemberStatus {
+    v1::MemberStatus {
+        id: v.id,
+        address: v.address.clone(),
+        role: v.role.into(),
+        voter: v.voter,
+        last_log_index: v.last_log_index,
+        applied_index: v.applied_index,
+        state_hash: v.state_hash.clone(),
+    }
+}
+
+fn valid_member_address(addr: &str) -> bool {
+    matches!(addr.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        let view = self.shared.self_view();
+        let members = self.members().await;
+        Ok(Response::new(v1::StatusResponse {
+            leader: view.leader.as_ref().map(|(id, address)| v1::MasterInfo {
+                id: *id,
+                address: address.clone(),
+            }),
+            term: view.term,
+            members,
+            // Agents, frameworks and tasks join the replicated state with the agent API.
+            agents: 0,
+            frameworks: 0,
+            tasks: Default::default(),
+            answered_by: Some(v1::MasterInfo {
+                id: view.id,
+                address: view.address,
+            }),
+        }))
+    }
+
+    async fn member(&self, _: Request<v1::MemberRequest>) -> Result<Response<v1::MemberStatus>, Status> {
+        Ok(Response::new(member_status(&self.shared.self_view())))
+    }
+
+    async fn list_members(
+        &self,
+        _: Request<v1::ListMembersRequest>,
+    ) -> Result<Response<v1::ListMembersResponse>, Status> {
+        self.shared.require_leader()?;
+        Ok(Response::new(v1::ListMembersResponse {
+            members: self.members().await,
+        }))
+    }
+
+    async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::AddMemberResponse>, Status> {
+        self.shared.require_leader()?;
+        let req = req.into_inner();
+        if req.id == 0 {
+            return Err(Status::invalid_argument("id: must be a positive integer"));
+        }
+        if !valid_member_address(&req.address) {
+            return Err(Status::invalid_argument(format!(
+                "address: {:?} is not host:port",
+                req.address
+            )));
+        }
+        let membership = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if let Some(node) = membership.get_node(&req.id) {
+            if node.addr != req.address {
+                return Err(Status::already_exists(format!(
+                    "id: master {} is already a member at {}; remove it first to move it",
+                    req.id, node.addr
+                )));
+            }
+        }
+        if membership.nodes().any(|(id, n)| *id != req.id && n.addr == req.address) {
+            return Err(Status::already_exists(format!(
+                "address: {} is already used by another member",
+                req.address
+            )));
+        }
+        let raft = &self.shared.raft;
+        // Catch up as a learner first, so that the new master never counts towards a
+        // quorum before it holds the log.
+        tracing::info!(id = req.id, address = %req.address, "adding master as learner");
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, raft.add_learner(req.id, BasicNode::new(&req.address), true)).await
+        {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "master {} did not catch up within {CATCH_UP_TIMEOUT:?}; is it running at {}? It stays a learner until removed",
+                    req.id, req.address
+                )))
+            }
+            Ok(Err(e)) => return Err(write_error(&self.shared, e)),
+            Ok(Ok(_)) => {}
+        }
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        voters.insert(req.id);
+        tracing::info!(id = req.id, ?voters, "promoting master to voter");
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| write_error(&self.shared, e))?;
+        Ok(Response::new(v1::AddMemberResponse {
+            members: self.members().await,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<v1::RemoveMemberRequest>,
+    ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
+        self.shared.require_leader()?;
+        let id = req.into_inner().id;
+        let membership = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.get_node(&id).is_none() {
+            return Err(Status::not_found(format!("id: {id} is not a member")));
+        }
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        voters.remove(&id);
+        if voters.is_empty() {
+            return Err(Status::failed_precondition("id: cannot remove the last voting master"));
+        }
+        tracing::info!(id, ?voters, "removing master");
+        // retain = false: a removed voter does not stay on as a learner.
+        self.shared
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| write_error(&self.shared, e))?;
+        Ok(Response::new(v1::RemoveMemberResponse {
+            members: self.members().await,
+        }))
+    }
+
+    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        self.shared.linearizable().await?;
+        Ok(Response::new(v1::ListAgentsResponse { agents: Vec::new() }))
+    }
+
+    async fn list_frameworks(
+        &self,
+        _: Request<v1::ListFrameworksRequest>,
+    ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
+        self.shared.linearizable().await?;
+        Ok(Response::new(v1::ListFrameworksResponse { frameworks: Vec::new() }))
+    }
+
+    async fn list_tasks(&self, _: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        self.shared.linearizable().await?;
+        Ok(Response::new(v1::ListTasksResponse { tasks: Vec::new() }))
+    }
+
+    async fn get_weights(&self, _: Request<v1::GetWeightsRequest>) -> Result<Response<v1::GetWeightsResponse>, Status> {
+        self.shared.linearizable().await?;
+        let state = self.shared.state.read();
+        let weights = state
+            .app
+            .weights
+            .iter()
+            .map(|(r, m)| (r.clone(), *m as f64 / 1000.0))
+            .collect();
+        Ok(Response::new(v1::GetWeightsResponse { weights }))
+    }
+
+    async fn set_weights(
+        &self,
+        req: Request<v1::SetWeightsRequest>,
+    ) -> Result<Response<v1::SetWeightsResponse>, Status> {
+        self.shared.require_leader()?;
+        let req = req.into_inner();
+        if req.weights.is_empty() {
+            return Err(Status::invalid_argument(
+                "weights: at least one role weight is required",
+            ));
+        }
+        if req.weights.len() > MAX_WEIGHTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "weights: more than {MAX_WEIGHTS_PER_CALL} entries"
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        let mut weights = Vec::with_capacity(req.weights.len());
+        for (i, w) in req.weights.iter().enumerate() {
+            let field = format!("weights[{i}]");
+            let milli = validate_weight(&field, &w.role, w.weight).map_err(Status::invalid_argument)?;
+            if !seen.insert(w.role.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.role: {:?} is given twice",
+                    w.role
+                )));
+            }
+            weights.push(v1::RoleWeight {
+                role: w.role.clone(),
+                weight_milli: milli,
+            });
+        }
+        match self
+            .shared
+            .write(v1::command::Kind::SetWeights(v1::SetWeights { weights }))
+            .await?
+        {
+            Outcome::Applied => Ok(Response::new(v1::SetWeightsResponse {})),
+            Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The client side of leader following, shared by the CLI, the agent and the framework SDK.
+//!
+//! Any master can be asked. A follower answers a leader-only call with `UNAVAILABLE` and, when
+//! it knows the leader, the leader's address in the [`LEADER_METADATA_KEY`] metadata; the
+//! client goes there directly. With no hint (no leader yet, master down) it tries the next
+//! master, and after a whole round backs off exponentially with jitter, until its deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::LEADER_METADATA_KEY;
+
+/// First pause after a round of masters that all failed.
+pub const BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest pause between rounds.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long to wait for a TCP connection to one master.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Most redirects followed in a row without a round of backoff (guards against two masters
+/// pointing at each other during an election).
+const MAX_REDIRECTS_PER_ROUND: usize = 8;
+
+/// The status a master answers when a leader-only call reaches a non-leader.
+pub fn not_leader(leader: Option<&str>) -> Status {
+    match leader {
+        Some(addr) => {
+            let mut status = Status::unavailable(format!("not the leader; the leader is {addr}"));
+            if let Ok(value) = addr.parse() {
+                status.metadata_mut().insert(LEADER_METADATA_KEY, value);
+            }
+            status
+        }
+        None => Status::unavailable("no leader is elected at the moment; retry shortly"),
+    }
+}
+
+/// The leader address a redirect carries, if `status` is one.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA_KEY)?
+        .to_str()
+        .ok()
+        .map(str::to_string)
+}
+
+/// Parse a `host:port,host:port` master list.
+pub fn parse_masters(list: &str) -> Result<Vec<String>, String> {
+    let masters: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if masters.is_empty() {
+        return Err("the master list is empty".into());
+    }
+    for m in &masters {
+        match m.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(format!("master address {m:?} is not host:port")),
+        }
+    }
+    Ok(masters)
+}
+
+/// A lazily connected channel to `addr` with Corral's limits.
+pub fn channel(addr: &str, request_timeout: Duration) -> Result<Channel, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("bad master address {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        // Notice a master that vanished without closing the connection (partition, pause).
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// A client of the master quorum: remembers channels and the last known leader.
+pub struct Masters {
+    masters: Vec<String>,
+    request_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+}
+
+impl Masters {
+    pub fn new(masters: Vec<String>, request_timeout: Duration) -> Self {
+        Masters {
+            masters,
+            request_timeout,
+            channels: Mutex::default(),
+            leader: Mutex::default(),
+        }
+    }
+
+    /// The configured master addresses.
+    pub fn addresses(&self) -> &[String] {
+        &self.masters
+    }
+
+    /// The channel to `addr`, created once and reused.
+    pub fn channel_to(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = channel(addr, self.request_timeout)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn remember_leader(&self, addr: Option<String>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// Run `call` against the leader, following redirects and retrying other masters until
+    /// `deadline` passes. Errors other than "not the leader / unreachable" return at once.
+    pub async fn on_leader<T, F, Fut>(&self, deadline: Duration, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let give_up = Instant::now() + deadline;
+        let mut backoff = BACKOFF_START;
+        let mut last_error = Status::unavailable("no master could be reached");
+        loop {
+            let mut queue: Vec<String> = Vec::new();
+            if let Some(l) = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                queue.push(l);
+            }
+            queue.extend(self.masters.iter().cloned());
+            let mut redirects = 0;
+            let mut i = 0;
+            while i < queue.len() {
+                let addr = queue[i].clone();
+                i += 1;
+                if Instant::now() >= give_up {
+                    return Err(deadline_error(last_error, deadline));
+                }
+                let attempt = call(self.channel_to(&addr)?);
+                let outcome = tokio::time::timeout(give_up.saturating_duration_since(Instant::now()), attempt).await;
+                let status = match outcome {
+                    Ok(Ok(v)) => {
+                        self.remember_leader(Some(addr));
+                        return Ok(v);
+                    }
+                    Ok(Err(status)) => status,
+                    Err(_) => return Err(deadline_error(last_error, deadline)),
+                };
+                if !retryable(&status) {
+                    return Err(status);
+                }
+                tracing::debug!(master = %addr, code = ?status.code(), message = status.message(), "master call retry");
+                if let Some(hint) = leader_hint(&status) {
+                    if redirects < MAX_REDIRECTS_PER_ROUND && hint != addr {
+                        redirects += 1;
+                        queue.insert(i, hint);
+                    }
+                }
+                self.remember_leader(None);
+                last_error = status;
+            }
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+            let pause = backoff + Duration::from_millis(jitter);
+            if Instant::now() + pause >= give_up {
+                return Err(deadline_error(last_error, deadline));
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Whether another master (or the same one later) might answer differently: not the leader,
+/// unreachable (tonic reports connection failures as UNAVAILABLE), or too slow (a paused
+/// master: the per-request timeout cancels the call). Decided by code, never by text.
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+fn deadline_error(last: Status, deadline: Duration) -> Status {
+    Status::unavailable(format!(
+        "no leader answered within {deadline:?}; last error: {}",
+        last.message()
+    ))
+}
+
+/// The limits every Corral gRPC client applies to a generated client type.
+#[macro_export]
+macro_rules! limit_client {
+    ($client:expr) => {
+        $client
+            .max_decoding_message_size($crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::MAX_MESSAGE_BYTES)
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_round_trip() {
+        let s = not_leader(Some("10.0.0.2:5050"));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(leader_hint(&s).as_deref(), Some("10.0.0.2:5050"));
+        assert_eq!(leader_hint(&not_leader(None)), None);
+        assert_eq!(leader_hint(&Status::internal("x")), None);
+    }
+
+    #[test]
+    fn master_lists() {
+        assert_eq!(parse_masters("a:1, b:2").unwrap(), vec!["a:1", "b:2"]);
+        assert!(parse_masters("").is_err());
+        assert!(parse_masters("a").unwrap_err().contains("not host:port"));
+        assert!(parse_masters("a:99999").is_err());
+    }
+}

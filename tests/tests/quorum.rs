@@ -1,0 +1,304 @@
+//! quorum: real `corral-master` processes forming, losing and regaining a Raft quorum.
+
+use std::time::{Duration, Instant};
+
+use corral_tests::{wait_for, Cluster};
+use tonic::Code;
+
+const ELECTION_DEADLINE: Duration = Duration::from_secs(5);
+const CONVERGE: Duration = Duration::from_secs(15);
+const WRITE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_three_masters_elect_exactly_one_leader() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let mut roles = Vec::new();
+    for id in 1..=3 {
+        let m = cluster.member(id).await.unwrap();
+        assert!(m.voter, "master {id} is a voter");
+        roles.push(m.role);
+        let status = cluster.status_of(id).await.unwrap();
+        assert_eq!(status.leader.unwrap().id, leader, "master {id} names the leader");
+        assert_eq!(status.members.len(), 3);
+    }
+    assert_eq!(roles.iter().filter(|r| *r == "leader").count(), 1, "roles: {roles:?}");
+    // The CLI's JSON has the documented shape.
+    let out = cluster.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["leader"]["id"], leader);
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+    for key in [
+        "id",
+        "address",
+        "role",
+        "voter",
+        "last_log_index",
+        "applied_index",
+        "state_hash",
+    ] {
+        assert!(json["members"][0].get(key).is_some(), "member JSON lacks {key}: {json}");
+    }
+    for key in ["term", "agents", "frameworks", "tasks"] {
+        assert!(json.get(key).is_some(), "status JSON lacks {key}: {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_sigkill_leader_elects_new_leader_and_keeps_writes() {
+    let mut cluster = Cluster::start(3);
+    let old = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let client = cluster.client();
+    for i in 0..10 {
+        cluster
+            .set_weight(&client, &format!("role{i}"), 1.0 + i as f64, WRITE)
+            .await
+            .unwrap();
+    }
+    let killed_at = Instant::now();
+    cluster.kill(old);
+    let rest: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let new = cluster.wait_leader(&rest, ELECTION_DEADLINE).await;
+    eprintln!("new leader {new} after {:?}", killed_at.elapsed());
+    assert_ne!(new, old);
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            weights.get(&format!("role{i}")),
+            Some(&(1.0 + i as f64)),
+            "acknowledged write {i} survived"
+        );
+    }
+    cluster
+        .set_weight(&cluster.client(), "after", 3.0, WRITE)
+        .await
+        .unwrap();
+    cluster.restart(old);
+    let leader_applied = cluster.member(new).await.unwrap().applied_index;
+    let (index, _) = cluster.wait_converged(&[1, 2, 3], leader_applied, CONVERGE).await;
+    assert!(index >= leader_applied);
+    assert_eq!(cluster.member(old).await.unwrap().role, "follower");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_five_masters_survive_two_losses_and_refuse_without_quorum() {
+    let mut cluster = Cluster::start(5);
+    let leader = cluster.wait_leader(&[1, 2, 3, 4, 5], Duration::from_secs(10)).await;
+    // Lose the leader and one follower: three of five remain, a majority.
+    let follower = (1..=5).find(|&i| i != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(follower);
+    let rest: Vec<u64> = (1..=5).filter(|&i| i != leader && i != follower).collect();
+    cluster.wait_leader(&rest, ELECTION_DEADLINE).await;
+    cluster
+        .set_weight(&cluster.client(), "two-down", 2.0, WRITE)
+        .await
+        .unwrap();
+
+    // Lose a third: no majority. A write must fail with UNAVAILABLE, not hang.
+    cluster.kill(rest[0]);
+    let started = Instant::now();
+    let deadline = Duration::from_secs(8);
+    let err = cluster
+        .set_weight(&cluster.client(), "no-quorum", 2.0, deadline)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        took < deadline + Duration::from_secs(3),
+        "the failed write took {took:?}"
+    );
+    eprintln!("write without quorum failed after {took:?}: {}", err.message());
+
+    // Restarting one master restores the majority and service.
+    cluster.restart(rest[0]);
+    cluster.wait_leader(&rest, Duration::from_secs(10)).await;
+    cluster
+        .set_weight(&cluster.client(), "restored", 4.0, WRITE)
+        .await
+        .unwrap();
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    assert_eq!(weights.get("two-down"), Some(&2.0));
+    assert_eq!(weights.get("restored"), Some(&4.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_sigstop_leader_steps_down_after_sigcont() {
+    let mut cluster = Cluster::start(3);
+    let old = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    cluster
+        .set_weight(&cluster.client(), "before", 1.5, WRITE)
+        .await
+        .unwrap();
+    cluster.pause(old);
+    let rest: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
+    let new = cluster.wait_leader(&rest, ELECTION_DEADLINE).await;
+    cluster
+        .set_weight(&cluster.client(), "during", 2.5, WRITE)
+        .await
+        .unwrap();
+    cluster.resume(old);
+    let agreed = cluster.wait_leader(&[1, 2, 3], CONVERGE).await;
+    assert_ne!(agreed, old, "the paused leader must not lead after resuming");
+    let applied = cluster.member(new).await.unwrap().applied_index;
+    cluster.wait_converged(&[1, 2, 3], applied, CONVERGE).await;
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    assert_eq!(weights.get("before"), Some(&1.5));
+    assert_eq!(weights.get("during"), Some(&2.5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p2_grow_to_five_and_shrink_to_three_while_writing() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let addr4 = cluster.start_standalone(4);
+    let addr5 = cluster.start_standalone(5);
+
+    // A writer runs throughout, against the three original masters.
+    let client = cluster.client();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let (mut ok, mut failed, mut i) = (0u32, Vec::new(), 0u64);
+        while !*stop_rx.borrow_and_update() {
+            i += 1;
+            let weights = vec![corral_proto::v1::WeightInfo {
+                role: "flow".into(),
+                weight: i as f64,
+            }];
+            let res = client
+                .on_leader(WRITE, |ch| {
+                    let weights = weights.clone();
+                    async move {
+                        corral_proto::v1::operator_client::OperatorClient::new(ch)
+                            .set_weights(corral_proto::v1::SetWeightsRequest { weights })
+                            .await
+                    }
+                })
+                .await;
+            match res {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e.message().to_string()),
+            }
+        }
+        (ok, failed, i)
+    });
+    let writes_so_far = || async {
+        let leader = cluster.wait_leader(&[1, 2, 3], WRITE).await;
+        cluster.member(leader).await.unwrap().applied_index
+    };
+
+    let mut mark = writes_so_far().await;
+    for (id, addr) in [(4u64, &addr4), (5, &addr5)] {
+        let out = cluster.cli(&["members", "add", &id.to_string(), addr]);
+        assert!(
+            out.status.success(),
+            "members add {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now = writes_so_far().await;
+        assert!(now > mark, "writes kept flowing while adding master {id}");
+        mark = now;
+    }
+    let out = cluster.cli(&["members", "list", "--json"]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let voters = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 5, "{members}");
+    cluster.wait_converged(&[1, 2, 3, 4, 5], mark, CONVERGE).await;
+
+    for id in [4u64, 5] {
+        let out = cluster.cli(&["members", "remove", &id.to_string()]);
+        assert!(
+            out.status.success(),
+            "members remove {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now = writes_so_far().await;
+        assert!(now > mark, "writes kept flowing while removing master {id}");
+        mark = now;
+    }
+    stop_tx.send(true).unwrap();
+    let (ok, failed, attempted) = writer.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {attempted} writes failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10, "only {ok} writes went through");
+    for id in [4u64, 5] {
+        cluster.discard(id);
+    }
+    let out = cluster.cli(&["members", "list", "--json"]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 3, "{members}");
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    assert_eq!(
+        weights.get("flow"),
+        Some(&(ok as f64)),
+        "the last acknowledged write is the state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_every_master_restarted_keeps_state() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    for i in 0..5 {
+        cluster
+            .set_weight(&cluster.client(), &format!("r{i}"), 10.0 + i as f64, WRITE)
+            .await
+            .unwrap();
+    }
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    for i in 0..5 {
+        assert_eq!(weights.get(&format!("r{i}")), Some(&(10.0 + i as f64)));
+    }
+    let leader = cluster.wait_leader(&[1, 2, 3], WRITE).await;
+    let applied = cluster.member(leader).await.unwrap().applied_index;
+    cluster.wait_converged(&[1, 2, 3], applied, CONVERGE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p2_invalid_weights_are_rejected_and_the_master_keeps_serving() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let client = cluster.client();
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let err = cluster.set_weight(&client, "prod", bad, WRITE).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "weight {bad}: {err:?}");
+        assert!(
+            err.message().contains("weights[0].weight"),
+            "weight {bad}: {}",
+            err.message()
+        );
+    }
+    let err = cluster.set_weight(&client, "", 1.0, WRITE).await.unwrap_err();
+    assert!(err.message().contains("weights[0].role"), "{}", err.message());
+    // The CLI reports it in one line and exits non-zero.
+    let out = cluster.cli(&["weights", "set", "prod", "-3"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("invalid argument"), "{stderr}");
+    // Still serving.
+    cluster.set_weight(&client, "prod", 2.0, WRITE).await.unwrap();
+    let weights = wait_for(WRITE, "weights readable", || async {
+        cluster.weights(&client, WRITE).await.ok()
+    })
+    .await;
+    assert_eq!(weights.get("prod"), Some(&2.0));
+}
