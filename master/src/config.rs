@@ -42,11 +42,11 @@ pub struct MasterArgs {
 
     /// Minimum election timeout; each master draws its own in [t, 2t). A follower stands for
     /// election after the leader lease (2t) plus its own timeout without hearing a leader.
-    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS", default_value_t = 100)]
+    #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS", default_value_t = 90)]
     pub election_timeout_ms: u64,
 
     /// How often the leader sends heartbeats.
-    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL_MS", default_value_t = 40)]
+    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL_MS", default_value_t = 30)]
     pub heartbeat_interval_ms: u64,
 
     /// An agent silent this long is marked unreachable (e.g. `15s`, `500ms`, `2m`).

@@ -52,13 +52,16 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 pub struct Network {
     cluster: String,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    retry_unreachable: Duration,
 }
 
 impl Network {
-    pub fn new(cluster: String) -> Self {
+    /// `retry_unreachable`: how soon to try a peer again after it was unreachable.
+    pub fn new(cluster: String, retry_unreachable: Duration) -> Self {
         Network {
             cluster,
             channels: Arc::default(),
+            retry_unreachable,
         }
     }
 
@@ -93,6 +96,7 @@ impl RaftNetworkFactory<CorralRaft> for Network {
             cluster: self.cluster.clone(),
             target,
             client,
+            retry_unreachable: self.retry_unreachable,
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct PeerClient {
     cluster: String,
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    retry_unreachable: Duration,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -184,6 +189,14 @@ fn transport_error<E: std::error::Error>(
 }
 
 impl RaftNetwork<CorralRaft> for PeerClient {
+    /// openraft waits this long before retrying a peer that was unreachable. Its default,
+    /// a fixed 500 ms, is longer than our election timeout: a restarted master would hear
+    /// nothing from the leader in time, stand for election with a higher term and depose a
+    /// healthy leader. Retrying at the heartbeat pace costs a refused connection per try.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.retry_unreachable))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<CorralRaft>,

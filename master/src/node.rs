@@ -273,7 +273,7 @@ impl Master {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = Network::new(config.cluster.clone());
+        let network = Network::new(config.cluster.clone(), config.heartbeat_interval);
         let raft = openraft::Raft::new(config.id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;

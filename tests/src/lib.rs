@@ -2,6 +2,8 @@
 //! dirs, and can SIGKILL, SIGSTOP/SIGCONT, restart and add each one. Every process is killed
 //! when the [`Cluster`] drops; on a panicking test, the masters' logs are printed.
 //!
+//! Set `CORRAL_KEEP_LOGS=<dir>` to keep the masters' logs after the cluster is dropped.
+//!
 //! Binaries are looked up beside the test executable (`target/<profile>/`), where
 //! `cargo test --workspace` and `cargo build` put them, or in `CORRAL_BIN_DIR`.
 
@@ -388,6 +390,13 @@ impl Drop for Cluster {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+        }
+        if let Some(keep) = std::env::var_os("CORRAL_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for m in self.masters.values() {
+                let _ = std::fs::copy(&m.log, keep.join(format!("master-{}.log", m.id)));
             }
         }
         if std::thread::panicking() {

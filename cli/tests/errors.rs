@@ -1,0 +1,41 @@
+//! cli: errors are one line on stderr with a non-zero exit, never a panic.
+
+use std::process::{Command, Output, Stdio};
+
+fn corral(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .env_remove("CORRAL_MASTERS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corral")
+}
+
+#[test]
+fn cli_errors_usage_exits_2() {
+    for args in [&["frobnicate"][..], &["weights", "set", "prod"], &["members", "add", "x", "h:1"]] {
+        let out = corral(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let masters = format!("127.0.0.1:{port}");
+    for args in [&["status"][..], &["weights"], &["members", "list"]] {
+        let mut full = vec!["--masters", masters.as_str(), "--timeout-secs", "1"];
+        full.extend_from_slice(args);
+        let out = corral(&full);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("corral: error: "), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = corral(&["--masters", "nonsense", "status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--masters"), "{stderr}");
+}
