@@ -13,16 +13,29 @@ fn corral(args: &[&str]) -> Output {
 
 #[test]
 fn cli_errors_usage_exits_2() {
-    for args in [&["frobnicate"][..], &["weights", "set", "prod"], &["members", "add", "x", "h:1"]] {
+    for args in [
+        &["frobnicate"][..],
+        &["weights", "set", "prod"],
+        &["members", "add", "x", "h:1"],
+    ] {
         let out = corral(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 #[test]
 fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let masters = format!("127.0.0.1:{port}");
     for args in [&["status"][..], &["weights"], &["members", "list"]] {
         let mut full = vec!["--masters", masters.as_str(), "--timeout-secs", "1"];

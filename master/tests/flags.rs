@@ -15,8 +15,16 @@ fn master(args: &[&str]) -> Output {
 fn assert_usage_error(args: &[&str], fragment: &str) {
     let out = master(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: exit {:?}, stderr {stderr}", out.status);
-    assert!(stderr.contains(fragment), "{args:?}: stderr lacks {fragment:?}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: exit {:?}, stderr {stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(fragment),
+        "{args:?}: stderr lacks {fragment:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -33,7 +41,10 @@ fn master_flags_bad_input_exits_2() {
         (&["--peers", "1=127.0.0.1:5050,1=127.0.0.1:5051"], "duplicate id 1"),
         (&["--peers", "1=127.0.0.1:5050,2=127.0.0.1:5050"], "given twice"),
         (&["--peers", "2=127.0.0.1:5050"], "does not include"),
-        (&["--election-timeout-ms", "30", "--heartbeat-interval-ms", "20"], "at least twice"),
+        (
+            &["--election-timeout-ms", "30", "--heartbeat-interval-ms", "20"],
+            "at least twice",
+        ),
         (&["--agent-ping-timeout", "5 parsecs"], "agent-ping-timeout"),
     ];
     for (extra, fragment) in cases {
@@ -42,7 +53,10 @@ fn master_flags_bad_input_exits_2() {
         let out = master(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(fragment), "{args:?}: stderr lacks {fragment:?}: {stderr}");
+        assert!(
+            stderr.contains(fragment),
+            "{args:?}: stderr lacks {fragment:?}: {stderr}"
+        );
         if stderr.starts_with("corral-master: error:") {
             assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         }
@@ -54,7 +68,11 @@ fn master_flags_data_dir_of_another_node_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     // Master 1 creates the data dir; it is stopped once the dir holds its identity.
     let mut first = Command::new(env!("CARGO_BIN_EXE_corral-master"))
