@@ -27,5 +27,6 @@ pub mod node;
 pub mod service;
 pub mod state;
 pub mod types;
+pub mod validate;
 
 mod http;

@@ -8,15 +8,21 @@
 //! Every collection is a `BTreeMap`, so the serialized state is canonical and its SHA-256,
 //! the **state hash**, is equal on every master that applied the same entries (S3).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use corral_proto::resources::Resources;
 use corral_proto::v1;
 use corral_raft_store::StateMachine;
 use openraft::LogId;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::types::{ApplyResult, CorralRaft, Outcome, Proposal};
+use crate::validate;
+
+/// The role of frameworks that name none.
+pub const DEFAULT_ROLE: &str = "*";
 
 /// Highest role weight accepted (in units).
 pub const MAX_WEIGHT: f64 = 1_000_000.0;
@@ -25,15 +31,136 @@ pub const MAX_ROLE_LEN: usize = 128;
 /// Format version of the snapshot encoding written by this build.
 const SNAPSHOT_FORMAT: u8 = 1;
 
-/// The state every master replicates. Agents, frameworks and tasks join it with the
-/// issue that brings them; role weights are the first replicated write.
+/// Most unacknowledged status updates kept per task; older non-terminal ones are dropped
+/// first (the framework still gets the latest state).
+pub const MAX_UNACKED_PER_TASK: usize = 16;
+
+/// The state every master replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Role → weight in thousandths (DRF weights; roles not listed weigh 1).
     pub weights: BTreeMap<String, u64>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub frameworks: BTreeMap<String, FrameworkRecord>,
+    /// Tasks by (framework id, task id), terminal ones included: a task id is never
+    /// launched twice in a framework (S2).
+    pub tasks: BTreeMap<(String, String), TaskRecord>,
     /// Commands applied and rejected since the cluster began (diagnostics, part of the hash).
     pub applied_commands: u64,
     pub rejected_commands: u64,
+    /// Derived index: the tasks of each agent. Not serialized; rebuilt on restore.
+    #[serde(skip)]
+    pub agent_tasks: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentState {
+    Active,
+    Unreachable,
+    Draining,
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub isolation: bool,
+    pub state: AgentState,
+    /// Sum of the resources of the agent's non-terminal tasks; never above `resources` (S1).
+    pub used: Resources,
+    pub registered_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameworkState {
+    Connected,
+    Disconnected,
+    TornDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub user: String,
+    pub hostname: String,
+    pub failover_timeout_ms: u64,
+    pub state: FrameworkState,
+    pub registered_at_ms: i64,
+    pub disconnected_at_ms: Option<i64>,
+}
+
+/// One status of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub state: i32,
+    pub message: String,
+    pub reason: i32,
+    pub source: i32,
+    pub exit_code: Option<i32>,
+    pub uuid: Vec<u8>,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub framework_id: String,
+    pub task_id: String,
+    pub name: String,
+    pub agent_id: String,
+    pub resources: Resources,
+    /// The TaskInfo as launched (protobuf), sent again to an agent that lacks the task.
+    pub info: Vec<u8>,
+    pub status: StatusRecord,
+    /// Updates the framework has not acknowledged yet, oldest first; resent by the leader.
+    pub unacked: Vec<StatusRecord>,
+    pub launched_at_ms: i64,
+}
+
+impl TaskRecord {
+    pub fn state(&self) -> v1::TaskState {
+        v1::TaskState::try_from(self.status.state).unwrap_or(v1::TaskState::Unspecified)
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        is_terminal(self.state())
+    }
+
+    /// The TaskInfo as launched.
+    pub fn task_info(&self) -> Option<v1::TaskInfo> {
+        v1::TaskInfo::decode(self.info.as_slice()).ok()
+    }
+
+    /// A status as the wire carries it.
+    pub fn wire_status(&self, s: &StatusRecord) -> v1::TaskStatus {
+        v1::TaskStatus {
+            task_id: self.task_id.clone(),
+            state: s.state,
+            message: s.message.clone(),
+            agent_id: self.agent_id.clone(),
+            framework_id: self.framework_id.clone(),
+            uuid: s.uuid.clone(),
+            exit_code: s.exit_code,
+            reason: s.reason,
+            source: s.source,
+            timestamp_ms: s.timestamp_ms,
+        }
+    }
+}
+
+/// Terminal states: the task's resources are free again and it never changes state after.
+pub fn is_terminal(state: v1::TaskState) -> bool {
+    use v1::TaskState::*;
+    matches!(
+        state,
+        TaskFinished | TaskFailed | TaskKilled | TaskError | TaskLost | TaskDropped | TaskGone
+    )
 }
 
 /// Why a weight is not acceptable; the message names the field.
@@ -62,8 +189,22 @@ impl ClusterState {
     /// Apply one command. Deterministic; re-validates everything.
     pub fn apply_command(&mut self, command: &v1::Command) -> Outcome {
         use v1::command::Kind;
+        let now = command.timestamp_ms;
         let outcome = match &command.kind {
             Some(Kind::SetWeights(set)) => self.apply_set_weights(set),
+            Some(Kind::RegisterAgent(c)) => self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, true),
+            Some(Kind::ReregisterAgent(c)) => self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, false),
+            Some(Kind::RegisterFramework(c)) => self.apply_register_framework(&c.framework_id, c.info.as_ref(), now),
+            Some(Kind::UpdateFramework(c)) => self.apply_update_framework(c.info.as_ref()),
+            Some(Kind::DisconnectFramework(c)) => {
+                self.set_framework_state(&c.framework_id, FrameworkState::Disconnected, now)
+            }
+            Some(Kind::TeardownFramework(c)) => {
+                self.set_framework_state(&c.framework_id, FrameworkState::TornDown, now)
+            }
+            Some(Kind::LaunchTasks(c)) => self.apply_launch(c, now),
+            Some(Kind::UpdateStatuses(c)) => self.apply_statuses(&c.statuses),
+            Some(Kind::AcknowledgeStatuses(c)) => self.apply_acks(&c.acks),
             Some(other) => Outcome::Rejected(format!(
                 "command {} is not handled by this master version",
                 kind_name(other)
@@ -76,7 +217,353 @@ impl ClusterState {
             Outcome::Applied => self.applied_commands += 1,
             Outcome::Rejected(_) => self.rejected_commands += 1,
         }
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.validate() {
+            panic!(
+                "cluster state invariant broken after {:?}: {e}",
+                command.kind.as_ref().map(kind_name)
+            );
+        }
         outcome
+    }
+
+    /// Check the invariants that apply must keep: every agent's `used` is the sum of its
+    /// non-terminal tasks and within its resources (S1); the task index matches the tasks.
+    /// Run after every command in debug and test builds.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if !self.agents.contains_key(&t.agent_id) {
+                return Err(format!(
+                    "task {}/{} on unknown agent {}",
+                    t.framework_id, t.task_id, t.agent_id
+                ));
+            }
+            if !t.is_terminal() {
+                let u = used.entry(&t.agent_id).or_default();
+                *u = u.checked_add(&t.resources).map_err(|e| e.to_string())?;
+            }
+            let indexed = self
+                .agent_tasks
+                .get(&t.agent_id)
+                .is_some_and(|s| s.contains(&(t.framework_id.clone(), t.task_id.clone())));
+            if !indexed {
+                return Err(format!(
+                    "task {}/{} missing from the agent index",
+                    t.framework_id, t.task_id
+                ));
+            }
+        }
+        for a in self.agents.values() {
+            let expected = used.remove(a.id.as_str()).unwrap_or_default();
+            if a.used != expected {
+                return Err(format!(
+                    "agent {} used {} but its tasks hold {}",
+                    a.id, a.used, expected
+                ));
+            }
+            if !a.resources.contains(&a.used) {
+                return Err(format!(
+                    "agent {} over-committed: used {} of {} (S1)",
+                    a.id, a.used, a.resources
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_register_agent(&mut self, id: &str, info: Option<&v1::AgentInfo>, now: i64, new: bool) -> Outcome {
+        if let Err(e) = validate::id("agent_id", id) {
+            return Outcome::Rejected(e);
+        }
+        let Some(info) = info else {
+            return Outcome::Rejected("info: missing".into());
+        };
+        let resources = match validate::agent_info("info", info) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        let attributes = info
+            .attributes
+            .iter()
+            .map(|a| (a.name.clone(), a.value.clone()))
+            .collect();
+        match (self.agents.get_mut(id), new) {
+            (Some(_), true) => Outcome::Rejected(format!("agent_id: {id} is already registered")),
+            (None, false) => Outcome::Rejected(format!("agent_id: {id} is not known")),
+            (Some(a), false) => {
+                if !resources.contains(&a.used) {
+                    return Outcome::Rejected(format!(
+                        "info.resources: {resources} cannot hold the {} its tasks use",
+                        a.used
+                    ));
+                }
+                a.hostname = info.hostname.clone();
+                a.address = info.address.clone();
+                a.resources = resources;
+                a.attributes = attributes;
+                a.isolation = info.isolation;
+                a.state = AgentState::Active;
+                a.updated_at_ms = now;
+                Outcome::Applied
+            }
+            (None, true) => {
+                self.agents.insert(
+                    id.to_string(),
+                    AgentRecord {
+                        id: id.to_string(),
+                        hostname: info.hostname.clone(),
+                        address: info.address.clone(),
+                        resources,
+                        attributes,
+                        isolation: info.isolation,
+                        state: AgentState::Active,
+                        used: Resources::new(),
+                        registered_at_ms: now,
+                        updated_at_ms: now,
+                    },
+                );
+                Outcome::Applied
+            }
+        }
+    }
+
+    fn apply_register_framework(&mut self, id: &str, info: Option<&v1::FrameworkInfo>, now: i64) -> Outcome {
+        if let Err(e) = validate::id("framework_id", id) {
+            return Outcome::Rejected(e);
+        }
+        let Some(info) = info else {
+            return Outcome::Rejected("info: missing".into());
+        };
+        if let Err(e) = validate::framework_info("info", info) {
+            return Outcome::Rejected(e);
+        }
+        if self.frameworks.contains_key(id) {
+            return Outcome::Rejected(format!("framework_id: {id} is already registered"));
+        }
+        self.frameworks.insert(
+            id.to_string(),
+            FrameworkRecord {
+                id: id.to_string(),
+                name: info.name.clone(),
+                role: if info.role.is_empty() {
+                    DEFAULT_ROLE.to_string()
+                } else {
+                    info.role.clone()
+                },
+                user: info.user.clone(),
+                hostname: info.hostname.clone(),
+                failover_timeout_ms: (info.failover_timeout_seconds * 1000.0) as u64,
+                state: FrameworkState::Connected,
+                registered_at_ms: now,
+                disconnected_at_ms: None,
+            },
+        );
+        Outcome::Applied
+    }
+
+    fn apply_update_framework(&mut self, info: Option<&v1::FrameworkInfo>) -> Outcome {
+        let Some(info) = info else {
+            return Outcome::Rejected("info: missing".into());
+        };
+        if let Err(e) = validate::framework_info("info", info) {
+            return Outcome::Rejected(e);
+        }
+        match self.frameworks.get_mut(&info.framework_id) {
+            None => Outcome::Rejected(format!("info.framework_id: {} is not known", info.framework_id)),
+            Some(f) if f.state == FrameworkState::TornDown => {
+                Outcome::Rejected(format!("info.framework_id: {} was torn down", info.framework_id))
+            }
+            Some(f) => {
+                f.name = info.name.clone();
+                f.failover_timeout_ms = (info.failover_timeout_seconds * 1000.0) as u64;
+                f.state = FrameworkState::Connected;
+                f.disconnected_at_ms = None;
+                Outcome::Applied
+            }
+        }
+    }
+
+    fn set_framework_state(&mut self, id: &str, state: FrameworkState, now: i64) -> Outcome {
+        match self.frameworks.get_mut(id) {
+            None => Outcome::Rejected(format!("framework_id: {id} is not known")),
+            Some(f) if f.state == FrameworkState::TornDown => {
+                Outcome::Rejected(format!("framework_id: {id} was torn down"))
+            }
+            Some(f) => {
+                f.state = state;
+                f.disconnected_at_ms = (state != FrameworkState::Connected).then_some(now);
+                Outcome::Applied
+            }
+        }
+    }
+
+    fn apply_launch(&mut self, c: &v1::LaunchTasks, now: i64) -> Outcome {
+        match self.frameworks.get(&c.framework_id) {
+            None => return Outcome::Rejected(format!("framework_id: {} is not known", c.framework_id)),
+            Some(f) if f.state == FrameworkState::TornDown => {
+                return Outcome::Rejected(format!("framework_id: {} was torn down", c.framework_id))
+            }
+            Some(_) => {}
+        }
+        let (each, total) = match validate::launch("tasks", &c.agent_id, &c.tasks) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        for (i, t) in c.tasks.iter().enumerate() {
+            if self.tasks.contains_key(&(c.framework_id.clone(), t.task_id.clone())) {
+                return Outcome::Rejected(format!("tasks[{i}].task_id: {:?} was already launched (S2)", t.task_id));
+            }
+        }
+        let Some(agent) = self.agents.get_mut(&c.agent_id) else {
+            return Outcome::Rejected(format!("agent_id: {} is not known", c.agent_id));
+        };
+        if agent.state != AgentState::Active {
+            return Outcome::Rejected(format!("agent_id: {} is not active", c.agent_id));
+        }
+        // S1, re-checked here whatever the leader checked: the agent must hold it all.
+        let used = match agent.used.checked_add(&total) {
+            Ok(u) if agent.resources.contains(&u) => u,
+            _ => {
+                return Outcome::Rejected(format!(
+                    "launch would over-commit agent {}: {} used + {} asked > {} (S1)",
+                    c.agent_id, agent.used, total, agent.resources
+                ))
+            }
+        };
+        agent.used = used;
+        let index = self.agent_tasks.entry(c.agent_id.clone()).or_default();
+        for (t, resources) in c.tasks.iter().zip(each) {
+            let key = (c.framework_id.clone(), t.task_id.clone());
+            index.insert(key.clone());
+            let status = StatusRecord {
+                state: v1::TaskState::TaskStaging as i32,
+                message: String::new(),
+                reason: 0,
+                source: v1::Source::Master as i32,
+                exit_code: None,
+                uuid: Vec::new(),
+                timestamp_ms: now,
+            };
+            self.tasks.insert(
+                key,
+                TaskRecord {
+                    framework_id: c.framework_id.clone(),
+                    task_id: t.task_id.clone(),
+                    name: t.name.clone(),
+                    agent_id: c.agent_id.clone(),
+                    resources,
+                    info: t.encode_to_vec(),
+                    status,
+                    unacked: Vec::new(),
+                    launched_at_ms: now,
+                },
+            );
+        }
+        Outcome::Applied
+    }
+
+    /// Apply task status updates. Each is checked on its own: an update for an unknown task,
+    /// from the wrong agent, a duplicate (same uuid) or one after a terminal state is
+    /// skipped. Rejected only if no update at all could be applied and one was invalid.
+    fn apply_statuses(&mut self, statuses: &[v1::TaskStatus]) -> Outcome {
+        let mut problems = Vec::new();
+        for (i, s) in statuses.iter().enumerate() {
+            if let Err(e) = self.apply_status(s) {
+                problems.push(format!("statuses[{i}]: {e}"));
+            }
+        }
+        if !problems.is_empty() && problems.len() == statuses.len() {
+            return Outcome::Rejected(problems.join("; "));
+        }
+        Outcome::Applied
+    }
+
+    fn apply_status(&mut self, s: &v1::TaskStatus) -> Result<(), String> {
+        let key = (s.framework_id.clone(), s.task_id.clone());
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return Err(format!("task {}/{} is not known", s.framework_id, s.task_id));
+        };
+        if task.agent_id != s.agent_id {
+            return Err(format!(
+                "task {} runs on agent {}, not {}",
+                s.task_id, task.agent_id, s.agent_id
+            ));
+        }
+        let new_state = v1::TaskState::try_from(s.state).map_err(|_| format!("unknown task state {}", s.state))?;
+        if new_state == v1::TaskState::Unspecified {
+            return Err("state: unspecified".into());
+        }
+        if !s.uuid.is_empty() && (task.status.uuid == s.uuid || task.unacked.iter().any(|u| u.uuid == s.uuid)) {
+            return Ok(()); // a retry of an update already applied
+        }
+        if task.is_terminal() {
+            return Ok(()); // a terminal state is final
+        }
+        let record = StatusRecord {
+            state: s.state,
+            message: s.message.chars().take(validate::MAX_TEXT_LEN).collect(),
+            reason: s.reason,
+            source: s.source,
+            exit_code: s.exit_code,
+            uuid: s.uuid.clone(),
+            timestamp_ms: s.timestamp_ms,
+        };
+        let becomes_terminal = is_terminal(new_state);
+        task.status = record.clone();
+        if !record.uuid.is_empty() {
+            if task.unacked.len() >= MAX_UNACKED_PER_TASK {
+                task.unacked.remove(0);
+            }
+            task.unacked.push(record);
+        }
+        if becomes_terminal {
+            let resources = task.resources.clone();
+            let agent_id = task.agent_id.clone();
+            if let Some(agent) = self.agents.get_mut(&agent_id) {
+                // Cannot fail while S1's bookkeeping holds (validate() checks it).
+                agent.used = agent.used.checked_sub(&resources).unwrap_or_default();
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_acks(&mut self, acks: &[v1::StatusAck]) -> Outcome {
+        for a in acks {
+            if let Some(t) = self.tasks.get_mut(&(a.framework_id.clone(), a.task_id.clone())) {
+                t.unacked.retain(|u| u.uuid != a.uuid);
+            }
+        }
+        Outcome::Applied
+    }
+
+    /// Rebuild the derived indexes (after a restore).
+    fn reindex(&mut self) {
+        self.agent_tasks.clear();
+        for (key, t) in &self.tasks {
+            self.agent_tasks
+                .entry(t.agent_id.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// The tasks of one agent.
+    pub fn tasks_on(&self, agent_id: &str) -> impl Iterator<Item = &TaskRecord> {
+        self.agent_tasks
+            .get(agent_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.tasks.get(k))
+    }
+
+    /// Non-terminal task counts by state name, for `corral status`.
+    pub fn task_counts(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for t in self.tasks.values() {
+            *out.entry(t.state().as_str_name().to_string()).or_insert(0) += 1;
+        }
+        out
     }
 
     fn apply_set_weights(&mut self, set: &v1::SetWeights) -> Outcome {
@@ -108,7 +595,11 @@ impl ClusterState {
     /// Decode [`ClusterState::encode`] output.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
-            Some((&SNAPSHOT_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
+            Some((&SNAPSHOT_FORMAT, body)) => {
+                let mut state: ClusterState = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                state.reindex();
+                Ok(state)
+            }
             Some((v, _)) => Err(format!(
                 "snapshot format {v} is newer than this master understands ({SNAPSHOT_FORMAT})"
             )),
@@ -215,6 +706,150 @@ mod tests {
             assert!(e.starts_with("weights[0].weight"), "{bad}: {e}");
         }
         assert!(validate_weight("w", "a b", 1.0).unwrap_err().starts_with("w.role"));
+    }
+
+    fn cmd(kind: v1::command::Kind) -> v1::Command {
+        v1::Command {
+            timestamp_ms: 7,
+            kind: Some(kind),
+        }
+    }
+
+    fn scalar(name: &str, v: f64) -> v1::Resource {
+        v1::Resource {
+            name: name.into(),
+            value: Some(v1::resource::Value::Scalar(v)),
+        }
+    }
+
+    fn cluster_with_agent(cpus: f64, mem: f64) -> ClusterState {
+        let mut s = ClusterState::default();
+        let info = v1::AgentInfo {
+            hostname: "h1".into(),
+            resources: vec![scalar("cpus", cpus), scalar("mem", mem)],
+            ..Default::default()
+        };
+        let reg = v1::RegisterAgent {
+            agent_id: "a1".into(),
+            info: Some(info),
+        };
+        assert_eq!(
+            s.apply_command(&cmd(v1::command::Kind::RegisterAgent(reg))),
+            Outcome::Applied
+        );
+        let fw = v1::FrameworkInfo {
+            name: "fw".into(),
+            ..Default::default()
+        };
+        let reg = v1::RegisterFramework {
+            framework_id: "f1".into(),
+            info: Some(fw),
+        };
+        assert_eq!(
+            s.apply_command(&cmd(v1::command::Kind::RegisterFramework(reg))),
+            Outcome::Applied
+        );
+        s
+    }
+
+    fn launch(tasks: &[(&str, f64)]) -> v1::command::Kind {
+        let tasks = tasks
+            .iter()
+            .map(|(id, cpus)| v1::TaskInfo {
+                task_id: id.to_string(),
+                agent_id: "a1".into(),
+                resources: vec![scalar("cpus", *cpus)],
+                command: Some(v1::CommandInfo {
+                    argv: vec!["true".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        v1::command::Kind::LaunchTasks(v1::LaunchTasks {
+            framework_id: "f1".into(),
+            agent_id: "a1".into(),
+            tasks,
+        })
+    }
+
+    fn status(task: &str, state: v1::TaskState, uuid: u8) -> v1::command::Kind {
+        v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
+            statuses: vec![v1::TaskStatus {
+                task_id: task.into(),
+                framework_id: "f1".into(),
+                agent_id: "a1".into(),
+                state: state as i32,
+                uuid: vec![uuid],
+                ..Default::default()
+            }],
+        })
+    }
+
+    #[test]
+    fn launch_refuses_over_commit_and_reused_task_ids() {
+        let mut s = cluster_with_agent(4.0, 1024.0);
+        assert_eq!(
+            s.apply_command(&cmd(launch(&[("t1", 1.0), ("t2", 2.0)]))),
+            Outcome::Applied
+        );
+        assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 3000);
+        // S1: 3 + 2 > 4, even though the leader (a buggy one) proposed it.
+        let r = s.apply_command(&cmd(launch(&[("t3", 2.0)])));
+        assert!(matches!(&r, Outcome::Rejected(m) if m.contains("over-commit")), "{r:?}");
+        assert!(!s.tasks.contains_key(&("f1".into(), "t3".into())));
+        // S2: a task id is launched once, even after it finished.
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskFinished, 1)));
+        let r = s.apply_command(&cmd(launch(&[("t1", 0.5)])));
+        assert!(matches!(&r, Outcome::Rejected(m) if m.contains("S2")), "{r:?}");
+        // Unknown framework or agent.
+        let mut bad = launch(&[("t9", 0.5)]);
+        if let v1::command::Kind::LaunchTasks(l) = &mut bad {
+            l.framework_id = "nope".into();
+        }
+        assert!(matches!(s.apply_command(&cmd(bad)), Outcome::Rejected(_)));
+    }
+
+    #[test]
+    fn statuses_free_resources_once_and_acks_clear_them() {
+        let mut s = cluster_with_agent(4.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("t1", 1.0)])));
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskRunning, 1)));
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskRunning, 1))); // retry: ignored
+        let t = &s.tasks[&("f1".to_string(), "t1".to_string())];
+        assert_eq!(t.state(), v1::TaskState::TaskRunning);
+        assert_eq!(t.unacked.len(), 1);
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskFailed, 2)));
+        assert_eq!(s.agents["a1"].used, Resources::new());
+        // After a terminal state nothing changes the task any more.
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskRunning, 3)));
+        let t = &s.tasks[&("f1".to_string(), "t1".to_string())];
+        assert_eq!(t.state(), v1::TaskState::TaskFailed);
+        assert_eq!(t.unacked.len(), 2);
+        let ack = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses {
+            acks: vec![v1::StatusAck {
+                framework_id: "f1".into(),
+                task_id: "t1".into(),
+                uuid: vec![1],
+            }],
+        });
+        s.apply_command(&cmd(ack));
+        assert_eq!(s.tasks[&("f1".to_string(), "t1".to_string())].unacked.len(), 1);
+        // An update for a task that does not exist is rejected.
+        assert!(matches!(
+            s.apply_command(&cmd(status("zz", v1::TaskState::TaskRunning, 9))),
+            Outcome::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn restore_rebuilds_the_agent_index() {
+        let mut s = cluster_with_agent(4.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("t1", 1.0), ("t2", 1.0)])));
+        let back = ClusterState::decode(&s.encode()).unwrap();
+        assert_eq!(back.tasks_on("a1").count(), 2);
+        assert!(back.validate().is_ok());
+        assert_eq!(back.hash(), s.hash());
     }
 
     #[test]

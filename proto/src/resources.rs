@@ -61,7 +61,7 @@ pub enum ResourceError {
 }
 
 /// A set of disjoint, non-adjacent, sorted inclusive ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct RangeSet {
     ranges: Vec<(u64, u64)>,
 }
@@ -177,7 +177,7 @@ impl RangeSet {
 }
 
 /// A value of one resource.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Value {
     /// A scalar in milli-units.
     Scalar(u64),
@@ -187,7 +187,7 @@ pub enum Value {
 
 /// A bundle of named resources. Empty scalars and empty range sets are dropped, so two equal
 /// bundles compare equal whatever way they were built.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     entries: BTreeMap<String, Value>,
 }
