@@ -21,6 +21,7 @@
 //!                 reply ◀── Outcome ◀── ClusterState::apply (every master, deterministic)
 //! ```
 
+pub mod allocator;
 pub mod config;
 pub mod network;
 pub mod node;
