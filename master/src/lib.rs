@@ -23,6 +23,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod leader;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -76,6 +76,10 @@ pub struct Shared {
     pub raft: Raft,
     pub state: StateReader<ClusterState>,
     pub write_latency: Arc<Mutex<WriteLatency>>,
+    /// The leader's soft state; `None` while this master does not lead.
+    pub leader: Arc<Mutex<Option<crate::leader::Soft>>>,
+    /// Wakes the allocator for a pass (batched: many notifications, one pass).
+    pub allocate_now: Arc<tokio::sync::Notify>,
     /// The state hash at an applied index, computed once per index.
     hash_cache: Arc<Mutex<Option<(u64, String)>>>,
 }
@@ -294,9 +298,12 @@ impl Master {
             raft: raft.clone(),
             state,
             write_latency: Arc::default(),
+            leader: Arc::default(),
+            allocate_now: Arc::default(),
             hash_cache: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
         let server = tokio::spawn(serve(shared.clone(), listener, stopped));
 
         if fresh {
@@ -360,7 +367,17 @@ async fn serve(
         v1::operator_server::OperatorServer::new(crate::service::operator::OperatorService::new(shared.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-    let mut routes = tonic::service::Routes::new(raft_svc).add_service(operator);
+    let scheduler =
+        v1::scheduler_server::SchedulerServer::new(crate::service::scheduler::SchedulerService::new(shared.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let agents = v1::agents_server::AgentsServer::new(crate::service::agents::AgentsService::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let mut routes = tonic::service::Routes::new(raft_svc)
+        .add_service(operator)
+        .add_service(scheduler)
+        .add_service(agents);
     let http = crate::http::router(shared.clone());
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http);

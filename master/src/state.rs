@@ -51,6 +51,9 @@ pub struct ClusterState {
     /// Derived index: the tasks of each agent. Not serialized; rebuilt on restore.
     #[serde(skip)]
     pub agent_tasks: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Derived: resources of each framework's non-terminal tasks (its DRF allocation).
+    #[serde(skip)]
+    pub framework_used: BTreeMap<String, Resources>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +257,19 @@ impl ClusterState {
                 ));
             }
         }
+        let mut by_framework: BTreeMap<&str, Resources> = BTreeMap::new();
+        for t in self.tasks.values().filter(|t| !t.is_terminal()) {
+            let u = by_framework.entry(&t.framework_id).or_default();
+            *u = u.checked_add(&t.resources).map_err(|e| e.to_string())?;
+        }
+        for (f, u) in &self.framework_used {
+            if by_framework.remove(f.as_str()).unwrap_or_default() != *u {
+                return Err(format!("framework {f} allocation {u} does not match its tasks"));
+            }
+        }
+        if let Some((f, u)) = by_framework.into_iter().find(|(_, u)| !u.is_empty()) {
+            return Err(format!("framework {f} holds {u} not counted in its allocation"));
+        }
         for a in self.agents.values() {
             let expected = used.remove(a.id.as_str()).unwrap_or_default();
             if a.used != expected {
@@ -432,6 +448,8 @@ impl ClusterState {
             }
         };
         agent.used = used;
+        let fw_used = self.framework_used.entry(c.framework_id.clone()).or_default();
+        *fw_used = fw_used.checked_add(&total).unwrap_or_else(|_| fw_used.clone());
         let index = self.agent_tasks.entry(c.agent_id.clone()).or_default();
         for (t, resources) in c.tasks.iter().zip(each) {
             let key = (c.framework_id.clone(), t.task_id.clone());
@@ -524,6 +542,9 @@ impl ClusterState {
                 // Cannot fail while S1's bookkeeping holds (validate() checks it).
                 agent.used = agent.used.checked_sub(&resources).unwrap_or_default();
             }
+            if let Some(u) = self.framework_used.get_mut(&s.framework_id) {
+                *u = u.checked_sub(&resources).unwrap_or_default();
+            }
         }
         Ok(())
     }
@@ -540,11 +561,16 @@ impl ClusterState {
     /// Rebuild the derived indexes (after a restore).
     fn reindex(&mut self) {
         self.agent_tasks.clear();
+        self.framework_used.clear();
         for (key, t) in &self.tasks {
             self.agent_tasks
                 .entry(t.agent_id.clone())
                 .or_default()
                 .insert(key.clone());
+            if !t.is_terminal() {
+                let u = self.framework_used.entry(t.framework_id.clone()).or_default();
+                *u = u.checked_add(&t.resources).unwrap_or_else(|_| u.clone());
+            }
         }
     }
 
@@ -848,7 +874,7 @@ mod tests {
         s.apply_command(&cmd(launch(&[("t1", 1.0), ("t2", 1.0)])));
         let back = ClusterState::decode(&s.encode()).unwrap();
         assert_eq!(back.tasks_on("a1").count(), 2);
-        assert!(back.validate().is_ok());
+        assert_eq!(back.validate(), Ok(()));
         assert_eq!(back.hash(), s.hash());
     }
 

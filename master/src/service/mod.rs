@@ -1,3 +1,5 @@
 //! gRPC services of the master.
 
+pub mod agents;
 pub mod operator;
+pub mod scheduler;

@@ -15,8 +15,9 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use crate::node::{write_error, SelfView, Shared};
-use crate::state::validate_weight;
+use crate::state::{validate_weight, AgentState, FrameworkState};
 use crate::types::{NodeId, Outcome};
+use corral_proto::convert::resources_to_wire;
 
 /// How long `Status` waits for each other member's own view.
 pub const MEMBER_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
@@ -102,6 +103,17 @@ impl Operator for OperatorService {
     async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
         let view = self.shared.self_view();
         let members = self.members().await;
+        let counts = {
+            let s = self.shared.state.read();
+            let agents = s.app.agents.values().filter(|a| a.state != AgentState::Gone).count() as u64;
+            let frameworks = s
+                .app
+                .frameworks
+                .values()
+                .filter(|f| f.state != FrameworkState::TornDown)
+                .count() as u64;
+            (agents, frameworks, s.app.task_counts().into_iter().collect())
+        };
         Ok(Response::new(v1::StatusResponse {
             leader: view.leader.as_ref().map(|(id, address)| v1::MasterInfo {
                 id: *id,
@@ -109,10 +121,9 @@ impl Operator for OperatorService {
             }),
             term: view.term,
             members,
-            // Agents, frameworks and tasks join the replicated state with the agent API.
-            agents: 0,
-            frameworks: 0,
-            tasks: Default::default(),
+            agents: counts.0,
+            frameworks: counts.1,
+            tasks: counts.2,
             answered_by: Some(v1::MasterInfo {
                 id: view.id,
                 address: view.address,
@@ -230,7 +241,44 @@ impl Operator for OperatorService {
 
     async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
         self.shared.linearizable().await?;
-        Ok(Response::new(v1::ListAgentsResponse { agents: Vec::new() }))
+        let state = self.shared.state.read();
+        let connected: std::collections::HashSet<String> = {
+            let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_ref()
+                .map(|s| s.agents.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let agents = state
+            .app
+            .agents
+            .values()
+            .map(|a| v1::AgentSummary {
+                agent_id: a.id.clone(),
+                hostname: a.hostname.clone(),
+                address: a.address.clone(),
+                state: match a.state {
+                    AgentState::Active => v1::AgentState::AgentActive,
+                    AgentState::Unreachable => v1::AgentState::AgentUnreachable,
+                    AgentState::Draining => v1::AgentState::AgentDraining,
+                    AgentState::Gone => v1::AgentState::AgentGone,
+                } as i32,
+                resources: resources_to_wire(&a.resources),
+                used: resources_to_wire(&a.used),
+                attributes: a
+                    .attributes
+                    .iter()
+                    .map(|(n, v)| v1::Attribute {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                connected: connected.contains(&a.id),
+                isolation: a.isolation,
+                registered_at_ms: a.registered_at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
 
     async fn list_frameworks(
@@ -238,12 +286,53 @@ impl Operator for OperatorService {
         _: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
         self.shared.linearizable().await?;
-        Ok(Response::new(v1::ListFrameworksResponse { frameworks: Vec::new() }))
+        let state = self.shared.state.read();
+        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
+        for t in state.app.tasks.values().filter(|t| !t.is_terminal()) {
+            *active.entry(t.framework_id.as_str()).or_default() += 1;
+        }
+        let frameworks = state
+            .app
+            .frameworks
+            .values()
+            .map(|f| v1::FrameworkSummary {
+                framework_id: f.id.clone(),
+                name: f.name.clone(),
+                role: f.role.clone(),
+                state: match f.state {
+                    FrameworkState::Connected => v1::FrameworkState::FrameworkConnected,
+                    FrameworkState::Disconnected => v1::FrameworkState::FrameworkDisconnected,
+                    FrameworkState::TornDown => v1::FrameworkState::FrameworkTornDown,
+                } as i32,
+                used: resources_to_wire(&state.app.framework_used.get(&f.id).cloned().unwrap_or_default()),
+                active_tasks: active.get(f.id.as_str()).copied().unwrap_or(0),
+                failover_timeout_seconds: f.failover_timeout_ms as f64 / 1000.0,
+                registered_at_ms: f.registered_at_ms,
+            })
+            .collect();
+        Ok(Response::new(v1::ListFrameworksResponse { frameworks }))
     }
 
-    async fn list_tasks(&self, _: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
         self.shared.linearizable().await?;
-        Ok(Response::new(v1::ListTasksResponse { tasks: Vec::new() }))
+        let only = req.into_inner().framework_id;
+        let state = self.shared.state.read();
+        let tasks = state
+            .app
+            .tasks
+            .values()
+            .filter(|t| only.is_empty() || t.framework_id == only)
+            .map(|t| v1::TaskSummary {
+                framework_id: t.framework_id.clone(),
+                task_id: t.task_id.clone(),
+                name: t.name.clone(),
+                agent_id: t.agent_id.clone(),
+                state: t.status.state,
+                resources: resources_to_wire(&t.resources),
+                exit_code: t.status.exit_code,
+            })
+            .collect();
+        Ok(Response::new(v1::ListTasksResponse { tasks }))
     }
 
     async fn get_weights(&self, _: Request<v1::GetWeightsRequest>) -> Result<Response<v1::GetWeightsResponse>, Status> {

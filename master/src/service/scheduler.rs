@@ -1,0 +1,514 @@
+//! The framework API (`corral.v1.Scheduler`), on the leader.
+//!
+//! Mutating calls follow one shape: redirect if not leader → check the header (framework
+//! id and the stream id of its live subscription) → validate, naming the field → Raft write
+//! → effects after commit (RunTask to the agent, events) → reply.
+
+use std::time::{Duration, Instant};
+
+use corral_proto::resources::Resources;
+use corral_proto::v1;
+use corral_proto::v1::scheduler_server::Scheduler;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::leader::{event, resend_unacked, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT, STREAM_CAPACITY};
+use crate::node::Shared;
+use crate::state::FrameworkState;
+use crate::types::Outcome;
+use crate::validate;
+
+pub struct SchedulerService {
+    shared: Shared,
+}
+
+impl SchedulerService {
+    pub fn new(shared: Shared) -> Self {
+        SchedulerService { shared }
+    }
+
+    /// The header names a subscribed framework and its current stream.
+    fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<String, Status> {
+        self.shared.require_leader()?;
+        let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
+        validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
+        let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+        let soft = guard.as_ref().ok_or_else(|| corral_proto::client::not_leader(None))?;
+        match soft.frameworks.get(&h.framework_id) {
+            None => Err(Status::invalid_argument(format!(
+                "header.framework_id: {} is not subscribed to this leader",
+                h.framework_id
+            ))),
+            Some(s) if s.stream_id != h.stream_id => Err(Status::invalid_argument(
+                "header.stream_id: does not match the framework's current subscription",
+            )),
+            Some(_) => Ok(h.framework_id.clone()),
+        }
+    }
+
+    fn with_soft<R>(&self, f: impl FnOnce(&mut Soft) -> R) -> Result<R, Status> {
+        let mut guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+        let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
+        Ok(f(soft))
+    }
+}
+
+type EventStream = ReceiverStream<Result<v1::Event, Status>>;
+
+fn filter_until(refuse_seconds: f64) -> Option<Instant> {
+    (refuse_seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(refuse_seconds))
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let shared = &self.shared;
+        shared.require_leader()?;
+        let req = req.into_inner();
+        let mut info = req
+            .framework
+            .ok_or_else(|| Status::invalid_argument("framework: missing"))?;
+        validate::framework_info("framework", &info).map_err(Status::invalid_argument)?;
+        let failover = !info.framework_id.is_empty();
+        let kind = if failover {
+            let state = shared.state.read();
+            match state.app.frameworks.get(&info.framework_id) {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "framework.framework_id: {} is not known to this cluster",
+                        info.framework_id
+                    )))
+                }
+                Some(f) if f.state == FrameworkState::TornDown => {
+                    return Err(Status::failed_precondition(format!(
+                        "framework.framework_id: {} was torn down",
+                        info.framework_id
+                    )))
+                }
+                Some(_) => v1::command::Kind::UpdateFramework(v1::UpdateFramework {
+                    info: Some(info.clone()),
+                }),
+            }
+        } else {
+            info.framework_id = format!("fw-{:016x}", rand::random::<u64>());
+            v1::command::Kind::RegisterFramework(v1::RegisterFramework {
+                framework_id: info.framework_id.clone(),
+                info: Some(info.clone()),
+            })
+        };
+        if let Outcome::Rejected(why) = shared.write(kind).await? {
+            return Err(Status::failed_precondition(why));
+        }
+        let framework_id = info.framework_id.clone();
+        let stream_id = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        let watch_tx = tx.clone();
+        {
+            let state = shared.state.read();
+            let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+            let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
+            if let Some(old) = soft.frameworks.remove(&framework_id) {
+                let _ = old.tx.try_send(Ok(event(v1::event::Event::Error(v1::Error {
+                    message: "replaced by a newer subscription of this framework".into(),
+                }))));
+                soft.drop_framework_offers(&framework_id);
+            }
+            soft.frameworks.insert(
+                framework_id.clone(),
+                FrameworkSession {
+                    stream_id: stream_id.clone(),
+                    tx,
+                },
+            );
+            if req.suppressed {
+                soft.suppressed.insert(framework_id.clone());
+            }
+            let subscribed = v1::Subscribed {
+                framework_id: framework_id.clone(),
+                stream_id: stream_id.clone(),
+                heartbeat_interval_seconds: FRAMEWORK_HEARTBEAT.as_secs_f64(),
+                master: Some(v1::MasterInfo {
+                    id: shared.config.id,
+                    address: shared.config.advertise.clone(),
+                }),
+                leader_term: soft.term,
+            };
+            soft.send_framework(&framework_id, event(v1::event::Event::Subscribed(subscribed)));
+            // Updates the framework has not acknowledged, from before a failover too.
+            resend_unacked(&state.app, soft, Some(&framework_id));
+        }
+        tracing::info!(%framework_id, name = %info.name, role = %info.role, failover, "framework subscribed");
+        shared.allocate_now.notify_one();
+        tokio::spawn(watch_framework(shared.clone(), framework_id, stream_id, watch_tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn accept(&self, req: Request<v1::AcceptRequest>) -> Result<Response<v1::AcceptResponse>, Status> {
+        let req = req.into_inner();
+        let framework_id = self.check_header(req.header.as_ref())?;
+        if req.offer_ids.is_empty() {
+            return Err(Status::invalid_argument("offer_ids: at least one offer is required"));
+        }
+        let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
+        let mut tasks = Vec::new();
+        for (i, op) in req.operations.iter().enumerate() {
+            match &op.operation {
+                Some(v1::operation::Operation::Launch(l)) => tasks.extend(l.tasks.iter().cloned()),
+                None => return Err(Status::invalid_argument(format!("operations[{i}]: no operation given"))),
+            }
+        }
+        // Check the offers and the tasks, then consume the offers, all under the lock so
+        // that two accepts cannot use the same offer.
+        let (agent_id, term) = self.with_soft(|soft| -> Result<(String, u64), Status> {
+            let mut agent: Option<String> = None;
+            let mut held = Resources::new();
+            for (i, id) in req.offer_ids.iter().enumerate() {
+                if let Some(t) = Soft::offer_term(id) {
+                    if t != soft.term {
+                        return Err(Status::failed_precondition(format!(
+                            "offer_ids[{i}]: offer {id} was made by the leader of term {t}; this leader's term is {} (offers do not survive a leader change)",
+                            soft.term
+                        )));
+                    }
+                }
+                let offer = soft.offers.get(id).ok_or_else(|| {
+                    Status::invalid_argument(format!("offer_ids[{i}]: {id} is not an outstanding offer (unknown, used, declined or rescinded)"))
+                })?;
+                if offer.framework_id != framework_id {
+                    return Err(Status::invalid_argument(format!("offer_ids[{i}]: {id} was made to another framework")));
+                }
+                match &agent {
+                    Some(a) if *a != offer.agent_id => {
+                        return Err(Status::invalid_argument(format!("offer_ids[{i}]: offers of different agents cannot be combined")))
+                    }
+                    _ => agent = Some(offer.agent_id.clone()),
+                }
+                held = held.checked_add(&offer.resources).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            }
+            let agent = agent.unwrap_or_default();
+            if !tasks.is_empty() {
+                let (_, asked) = validate::launch("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
+                if !held.contains(&asked) {
+                    return Err(Status::invalid_argument(format!(
+                        "operations.launch.tasks: ask for {asked}, more than the offers hold ({held})"
+                    )));
+                }
+            }
+            for id in &req.offer_ids {
+                soft.take_offer(id);
+            }
+            if let Some(until) = filter_until(refuse) {
+                soft.filters.insert((framework_id.clone(), agent.clone()), until);
+            }
+            Ok((agent, soft.term))
+        })??;
+        // S2 pre-check against the replicated state (apply checks again).
+        {
+            let state = self.shared.state.read();
+            for (i, t) in tasks.iter().enumerate() {
+                if state.app.tasks.contains_key(&(framework_id.clone(), t.task_id.clone())) {
+                    self.shared.allocate_now.notify_one();
+                    return Err(Status::invalid_argument(format!(
+                        "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
+                        t.task_id
+                    )));
+                }
+            }
+        }
+        self.shared.allocate_now.notify_one();
+        if tasks.is_empty() {
+            return Ok(Response::new(v1::AcceptResponse {
+                launched_task_ids: Vec::new(),
+            }));
+        }
+        let launch = v1::LaunchTasks {
+            framework_id: framework_id.clone(),
+            agent_id: agent_id.clone(),
+            tasks: tasks.clone(),
+        };
+        match self.shared.write(v1::command::Kind::LaunchTasks(launch)).await? {
+            Outcome::Rejected(why) => return Err(Status::failed_precondition(why)),
+            Outcome::Applied => {}
+        }
+        let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+        self.with_soft(|soft| {
+            if soft.term != term {
+                return;
+            }
+            for task in tasks {
+                soft.send_agent(
+                    &agent_id,
+                    v1::master_message::Message::RunTask(v1::RunTask {
+                        framework_id: framework_id.clone(),
+                        task: Some(task),
+                        framework: None,
+                    }),
+                );
+            }
+        })?;
+        tracing::debug!(%framework_id, %agent_id, tasks = ids.len(), "tasks launched");
+        Ok(Response::new(v1::AcceptResponse { launched_task_ids: ids }))
+    }
+
+    async fn decline(&self, req: Request<v1::DeclineRequest>) -> Result<Response<v1::DeclineResponse>, Status> {
+        let req = req.into_inner();
+        let framework_id = self.check_header(req.header.as_ref())?;
+        let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
+        self.with_soft(|soft| {
+            for id in &req.offer_ids {
+                // Declining an offer that is already gone is harmless, as in Mesos.
+                if soft.offers.get(id).is_some_and(|o| o.framework_id == framework_id) {
+                    if let Some(o) = soft.take_offer(id) {
+                        if let Some(until) = filter_until(refuse) {
+                            soft.filters.insert((framework_id.clone(), o.agent_id), until);
+                        }
+                    }
+                }
+            }
+        })?;
+        self.shared.allocate_now.notify_one();
+        Ok(Response::new(v1::DeclineResponse {}))
+    }
+
+    async fn revive(&self, req: Request<v1::ReviveRequest>) -> Result<Response<v1::ReviveResponse>, Status> {
+        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        self.with_soft(|soft| {
+            soft.suppressed.remove(&framework_id);
+            soft.filters.retain(|(f, _), _| *f != framework_id);
+        })?;
+        self.shared.allocate_now.notify_one();
+        Ok(Response::new(v1::ReviveResponse {}))
+    }
+
+    async fn suppress(&self, req: Request<v1::SuppressRequest>) -> Result<Response<v1::SuppressResponse>, Status> {
+        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        self.with_soft(|soft| soft.suppressed.insert(framework_id))?;
+        Ok(Response::new(v1::SuppressResponse {}))
+    }
+
+    async fn kill(&self, req: Request<v1::KillRequest>) -> Result<Response<v1::KillResponse>, Status> {
+        let req = req.into_inner();
+        let framework_id = self.check_header(req.header.as_ref())?;
+        validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
+        let (agent_id, terminal) = {
+            let state = self.shared.state.read();
+            let task = state
+                .app
+                .tasks
+                .get(&(framework_id.clone(), req.task_id.clone()))
+                .ok_or_else(|| {
+                    Status::not_found(format!("task_id: {} is not a task of this framework", req.task_id))
+                })?;
+            (task.agent_id.clone(), task.is_terminal())
+        };
+        if !terminal {
+            self.with_soft(|soft| {
+                soft.send_agent(
+                    &agent_id,
+                    v1::master_message::Message::KillTask(v1::KillTask {
+                        framework_id,
+                        task_id: req.task_id.clone(),
+                        kill_grace_period_ms: req.kill_grace_period_ms,
+                    }),
+                )
+            })?;
+        }
+        Ok(Response::new(v1::KillResponse {}))
+    }
+
+    async fn acknowledge(
+        &self,
+        req: Request<v1::AcknowledgeRequest>,
+    ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
+        let req = req.into_inner();
+        let framework_id = self.check_header(req.header.as_ref())?;
+        validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
+        if req.uuid.is_empty() || req.uuid.len() > 64 {
+            return Err(Status::invalid_argument(
+                "uuid: must be the 1 to 64 byte uuid of a status update",
+            ));
+        }
+        let ack = v1::StatusAck {
+            framework_id,
+            task_id: req.task_id,
+            uuid: req.uuid,
+        };
+        let kind = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses { acks: vec![ack] });
+        if let Outcome::Rejected(why) = self.shared.write(kind).await? {
+            return Err(Status::failed_precondition(why));
+        }
+        Ok(Response::new(v1::AcknowledgeResponse {}))
+    }
+
+    async fn reconcile(&self, req: Request<v1::ReconcileRequest>) -> Result<Response<v1::ReconcileResponse>, Status> {
+        let req = req.into_inner();
+        let framework_id = self.check_header(req.header.as_ref())?;
+        for (i, t) in req.tasks.iter().enumerate() {
+            validate::id(&format!("tasks[{i}].task_id"), &t.task_id).map_err(Status::invalid_argument)?;
+        }
+        self.shared.linearizable().await?;
+        let statuses: Vec<v1::TaskStatus> = {
+            let state = self.shared.state.read();
+            let latest = |t: &crate::state::TaskRecord| {
+                let mut s = t.wire_status(&t.status);
+                s.uuid.clear(); // reconciliation answers need no acknowledgement
+                s.reason = v1::Reason::Reconciliation as i32;
+                s
+            };
+            if req.tasks.is_empty() {
+                // Implicit: every non-terminal task of the framework.
+                state
+                    .app
+                    .tasks
+                    .range((framework_id.clone(), String::new())..)
+                    .take_while(|((f, _), _)| *f == framework_id)
+                    .filter(|(_, t)| !t.is_terminal())
+                    .map(|(_, t)| latest(t))
+                    .collect()
+            } else {
+                req.tasks
+                    .iter()
+                    .map(
+                        |r| match state.app.tasks.get(&(framework_id.clone(), r.task_id.clone())) {
+                            Some(t) => latest(t),
+                            None => v1::TaskStatus {
+                                task_id: r.task_id.clone(),
+                                agent_id: r.agent_id.clone(),
+                                framework_id: framework_id.clone(),
+                                state: v1::TaskState::TaskUnknown as i32,
+                                message: "the master has no record of this task".into(),
+                                reason: v1::Reason::Reconciliation as i32,
+                                source: v1::Source::Master as i32,
+                                ..Default::default()
+                            },
+                        },
+                    )
+                    .collect()
+            }
+        };
+        self.with_soft(|soft| {
+            for s in &statuses {
+                soft.send_framework(
+                    &framework_id,
+                    event(v1::event::Event::Update(v1::Update {
+                        status: Some(s.clone()),
+                    })),
+                );
+            }
+        })?;
+        Ok(Response::new(v1::ReconcileResponse { statuses }))
+    }
+
+    async fn teardown(&self, req: Request<v1::TeardownRequest>) -> Result<Response<v1::TeardownResponse>, Status> {
+        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?;
+        Ok(Response::new(v1::TeardownResponse {}))
+    }
+}
+
+/// Tear a framework down: commit it, kill its tasks, end its stream.
+pub async fn teardown(shared: &Shared, framework_id: &str, why: &str) -> Result<(), Status> {
+    let kind = v1::command::Kind::TeardownFramework(v1::TeardownFramework {
+        framework_id: framework_id.to_string(),
+    });
+    if let Outcome::Rejected(r) = shared.write(kind).await? {
+        return Err(Status::failed_precondition(r));
+    }
+    let tasks: Vec<(String, String)> = {
+        let state = shared.state.read();
+        state
+            .app
+            .tasks
+            .values()
+            .filter(|t| t.framework_id == framework_id && !t.is_terminal())
+            .map(|t| (t.agent_id.clone(), t.task_id.clone()))
+            .collect()
+    };
+    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(soft) = guard.as_mut() {
+        for (agent_id, task_id) in tasks {
+            soft.send_agent(
+                &agent_id,
+                v1::master_message::Message::KillTask(v1::KillTask {
+                    framework_id: framework_id.to_string(),
+                    task_id,
+                    kill_grace_period_ms: 0,
+                }),
+            );
+        }
+        soft.send_framework(
+            framework_id,
+            event(v1::event::Event::Error(v1::Error {
+                message: format!("framework torn down: {why}"),
+            })),
+        );
+        soft.frameworks.remove(framework_id);
+        soft.drop_framework_offers(framework_id);
+        soft.suppressed.remove(framework_id);
+    }
+    tracing::info!(framework_id, why, "framework torn down");
+    Ok(())
+}
+
+/// Heartbeat a framework's stream; when the framework goes away, drop its session and
+/// record the disconnection (its failover timeout starts).
+async fn watch_framework(
+    shared: Shared,
+    framework_id: String,
+    stream_id: String,
+    tx: mpsc::Sender<Result<v1::Event, Status>>,
+) {
+    let mut beat = tokio::time::interval(FRAMEWORK_HEARTBEAT);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => break,
+            _ = beat.tick() => {
+                let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(soft) = guard.as_mut() else { return };
+                if soft.frameworks.get(&framework_id).is_none_or(|s| s.stream_id != stream_id) {
+                    return;
+                }
+                soft.send_framework(&framework_id, event(v1::event::Event::Heartbeat(v1::Heartbeat {})));
+            }
+        }
+    }
+    let ours = {
+        let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(soft)
+                if soft
+                    .frameworks
+                    .get(&framework_id)
+                    .is_some_and(|s| s.stream_id == stream_id) =>
+            {
+                soft.frameworks.remove(&framework_id);
+                soft.drop_framework_offers(&framework_id);
+                true
+            }
+            _ => false,
+        }
+    };
+    if ours {
+        tracing::info!(%framework_id, "framework disconnected");
+        let connected = shared
+            .state
+            .read()
+            .app
+            .frameworks
+            .get(&framework_id)
+            .is_some_and(|f| f.state == FrameworkState::Connected);
+        if connected {
+            let kind = v1::command::Kind::DisconnectFramework(v1::DisconnectFramework {
+                framework_id: framework_id.clone(),
+            });
+            if let Err(e) = shared.write(kind).await {
+                tracing::warn!(%framework_id, error = %e.message(), "could not record the disconnection");
+            }
+        }
+        shared.allocate_now.notify_one();
+    }
+}
