@@ -1,3 +1,114 @@
-//! Corral agent: runs tasks as processes for the leader. Built in the issue "Agents,
-//! frameworks, DRF offers and the task lifecycle"; this crate holds only its place in the
-//! workspace for now.
+//! Corral agent: runs tasks as processes for the leading master.
+//!
+//! # Layout
+//! - [`config`]: flags and their validation; [`detect`]: the machine's resources;
+//! - [`connection`]: the link to the leader (register with the inventory, obey commands of
+//!   the newest term, reconnect when the leader changes or goes silent);
+//! - [`tasks`]: processes in their own groups and sandboxes, kill with a grace period,
+//!   status updates checkpointed and resent until acknowledged;
+//! - [`isolation`]: cpu and memory limits with cgroups v2 where possible.
+
+pub mod config;
+pub mod connection;
+pub mod detect;
+pub mod isolation;
+pub mod tasks;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use config::{AgentArgs, Config};
+pub use tasks::Tasks;
+
+/// A running agent.
+pub struct Agent {
+    pub tasks: Tasks,
+    pub local_addr: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Start the agent: HTTP endpoint, the resend timer and the link to the masters.
+    pub async fn start(mut config: Config) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(config.work_dir.join("meta"))
+            .map_err(|e| anyhow::anyhow!("--work-dir {}: {e}", config.work_dir.display()))?;
+        let cgroups = match isolation::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup")) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::warn!(reason = %why, "cpu and memory isolation is off");
+                None
+            }
+        };
+        let tasks = Tasks::new(config.work_dir.clone(), config.kill_grace, cgroups);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        config.listen = local_addr;
+        let (stop, stopped) = watch::channel(false);
+        let mut handles = Vec::new();
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/state", get(state))
+            .with_state(tasks.clone());
+        let mut http_stop = stopped.clone();
+        handles.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "agent http server failed");
+            }
+        }));
+        let resend_tasks = tasks.clone();
+        let mut resend_stop = stopped.clone();
+        handles.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => resend_tasks.resend_due(),
+                    _ = resend_stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+        tracing::info!(hostname = %config.hostname, resources = %config.resources, listen = %local_addr, isolation = tasks.isolation(), "agent started");
+        handles.push(tokio::spawn(connection::run(config, tasks.clone(), stopped)));
+        Ok(Agent {
+            tasks,
+            local_addr,
+            stop,
+            handles,
+        })
+    }
+
+    /// Stop the agent. Tasks keep running (a restarted agent takes them back) unless
+    /// `kill_tasks` is set.
+    pub async fn shutdown(self, kill_tasks: bool) {
+        if kill_tasks {
+            self.tasks.kill_all();
+        }
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+async fn health(State(tasks): State<Tasks>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "agent_id": tasks.agent_id(), "isolation": tasks.isolation()}))
+}
+
+async fn state(State(tasks): State<Tasks>) -> Json<serde_json::Value> {
+    let list: Vec<serde_json::Value> = tasks
+        .running()
+        .into_iter()
+        .map(|(f, t, pid, s)| json!({"framework_id": f, "task_id": t, "pid": pid, "state": corral_proto::v1::TaskState::try_from(s).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")}))
+        .collect();
+    Json(json!({"agent_id": tasks.agent_id(), "tasks": list}))
+}

@@ -13,15 +13,20 @@ use corral_proto::v1::operator_client::OperatorClient;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 
+use corral_proto::scheduler::placement::Preference;
+
+mod local;
+mod run;
+
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about = "Operate a Corral cluster")]
 struct Cli {
-    /// Masters to contact, any of them: host:port,host:port,...
-    #[arg(long, global = true, env = "CORRAL_MASTERS", default_value = "127.0.0.1:5050")]
+    /// Masters to contact, any of them: host:port,host:port,... (before the command).
+    #[arg(long, env = "CORRAL_MASTERS", default_value = "127.0.0.1:5050")]
     masters: String,
 
     /// How long to keep trying to reach the leader.
-    #[arg(long, global = true, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0)]
     timeout_secs: f64,
 
     #[command(subcommand)]
@@ -62,6 +67,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command as a task (or several) on the cluster, print each status change, and
+    /// exit with its exit code. `corral run -- sh -c 'echo hello'`.
+    Run {
+        /// Task name (and id; with --count, ids are NAME-0, NAME-1, ...).
+        #[arg(long, default_value = "corral-run")]
+        name: String,
+        #[arg(long, default_value_t = 0.1)]
+        cpus: f64,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 32.0)]
+        mem: f64,
+        #[arg(long, default_value = "*")]
+        role: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Prefer agents with this hostname, or this attribute (`name:value`).
+        #[arg(long)]
+        prefer: Option<String>,
+        /// How long to wait for a preferred agent before taking any (delay scheduling), e.g. 2s.
+        #[arg(long, default_value = "0s")]
+        locality_wait: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// A whole cluster in one process (3 masters, 2 agents) for trying Corral out.
+    Local {
+        #[arg(long, default_value_t = 3)]
+        masters: u32,
+        #[arg(long, default_value_t = 2)]
+        agents: u32,
+        /// Keep state here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +128,33 @@ enum WeightsAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Local {
+        masters,
+        agents,
+        data_dir,
+    } = cli.command
+    {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,openraft=off".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("corral: error: cannot start the async runtime: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        return match runtime.block_on(local::run(masters, agents, data_dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corral: error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -96,7 +163,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("corral: error: {e}");
             ExitCode::from(1)
@@ -118,7 +186,7 @@ fn describe(status: &Status) -> String {
     format!("{what}: {}", status.message())
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<i32, String> {
     let masters = parse_masters(&cli.masters).map_err(|e| format!("--masters: {e}"))?;
     if !(cli.timeout_secs.is_finite() && cli.timeout_secs > 0.0) {
         return Err("--timeout-secs: must be a positive number".into());
@@ -228,6 +296,42 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .into_inner();
             print_list(json, r.frameworks.len(), "frameworks", || Value::Array(Vec::new()));
         }
+        Command::Run {
+            name,
+            cpus,
+            mem,
+            role,
+            count,
+            prefer,
+            locality_wait,
+            command,
+        } => {
+            let prefer = prefer
+                .map(|p| Preference::parse(&p).map_err(|e| format!("--prefer: {e}")))
+                .transpose()?;
+            let locality_wait = parse_duration(&locality_wait).map_err(|e| format!("--locality-wait: {e}"))?;
+            let runner = run::Run::new(run::RunArgs {
+                name: name.clone(),
+                cpus,
+                mem,
+                count,
+                prefer,
+                locality_wait,
+                command,
+            })?;
+            let info = v1::FrameworkInfo {
+                name: format!("corral run {name}"),
+                role,
+                user: std::env::var("USER").unwrap_or_default(),
+                failover_timeout_seconds: 10.0,
+                ..Default::default()
+            };
+            let done = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(done.exit_code());
+        }
+        Command::Local { .. } => unreachable!("handled before the runtime starts"),
         Command::Tasks { json } => {
             let r = masters
                 .on_leader(deadline, |ch| async move {
@@ -243,7 +347,29 @@ async fn run(cli: Cli) -> Result<(), String> {
             print_list(json, r.tasks.len(), "tasks", || Value::Array(Vec::new()));
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// `500ms`, `2s`, `1m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Ask any master; if it knows a leader elsewhere, ask the leader, whose view is current.

@@ -7,11 +7,14 @@
 //! - [`resources`]: resources in exact milli-units and range sets; text form and checks;
 //!   [`convert`] maps them to and from the wire;
 //! - [`client`]: leader following (redirects, retry with backoff and jitter) for every client;
+//! - [`scheduler`]: the framework SDK (a `Scheduler` trait and its driver) and the
+//!   placement policies (data locality, delay scheduling);
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
 pub mod client;
 pub mod convert;
 pub mod resources;
+pub mod scheduler;
 
 /// The generated `corral.v1` API.
 pub mod v1 {

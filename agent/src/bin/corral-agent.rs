@@ -1,0 +1,53 @@
+//! `corral-agent`: parse flags, set up logging, run until SIGINT or SIGTERM. Tasks keep
+//! running when the agent stops. Exit codes: 0 after shutdown, 2 for bad flags, 1 otherwise.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use corral_agent::{Agent, AgentArgs};
+
+fn main() -> ExitCode {
+    let config = match AgentArgs::parse().validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("corral-agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corral-agent: error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let agent = match Agent::start(config).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("corral-agent: error: {e:#}");
+                return ExitCode::from(1);
+            }
+        };
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("corral-agent: error: installing the SIGTERM handler: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested; tasks keep running");
+        agent.shutdown(false).await;
+        ExitCode::SUCCESS
+    })
+}

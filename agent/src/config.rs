@@ -1,0 +1,139 @@
+//! `corral-agent` flags (DESIGN.md), validated once, up front.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use corral_proto::resources::Resources;
+
+/// Command-line flags; each can also be set as `CORRAL_<FLAG>` in the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "corral-agent",
+    version,
+    about = "A Corral agent: runs tasks for the leading master"
+)]
+pub struct AgentArgs {
+    /// Masters to contact (any of them; the agent follows the leader): host:port,...
+    #[arg(long, env = "CORRAL_MASTERS", default_value = "127.0.0.1:5050")]
+    pub masters: String,
+
+    /// Address of the agent's own HTTP endpoint (/health, /state).
+    #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:5051")]
+    pub listen: SocketAddr,
+
+    /// Directory for task sandboxes and the agent's checkpoints.
+    #[arg(long, env = "CORRAL_WORK_DIR")]
+    pub work_dir: PathBuf,
+
+    /// Resources to offer, e.g. `cpus:4;mem:8192;disk:20000;ports:[31000-32000]`
+    /// (default: detected from the machine).
+    #[arg(long, env = "CORRAL_RESOURCES")]
+    pub resources: Option<String>,
+
+    /// Attributes for placement, e.g. `rack:r1;zone:a`.
+    #[arg(long, env = "CORRAL_ATTRIBUTES", default_value = "")]
+    pub attributes: String,
+
+    /// Hostname reported to the masters (default: this machine's).
+    #[arg(long, env = "CORRAL_HOSTNAME")]
+    pub hostname: Option<String>,
+
+    /// Grace period between SIGTERM and SIGKILL when a task is killed, in milliseconds.
+    #[arg(long, env = "CORRAL_KILL_GRACE_PERIOD_MS", default_value_t = 3000)]
+    pub kill_grace_period_ms: u64,
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub masters: Vec<String>,
+    pub listen: SocketAddr,
+    pub work_dir: PathBuf,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub hostname: String,
+    pub kill_grace: Duration,
+}
+
+/// Parse `name:value;name:value`.
+pub fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (k, v) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("--attributes: {entry:?} is not name:value"))?;
+        if k.trim().is_empty() {
+            return Err(format!("--attributes: {entry:?} has an empty name"));
+        }
+        if out.iter().any(|(n, _): &(String, String)| n == k.trim()) {
+            return Err(format!("--attributes: {:?} is given twice", k.trim()));
+        }
+        out.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+impl AgentArgs {
+    pub fn validate(self) -> Result<Config, String> {
+        let masters = corral_proto::client::parse_masters(&self.masters).map_err(|e| format!("--masters: {e}"))?;
+        let resources = match &self.resources {
+            Some(text) => Resources::parse(text).map_err(|e| format!("--resources: {e}"))?,
+            None => crate::detect::detect(&self.work_dir),
+        };
+        if !crate::detect::has_compute(&resources) {
+            return Err("--resources: an agent needs some cpus or mem to offer".into());
+        }
+        let hostname = match self.hostname {
+            Some(h) if !h.trim().is_empty() => h,
+            Some(_) => return Err("--hostname: must not be empty".into()),
+            None => crate::detect::hostname(),
+        };
+        if self.work_dir.as_os_str().is_empty() {
+            return Err("--work-dir: must not be empty".into());
+        }
+        Ok(Config {
+            masters,
+            listen: self.listen,
+            work_dir: self.work_dir,
+            resources,
+            attributes: parse_attributes(&self.attributes)?,
+            hostname,
+            kill_grace: Duration::from_millis(self.kill_grace_period_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes() {
+        assert_eq!(
+            parse_attributes("rack:r1; zone:a").unwrap(),
+            vec![("rack".into(), "r1".into()), ("zone".into(), "a".into())]
+        );
+        assert!(parse_attributes("rack").is_err());
+        assert!(parse_attributes("a:1;a:2").unwrap_err().contains("twice"));
+        assert!(parse_attributes("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["corral-agent", "--work-dir", "/tmp/w"];
+            argv.extend_from_slice(extra);
+            AgentArgs::try_parse_from(argv).unwrap().validate()
+        };
+        assert!(parse(&["--resources", "cpus:-1"])
+            .unwrap_err()
+            .starts_with("--resources"));
+        assert!(parse(&["--resources", "ports:[1-2]"])
+            .unwrap_err()
+            .contains("cpus or mem"));
+        assert!(parse(&["--masters", ""]).unwrap_err().starts_with("--masters"));
+        assert!(parse(&["--resources", "cpus:2;mem:512"]).is_ok());
+    }
+}
