@@ -126,6 +126,12 @@ impl Scheduler for Run {
                 driver.decline(vec![offer.offer_id], Some(60.0));
                 continue;
             }
+            let mut free = resources_from_wire("offer.resources", &offer.resources).unwrap_or_default();
+            if !free.contains(&self.per_task) {
+                // Too small for a task: it says nothing about locality either way.
+                driver.decline(vec![offer.offer_id], Some(1.0));
+                continue;
+            }
             if let Some(pref) = &self.args.prefer {
                 if !self.delay.take(pref.matches(&offer), now) {
                     // Not where the task would rather run: wait a little for a better offer.
@@ -134,7 +140,6 @@ impl Scheduler for Run {
                     continue;
                 }
             }
-            let mut free = resources_from_wire("offer.resources", &offer.resources).unwrap_or_default();
             let mut tasks = Vec::new();
             while (tasks.len() as u32) < remaining && free.contains(&self.per_task) {
                 free = free.checked_sub(&self.per_task).unwrap_or_default();

@@ -60,6 +60,10 @@ pub struct Soft {
     pub offers: HashMap<String, OfferRecord>,
     /// Outstanding offered resources per agent.
     pub offered: HashMap<String, Resources>,
+    /// Resources of accepted launches not yet committed, per agent: not free, not offered,
+    /// not yet in the replicated `used`. Without this, the allocator would offer them again
+    /// between an accept and its commit.
+    pub launching: HashMap<String, Resources>,
     /// (framework, agent) → until when that agent is not offered to that framework.
     pub filters: HashMap<(String, String), Instant>,
     pub suppressed: HashSet<String>,
@@ -76,6 +80,7 @@ impl Soft {
             frameworks: HashMap::new(),
             offers: HashMap::new(),
             offered: HashMap::new(),
+            launching: HashMap::new(),
             filters: HashMap::new(),
             suppressed: HashSet::new(),
             next_offer: 0,
@@ -96,6 +101,19 @@ impl Soft {
             *o = o.checked_sub(&offer.resources).unwrap_or_default();
         }
         Some(offer)
+    }
+
+    /// Reserve `r` on `agent_id` for a launch being committed.
+    pub fn reserve_launch(&mut self, agent_id: &str, r: &Resources) {
+        let e = self.launching.entry(agent_id.to_string()).or_default();
+        *e = e.checked_add(r).unwrap_or_else(|_| e.clone());
+    }
+
+    /// Release a reservation once the launch is committed (then in `used`) or refused.
+    pub fn release_launch(&mut self, agent_id: &str, r: &Resources) {
+        if let Some(e) = self.launching.get_mut(agent_id) {
+            *e = e.checked_sub(r).unwrap_or_default();
+        }
     }
 
     /// Drop every offer of `framework_id` (its stream is gone: no RESCIND to send).
@@ -304,7 +322,15 @@ fn offer(state: &ClusterState, soft: &mut Soft) {
         .iter()
         .filter_map(|a| {
             let offered = soft.offered.get(&a.id).cloned().unwrap_or_default();
-            let free = a.resources.checked_sub(&a.used).ok()?.checked_sub(&offered).ok()?;
+            let launching = soft.launching.get(&a.id).cloned().unwrap_or_default();
+            let free = a
+                .resources
+                .checked_sub(&a.used)
+                .ok()?
+                .checked_sub(&offered)
+                .ok()?
+                .checked_sub(&launching)
+                .ok()?;
             Some(AgentView { id: a.id.clone(), free })
         })
         .collect();

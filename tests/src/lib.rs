@@ -99,9 +99,20 @@ impl MasterProc {
     }
 }
 
-/// A set of masters on this machine.
+/// One agent process.
+pub struct AgentProc {
+    pub name: String,
+    pub work_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+/// A set of masters (and agents) on this machine.
 pub struct Cluster {
     pub masters: BTreeMap<u64, MasterProc>,
+    pub agents: BTreeMap<String, AgentProc>,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
     _turn: MutexGuard<'static, ()>,
@@ -125,6 +136,7 @@ impl Cluster {
             .join(",");
         let mut cluster = Cluster {
             masters: BTreeMap::new(),
+            agents: BTreeMap::new(),
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _turn: turn,
@@ -329,6 +341,126 @@ impl Cluster {
         Ok(r.into_inner().weights.into_iter().collect())
     }
 
+    /// Start an agent named `name` (also its hostname) offering `resources`.
+    pub fn start_agent(&mut self, name: &str, resources: &str, attributes: &str) {
+        let work_dir = self.dir.path().join(format!("agent-{name}"));
+        let log = self.dir.path().join(format!("agent-{name}.log"));
+        let args = vec![
+            "--masters".to_string(),
+            self.masters_arg(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--work-dir".into(),
+            path_str(&work_dir).to_string(),
+            "--hostname".into(),
+            name.to_string(),
+            "--resources".into(),
+            resources.to_string(),
+            "--attributes".into(),
+            attributes.to_string(),
+            "--kill-grace-period-ms".into(),
+            "1000".into(),
+        ];
+        let mut a = AgentProc {
+            name: name.to_string(),
+            work_dir,
+            log,
+            args,
+            child: None,
+            stopped: false,
+        };
+        spawn_agent(&mut a);
+        self.agents.insert(name.to_string(), a);
+    }
+
+    /// SIGKILL agent `name` (its tasks keep running).
+    pub fn kill_agent(&mut self, name: &str) {
+        let a = self.agents.get_mut(name).expect("known agent");
+        if let Some(mut child) = a.child.take() {
+            if a.stopped {
+                signal(&child, libc::SIGCONT);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        a.stopped = false;
+    }
+
+    pub fn restart_agent(&mut self, name: &str) {
+        let a = self.agents.get_mut(name).expect("known agent");
+        assert!(a.child.is_none(), "agent {name} is still running");
+        spawn_agent(a);
+    }
+
+    pub fn pause_agent(&mut self, name: &str) {
+        let a = self.agents.get_mut(name).expect("known agent");
+        signal(a.child.as_ref().expect("running"), libc::SIGSTOP);
+        a.stopped = true;
+    }
+
+    pub fn resume_agent(&mut self, name: &str) {
+        let a = self.agents.get_mut(name).expect("known agent");
+        signal(a.child.as_ref().expect("running"), libc::SIGCONT);
+        a.stopped = false;
+    }
+
+    /// The sandbox of a task on agent `name`.
+    pub fn sandbox(&self, agent: &str, framework_id: &str, task_id: &str) -> PathBuf {
+        self.agents[agent]
+            .work_dir
+            .join("frameworks")
+            .join(framework_id)
+            .join("tasks")
+            .join(task_id)
+    }
+
+    /// Wait until `n` agents are registered and connected to the leader.
+    pub async fn wait_agents(&self, n: usize, deadline: Duration) -> Vec<v1::AgentSummary> {
+        let client = self.client();
+        wait_for(deadline, &format!("{n} connected agents"), || async {
+            let r = client
+                .on_leader(Duration::from_secs(2), |ch| async move {
+                    OperatorClient::new(ch).list_agents(v1::ListAgentsRequest {}).await
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let connected: Vec<_> = r.agents.into_iter().filter(|a| a.connected).collect();
+            (connected.len() >= n).then_some(connected)
+        })
+        .await
+    }
+
+    /// The tasks the leader knows.
+    pub async fn tasks(&self) -> Result<Vec<v1::TaskSummary>, Status> {
+        let r = self
+            .client()
+            .on_leader(Duration::from_secs(5), |ch| async move {
+                OperatorClient::new(ch)
+                    .list_tasks(v1::ListTasksRequest {
+                        framework_id: String::new(),
+                    })
+                    .await
+            })
+            .await?;
+        Ok(r.into_inner().tasks)
+    }
+
+    /// Subscribe a test framework.
+    pub async fn framework(&self, name: &str, role: &str) -> Framework {
+        Framework::subscribe(
+            self.client(),
+            v1::FrameworkInfo {
+                name: name.into(),
+                role: role.into(),
+                failover_timeout_seconds: 60.0,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("subscribe")
+    }
+
     /// Run the `corral` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(binary("corral"))
@@ -345,6 +477,26 @@ impl Cluster {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+fn spawn_agent(a: &mut AgentProc) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&a.log)
+        .expect("open agent log");
+    let child = Command::new(binary("corral-agent"))
+        .args(&a.args)
+        .env(
+            "RUST_LOG",
+            std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn corral-agent");
+    a.child = Some(child);
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
@@ -381,6 +533,17 @@ fn spawn(m: &mut MasterProc, extra: &[String]) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            if let Some(mut child) = a.child.take() {
+                if a.stopped {
+                    signal(&child, libc::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Tasks outlive their agent by design: kill whatever the agent started.
+            kill_tasks_under(&a.work_dir);
+        }
         let ids: Vec<u64> = self.masters.keys().copied().collect();
         for id in &ids {
             let m = self.masters.get_mut(id).expect("known");
@@ -398,10 +561,22 @@ impl Drop for Cluster {
             for m in self.masters.values() {
                 let _ = std::fs::copy(&m.log, keep.join(format!("master-{}.log", m.id)));
             }
+            for a in self.agents.values() {
+                let _ = std::fs::copy(&a.log, keep.join(format!("agent-{}.log", a.name)));
+            }
         }
         if std::thread::panicking() {
             for id in ids {
                 eprintln!("---- master {id} log (last 40 lines) ----\n{}", self.log_tail(id, 40));
+            }
+            for a in self.agents.values() {
+                let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "---- agent {} log (last 30 lines) ----\n{}",
+                    a.name,
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
             }
         }
     }
@@ -410,4 +585,240 @@ impl Drop for Cluster {
 /// A temp dir path helper for tests that run a binary by hand.
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
+}
+
+/// Kill the process groups of every task whose pid an agent checkpointed under `work_dir`.
+fn kill_tasks_under(work_dir: &Path) {
+    let Ok(frameworks) = std::fs::read_dir(work_dir.join("meta/frameworks")) else {
+        return;
+    };
+    for f in frameworks.flatten() {
+        let Ok(tasks) = std::fs::read_dir(f.path().join("tasks")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(t.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = v["pid"].as_u64() {
+                // SAFETY: kill(2) on a task's process group; it was started by our agent.
+                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A test framework speaking the raw Scheduler API: it records every event, acknowledges
+/// updates, and exposes the calls (including malformed ones).
+pub struct Framework {
+    pub id: String,
+    pub header: v1::CallHeader,
+    pub client: Masters,
+    events: tonic::Streaming<v1::Event>,
+    /// Every status update received, in order.
+    pub updates: Vec<v1::TaskStatus>,
+    /// Offers received and not yet taken by `next_offers`.
+    pub offers: Vec<v1::Offer>,
+    pub rescinded: Vec<String>,
+    pub ack: bool,
+}
+
+impl Framework {
+    pub async fn subscribe(client: Masters, info: v1::FrameworkInfo) -> Result<Framework, Status> {
+        use corral_proto::v1::scheduler_client::SchedulerClient;
+        let request = v1::SubscribeRequest {
+            framework: Some(info),
+            suppressed: false,
+        };
+        let mut events = client
+            .on_leader(Duration::from_secs(10), |ch| {
+                let r = request.clone();
+                async move { SchedulerClient::new(ch).subscribe(r).await }
+            })
+            .await?
+            .into_inner();
+        use tokio_stream::StreamExt;
+        let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no SUBSCRIBED"))?
+            .ok_or_else(|| Status::unavailable("stream closed"))??;
+        let Some(v1::event::Event::Subscribed(s)) = first.event else {
+            return Err(Status::internal("first event is not SUBSCRIBED"));
+        };
+        Ok(Framework {
+            id: s.framework_id.clone(),
+            header: v1::CallHeader {
+                framework_id: s.framework_id,
+                stream_id: s.stream_id,
+            },
+            client,
+            events,
+            updates: Vec::new(),
+            offers: Vec::new(),
+            rescinded: Vec::new(),
+            ack: true,
+        })
+    }
+
+    /// Read one event (or time out), recording it.
+    async fn pump(&mut self, wait: Duration) -> bool {
+        use tokio_stream::StreamExt;
+        let Ok(Some(Ok(ev))) = tokio::time::timeout(wait, self.events.next()).await else {
+            return false;
+        };
+        match ev.event {
+            Some(v1::event::Event::Offers(o)) => self.offers.extend(o.offers),
+            Some(v1::event::Event::Rescind(r)) => {
+                self.offers.retain(|o| o.offer_id != r.offer_id);
+                self.rescinded.push(r.offer_id);
+            }
+            Some(v1::event::Event::Update(u)) => {
+                if let Some(s) = u.status {
+                    if self.ack && !s.uuid.is_empty() {
+                        let req = v1::AcknowledgeRequest {
+                            header: Some(self.header.clone()),
+                            agent_id: s.agent_id.clone(),
+                            task_id: s.task_id.clone(),
+                            uuid: s.uuid.clone(),
+                        };
+                        let _ = self
+                            .call(|mut c| {
+                                let req = req.clone();
+                                async move { c.acknowledge(req).await.map(|_| ()) }
+                            })
+                            .await;
+                    }
+                    self.updates.push(s);
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Wait for at least one offer (from `agent`, if given) and take the offers so far.
+    pub async fn next_offers(&mut self, deadline: Duration) -> Vec<v1::Offer> {
+        let give_up = Instant::now() + deadline;
+        while self.offers.is_empty() {
+            assert!(
+                Instant::now() < give_up,
+                "framework {}: no offer within {deadline:?}",
+                self.id
+            );
+            self.pump(Duration::from_millis(100)).await;
+        }
+        std::mem::take(&mut self.offers)
+    }
+
+    /// Watch events for `wait` without expecting anything; returns the offers seen.
+    pub async fn watch(&mut self, wait: Duration) -> Vec<v1::Offer> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            self.pump(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+            )
+            .await;
+        }
+        std::mem::take(&mut self.offers)
+    }
+
+    /// Wait for an update of `task_id` in `state`.
+    pub async fn wait_state(&mut self, task_id: &str, state: v1::TaskState, deadline: Duration) -> v1::TaskStatus {
+        let give_up = Instant::now() + deadline;
+        loop {
+            if let Some(s) = self
+                .updates
+                .iter()
+                .find(|s| s.task_id == task_id && s.state == state as i32)
+            {
+                return s.clone();
+            }
+            assert!(
+                Instant::now() < give_up,
+                "task {task_id}: no {} within {deadline:?}; updates: {:?}",
+                state.as_str_name(),
+                self.updates
+                    .iter()
+                    .map(|s| (s.task_id.clone(), s.state))
+                    .collect::<Vec<_>>()
+            );
+            self.pump(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A unary Scheduler call on the leader.
+    pub async fn call<F, Fut, T>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(corral_proto::v1::scheduler_client::SchedulerClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.client
+            .on_leader(Duration::from_secs(10), |ch| {
+                f(corral_proto::v1::scheduler_client::SchedulerClient::new(ch))
+            })
+            .await
+    }
+
+    /// A task running `argv` on `agent_id` with `cpus` and `mem`.
+    pub fn task(id: &str, agent_id: &str, cpus: f64, mem: f64, argv: &[&str]) -> v1::TaskInfo {
+        let scalar = |n: &str, v: f64| v1::Resource {
+            name: n.into(),
+            value: Some(v1::resource::Value::Scalar(v)),
+        };
+        v1::TaskInfo {
+            task_id: id.into(),
+            name: id.into(),
+            agent_id: agent_id.into(),
+            resources: vec![scalar("cpus", cpus), scalar("mem", mem)],
+            command: Some(v1::CommandInfo {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Accept `offer_ids` launching `tasks`, unused resources filtered for `refuse`.
+    pub async fn accept(
+        &self,
+        offer_ids: Vec<String>,
+        tasks: Vec<v1::TaskInfo>,
+        refuse: f64,
+    ) -> Result<v1::AcceptResponse, Status> {
+        let req = v1::AcceptRequest {
+            header: Some(self.header.clone()),
+            offer_ids,
+            operations: vec![v1::Operation {
+                operation: Some(v1::operation::Operation::Launch(v1::LaunchOperation { tasks })),
+            }],
+            filters: Some(v1::Filters {
+                refuse_seconds: Some(refuse),
+            }),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.accept(req).await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    pub async fn decline(&self, offer_ids: Vec<String>, refuse: f64) -> Result<(), Status> {
+        let req = v1::DeclineRequest {
+            header: Some(self.header.clone()),
+            offer_ids,
+            filters: Some(v1::Filters {
+                refuse_seconds: Some(refuse),
+            }),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.decline(req).await.map(|_| ()) }
+        })
+        .await
+    }
 }

@@ -162,7 +162,7 @@ impl Scheduler for SchedulerService {
         }
         // Check the offers and the tasks, then consume the offers, all under the lock so
         // that two accepts cannot use the same offer.
-        let (agent_id, term) = self.with_soft(|soft| -> Result<(String, u64), Status> {
+        let (agent_id, term, asked) = self.with_soft(|soft| -> Result<(String, u64, Resources), Status> {
             let mut agent: Option<String> = None;
             let mut held = Resources::new();
             for (i, id) in req.offer_ids.iter().enumerate() {
@@ -189,8 +189,9 @@ impl Scheduler for SchedulerService {
                 held = held.checked_add(&offer.resources).map_err(|e| Status::invalid_argument(e.to_string()))?;
             }
             let agent = agent.unwrap_or_default();
+            let mut asked = Resources::new();
             if !tasks.is_empty() {
-                let (_, asked) = validate::launch("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
+                (_, asked) = validate::launch("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
                 if !held.contains(&asked) {
                     return Err(Status::invalid_argument(format!(
                         "operations.launch.tasks: ask for {asked}, more than the offers hold ({held})"
@@ -203,13 +204,23 @@ impl Scheduler for SchedulerService {
             if let Some(until) = filter_until(refuse) {
                 soft.filters.insert((framework_id.clone(), agent.clone()), until);
             }
-            Ok((agent, soft.term))
+            soft.reserve_launch(&agent, &asked);
+            Ok((agent, soft.term, asked))
         })??;
+        let release = |this: &Self| {
+            let _ = this.with_soft(|soft| {
+                if soft.term == term {
+                    soft.release_launch(&agent_id, &asked);
+                }
+            });
+        };
         // S2 pre-check against the replicated state (apply checks again).
         {
             let state = self.shared.state.read();
             for (i, t) in tasks.iter().enumerate() {
                 if state.app.tasks.contains_key(&(framework_id.clone(), t.task_id.clone())) {
+                    drop(state);
+                    release(self);
                     self.shared.allocate_now.notify_one();
                     return Err(Status::invalid_argument(format!(
                         "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
@@ -229,7 +240,9 @@ impl Scheduler for SchedulerService {
             agent_id: agent_id.clone(),
             tasks: tasks.clone(),
         };
-        match self.shared.write(v1::command::Kind::LaunchTasks(launch)).await? {
+        let written = self.shared.write(v1::command::Kind::LaunchTasks(launch)).await;
+        release(self);
+        match written? {
             Outcome::Rejected(why) => return Err(Status::failed_precondition(why)),
             Outcome::Applied => {}
         }
