@@ -366,7 +366,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -76,7 +76,7 @@ pub fn framework_info(field: &str, info: &v1::FrameworkInfo) -> Result<(), Strin
         id(&format!("{field}.framework_id"), &info.framework_id)?;
     }
     let t = info.failover_timeout_seconds;
-    if !t.is_finite() || t < 0.0 || t > MAX_FAILOVER_TIMEOUT_SECS {
+    if !t.is_finite() || !(0.0..=MAX_FAILOVER_TIMEOUT_SECS).contains(&t) {
         return Err(format!(
             "{field}.failover_timeout_seconds: must be between 0 and {MAX_FAILOVER_TIMEOUT_SECS}, got {t}"
         ));
@@ -172,7 +172,7 @@ pub fn launch(field: &str, agent_id: &str, tasks: &[v1::TaskInfo]) -> Result<(Ve
 /// Decline/accept filters: refuse_seconds (default 5) must be finite, ≥ 0 and bounded.
 pub fn refuse_seconds(field: &str, filters: Option<&v1::Filters>) -> Result<f64, String> {
     let v = filters.and_then(|f| f.refuse_seconds).unwrap_or(DEFAULT_REFUSE_SECONDS);
-    if !v.is_finite() || v < 0.0 || v > MAX_REFUSE_SECONDS {
+    if !v.is_finite() || !(0.0..=MAX_REFUSE_SECONDS).contains(&v) {
         return Err(format!(
             "{field}.refuse_seconds: must be between 0 and {MAX_REFUSE_SECONDS}, got {v}"
         ));
