@@ -379,6 +379,8 @@ async fn tasks_p1_bad_input_is_invalid_argument_naming_the_field() {
         .accept(vec![offer.offer_id.clone()], vec![huge], 0.0)
         .await
         .unwrap_err();
+    // tonic refuses the frame before any handler runs, with OUT_OF_RANGE and the limit.
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(
         err.message().contains(&corral_proto::MAX_MESSAGE_BYTES.to_string()),
         "{err:?}"
