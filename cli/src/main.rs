@@ -92,6 +92,9 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Exit 0 if the HTTP endpoint at HOST:PORT answers `GET /health` with 200 (for
+    /// container health checks, without curl).
+    Health { address: String },
     /// A whole cluster in one process (3 masters, 2 agents) for trying Corral out.
     Local {
         #[arg(long, default_value_t = 3)]
@@ -284,7 +287,27 @@ async fn run(cli: Cli) -> Result<i32, String> {
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            print_list(json, r.agents.len(), "agents", || Value::Array(Vec::new()));
+            let rows: Vec<Value> = r
+                .agents
+                .iter()
+                .map(|a| {
+                    json!({
+                        "agent_id": a.agent_id,
+                        "hostname": a.hostname,
+                        "address": a.address,
+                        "state": v1::AgentState::try_from(a.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+                        "connected": a.connected,
+                        "resources": resources_text(&a.resources),
+                        "used": resources_text(&a.used),
+                        "isolation": a.isolation,
+                    })
+                })
+                .collect();
+            print_rows(
+                json,
+                rows,
+                &["agent_id", "hostname", "state", "connected", "resources", "used"],
+            );
         }
         Command::Frameworks { json } => {
             let r = masters
@@ -294,7 +317,25 @@ async fn run(cli: Cli) -> Result<i32, String> {
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            print_list(json, r.frameworks.len(), "frameworks", || Value::Array(Vec::new()));
+            let rows: Vec<Value> = r
+                .frameworks
+                .iter()
+                .map(|f| {
+                    json!({
+                        "framework_id": f.framework_id,
+                        "name": f.name,
+                        "role": f.role,
+                        "state": v1::FrameworkState::try_from(f.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN"),
+                        "active_tasks": f.active_tasks,
+                        "used": resources_text(&f.used),
+                    })
+                })
+                .collect();
+            print_rows(
+                json,
+                rows,
+                &["framework_id", "name", "role", "state", "active_tasks", "used"],
+            );
         }
         Command::Run {
             name,
@@ -332,6 +373,10 @@ async fn run(cli: Cli) -> Result<i32, String> {
             return Ok(done.exit_code());
         }
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
+        Command::Health { address } => {
+            http_health(&address, deadline).await?;
+            println!("{address}: healthy");
+        }
         Command::Tasks { json } => {
             let r = masters
                 .on_leader(deadline, |ch| async move {
@@ -344,10 +389,58 @@ async fn run(cli: Cli) -> Result<i32, String> {
                 .await
                 .map_err(|s| describe(&s))?
                 .into_inner();
-            print_list(json, r.tasks.len(), "tasks", || Value::Array(Vec::new()));
+            let rows: Vec<Value> = r
+                .tasks
+                .iter()
+                .map(|t| {
+                    json!({
+                        "framework_id": t.framework_id,
+                        "task_id": t.task_id,
+                        "name": t.name,
+                        "agent_id": t.agent_id,
+                        "state": v1::TaskState::try_from(t.state).map(|s| s.as_str_name()).unwrap_or("TASK_UNKNOWN"),
+                        "resources": resources_text(&t.resources),
+                        "exit_code": t.exit_code,
+                    })
+                })
+                .collect();
+            print_rows(
+                json,
+                rows,
+                &["framework_id", "task_id", "agent_id", "state", "resources"],
+            );
         }
     }
     Ok(0)
+}
+
+/// `GET /health` over plain HTTP/1.0; Ok on a 200.
+async fn http_health(address: &str, deadline: Duration) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("{address}: {e}"))?;
+        let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+        stream
+            .write_all(format!("GET /health HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("{address}: {e}"))?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await.map_err(|e| format!("{address}: {e}"))?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        if line.starts_with("HTTP/1.0 200") || line.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "{address}: unhealthy: {}",
+                line.lines().next().unwrap_or("no answer")
+            ))
+        }
+    };
+    tokio::time::timeout(deadline, check)
+        .await
+        .map_err(|_| format!("{address}: no answer within {deadline:?}"))?
 }
 
 /// `500ms`, `2s`, `1m`.
@@ -476,10 +569,41 @@ fn print_status(s: &v1::StatusResponse, json: bool) {
     );
 }
 
-fn print_list(json: bool, n: usize, what: &str, to_json: impl Fn() -> Value) {
+/// Resources in their text form (`cpus:1;mem:512`); invalid ones (never sent by a master)
+/// are shown as empty.
+fn resources_text(list: &[v1::Resource]) -> String {
+    corral_proto::convert::resources_from_wire("resources", list)
+        .map(|r| r.to_string())
+        .unwrap_or_default()
+}
+
+/// A JSON array, or a table of `columns`.
+fn print_rows(json: bool, rows: Vec<Value>, columns: &[&str]) {
     if json {
-        println!("{}", to_json());
-    } else {
-        println!("{n} {what}");
+        println!("{}", Value::Array(rows));
+        return;
+    }
+    let cell = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|c| rows.iter().map(|r| cell(&r[*c]).len()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for r in &rows {
+        println!("{}", line(columns.iter().map(|c| cell(&r[*c])).collect()));
     }
 }

@@ -91,6 +91,20 @@ async fn tasks_p1_corral_run_prints_states_and_exits_with_the_task_code() {
     let tasks = cluster.tasks().await.unwrap();
     let task = tasks.iter().find(|t| t.task_id == "hello").expect("the task is known");
     let sandbox = cluster.sandbox("runner", &task.framework_id, "hello");
+    // `corral tasks --json` carries the documented fields and the real state.
+    let out = cluster.cli(&["tasks", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hello = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "hello")
+        .expect("hello listed");
+    assert_eq!(hello["state"], "TASK_FAILED");
+    assert_eq!(hello["framework_id"], task.framework_id.as_str());
+    for key in ["name", "agent_id", "resources"] {
+        assert!(hello.get(key).is_some(), "{key} missing: {hello}");
+    }
     assert_eq!(std::fs::read_to_string(sandbox.join("stdout")).unwrap(), "hello\n");
 
     let out = cluster.cli(&["run", "--count", "5", "--", "true"]);
