@@ -7,6 +7,8 @@
 //! Binaries are looked up beside the test executable (`target/<profile>/`), where
 //! `cargo test --workspace` and `cargo build` put them, or in `CORRAL_BIN_DIR`.
 
+pub mod docker;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
