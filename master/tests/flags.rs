@@ -63,6 +63,20 @@ fn master_flags_bad_input_exits_2() {
     }
 }
 
+fn health_says_id_1(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body.starts_with("HTTP/1.") && body.contains("\"id\":1")
+}
+
 #[test]
 fn master_flags_data_dir_of_another_node_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,15 +96,32 @@ fn master_flags_data_dir_of_another_node_exits_2() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Up means *this* master answers /health as id 1 (the port alone could be anyone's).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(Instant::now() < deadline, "master 1 never started listening");
+    while !health_says_id_1(&listen) {
+        assert!(Instant::now() < deadline, "master 1 never answered /health");
         std::thread::sleep(Duration::from_millis(20));
     }
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let out = master(&["--id", "2", "--listen", &listen, "--data-dir", d]);
+    // Master 2 on master 1's data dir must refuse at once; never wait for it forever.
+    let mut second = Command::new(env!("CARGO_BIN_EXE_corral-master"))
+        .args(["--id", "2", "--listen", &listen, "--data-dir", d])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("master 2 started on master 1's data dir instead of refusing it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = second.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("belongs to node 1, not node 2"), "{stderr}");
