@@ -31,14 +31,7 @@ fn register_message(config: &Config, tasks: &Tasks) -> v1::AgentMessage {
                 hostname: config.hostname.clone(),
                 address: config.listen.to_string(),
                 resources: resources_to_wire(&config.resources),
-                attributes: config
-                    .attributes
-                    .iter()
-                    .map(|(n, v)| v1::Attribute {
-                        name: n.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                attributes: corral_proto::convert::attributes_to_wire(&config.attributes),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 isolation: tasks.isolation(),
             }),

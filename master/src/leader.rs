@@ -377,14 +377,7 @@ fn offer(state: &ClusterState, soft: &mut Soft) {
             agent_id: agent_id.clone(),
             hostname: agent.hostname.clone(),
             resources: resources_to_wire(&d.resources),
-            attributes: agent
-                .attributes
-                .iter()
-                .map(|(n, v)| v1::Attribute {
-                    name: n.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            attributes: corral_proto::convert::attributes_to_wire(&agent.attributes),
             leader_term: soft.term,
         };
         let o = soft.offered.entry(agent_id.clone()).or_default();

@@ -107,6 +107,11 @@ impl Shared {
         Some((id, addr))
     }
 
+    /// The cluster membership as this master last applied it.
+    pub fn membership(&self) -> openraft::Membership<NodeId, BasicNode> {
+        self.raft.metrics().borrow().membership_config.membership().clone()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }

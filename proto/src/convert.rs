@@ -74,6 +74,17 @@ pub fn resources_to_wire(resources: &Resources) -> Vec<v1::Resource> {
         .collect()
 }
 
+/// Agent attributes (`name`, `value` pairs) as the wire carries them.
+pub fn attributes_to_wire(attributes: &[(String, String)]) -> Vec<v1::Attribute> {
+    attributes
+        .iter()
+        .map(|(name, value)| v1::Attribute {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,14 +157,7 @@ impl Operator for OperatorService {
                 req.address
             )));
         }
-        let membership = self
-            .shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.shared.membership();
         if let Some(node) = membership.get_node(&req.id) {
             if node.addr != req.address {
                 return Err(Status::already_exists(format!(
@@ -211,14 +204,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
         self.shared.require_leader()?;
         let id = req.into_inner().id;
-        let membership = self
-            .shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.shared.membership();
         if membership.get_node(&id).is_none() {
             return Err(Status::not_found(format!("id: {id} is not a member")));
         }
@@ -265,14 +251,7 @@ impl Operator for OperatorService {
                 } as i32,
                 resources: resources_to_wire(&a.resources),
                 used: resources_to_wire(&a.used),
-                attributes: a
-                    .attributes
-                    .iter()
-                    .map(|(n, v)| v1::Attribute {
-                        name: n.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                attributes: corral_proto::convert::attributes_to_wire(&a.attributes),
                 connected: connected.contains(&a.id),
                 isolation: a.isolation,
                 registered_at_ms: a.registered_at_ms,
