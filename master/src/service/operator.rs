@@ -265,6 +265,13 @@ impl Operator for OperatorService {
         _: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
         self.shared.linearizable().await?;
+        let subscribed: std::collections::HashSet<String> = {
+            let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_ref()
+                .map(|s| s.frameworks.keys().cloned().collect())
+                .unwrap_or_default()
+        };
         let state = self.shared.state.read();
         let mut active: BTreeMap<&str, u64> = BTreeMap::new();
         for t in state.app.tasks.values().filter(|t| !t.is_terminal()) {
@@ -278,10 +285,13 @@ impl Operator for OperatorService {
                 framework_id: f.id.clone(),
                 name: f.name.clone(),
                 role: f.role.clone(),
+                // Connected means subscribed to this leader now; the replicated state alone
+                // cannot tell (a framework of a dead leader is "connected" there until it
+                // re-subscribes or its failover timeout ends).
                 state: match f.state {
-                    FrameworkState::Connected => v1::FrameworkState::FrameworkConnected,
-                    FrameworkState::Disconnected => v1::FrameworkState::FrameworkDisconnected,
                     FrameworkState::TornDown => v1::FrameworkState::FrameworkTornDown,
+                    _ if subscribed.contains(&f.id) => v1::FrameworkState::FrameworkConnected,
+                    _ => v1::FrameworkState::FrameworkDisconnected,
                 } as i32,
                 used: resources_to_wire(&state.app.framework_used.get(&f.id).cloned().unwrap_or_default()),
                 active_tasks: active.get(f.id.as_str()).copied().unwrap_or(0),

@@ -1,0 +1,227 @@
+//! failover: tasks, agents and frameworks through leader failures (real processes).
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use corral_proto::v1;
+use corral_proto::v1::operator_client::OperatorClient;
+use corral_proto::v1::TaskState;
+use corral_tests::{binary, wait_for, Cluster, Framework};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Pids of processes whose command line is exactly `sleep <secs>`.
+fn sleeps(secs: &str) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd == format!("sleep\0{secs}\0").as_bytes() {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn framework_states(cluster: &Cluster) -> Vec<i32> {
+    let r = cluster
+        .client()
+        .on_leader(Duration::from_secs(5), |ch| async move {
+            OperatorClient::new(ch)
+                .list_frameworks(v1::ListFrameworksRequest {})
+                .await
+        })
+        .await;
+    r.map(|r| r.into_inner().frameworks.iter().map(|f| f.state).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_tasks_survive_five_leader_kills() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    for name in ["fa", "fb", "fc"] {
+        cluster.start_agent(name, "cpus:2;mem:1024", "");
+    }
+    cluster.wait_agents(3, T).await;
+    // The framework: `corral run` (the SDK) with 30 long tasks, running in the background.
+    let framework = KillOnDrop(
+        Command::new(binary("corral"))
+            .args([
+                "--masters",
+                &cluster.masters_arg(),
+                "run",
+                "--name",
+                "long",
+                "--count",
+                "30",
+                "--cpus",
+                "0.1",
+                "--mem",
+                "16",
+                "--",
+                "sleep",
+                "3601",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pids = wait_for(T, "30 running task processes", || async {
+        let p = sleeps("3601");
+        (p.len() == 30).then_some(p)
+    })
+    .await;
+    for round in 0..5 {
+        let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+        cluster.kill(leader);
+        let rest: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+        let new = cluster.wait_leader(&rest, T).await;
+        eprintln!("failover: round {round}: killed {leader}, new leader {new}");
+        assert_eq!(sleeps("3601"), pids, "round {round}: the same 30 processes still run");
+        cluster.wait_agents(3, T).await;
+        wait_for(T, "the framework re-subscribed to the new leader", || async {
+            let states = framework_states(&cluster).await;
+            states
+                .contains(&(v1::FrameworkState::FrameworkConnected as i32))
+                .then_some(())
+        })
+        .await;
+        let tasks = cluster.tasks().await.unwrap();
+        assert_eq!(
+            tasks
+                .iter()
+                .filter(|t| t.state == TaskState::TaskRunning as i32)
+                .count(),
+            30,
+            "round {round}"
+        );
+        cluster.restart(leader);
+        let applied = cluster.member(new).await.unwrap().applied_index;
+        cluster.wait_converged(&[1, 2, 3], applied, T).await;
+    }
+    // Offers still flow: a new task launches and finishes.
+    let out = cluster.cli(&["run", "--name", "after", "--", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    drop(framework);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_updates_from_a_leaderless_time_reach_the_framework() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("nl", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let mut fw = cluster.framework("leaderless", "").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    let tasks: Vec<v1::TaskInfo> = (0..3)
+        .map(|i| Framework::task(&format!("t{i}"), &offer.agent_id, 0.1, 16.0, &["sleep", "3"]))
+        .collect();
+    fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
+    for i in 0..3 {
+        fw.wait_state(&format!("t{i}"), TaskState::TaskRunning, T).await;
+    }
+    // No quorum while the tasks end.
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(other);
+    wait_for(
+        Duration::from_secs(20),
+        "the tasks to end while there is no leader",
+        || async { sleeps("3").is_empty().then_some(()) },
+    )
+    .await;
+    cluster.restart(leader);
+    cluster.restart(other);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    // The framework comes back (failover with its id) and gets every terminal update.
+    let info = v1::FrameworkInfo {
+        framework_id: fw.id.clone(),
+        name: "leaderless".into(),
+        failover_timeout_seconds: 60.0,
+        ..Default::default()
+    };
+    let mut again = Framework::subscribe(cluster.client(), info).await.unwrap();
+    assert_eq!(again.id, fw.id, "failover keeps the framework id");
+    for i in 0..3 {
+        let s = again.wait_state(&format!("t{i}"), TaskState::TaskFinished, T).await;
+        assert_eq!(s.exit_code, Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_every_master_restarted_while_tasks_run() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("rs", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let framework = KillOnDrop(
+        Command::new(binary("corral"))
+            .args([
+                "--masters",
+                &cluster.masters_arg(),
+                "run",
+                "--name",
+                "keep",
+                "--count",
+                "4",
+                "--cpus",
+                "0.1",
+                "--mem",
+                "16",
+                "--",
+                "sleep",
+                "3602",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pids = wait_for(T, "4 running task processes", || async {
+        let p = sleeps("3602");
+        (p.len() == 4).then_some(p)
+    })
+    .await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    assert_eq!(sleeps("3602"), pids, "the tasks kept running");
+    cluster.wait_agents(1, T).await;
+    let tasks = cluster.tasks().await.unwrap();
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|t| t.task_id.starts_with("keep") && t.state == TaskState::TaskRunning as i32)
+            .count(),
+        4
+    );
+    let out = cluster.cli(&["run", "--name", "offers-resume", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "offers resume: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(framework);
+}
