@@ -67,6 +67,13 @@ pub struct Soft {
     /// (framework, agent) → until when that agent is not offered to that framework.
     pub filters: HashMap<(String, String), Instant>,
     pub suppressed: HashSet<String>,
+    /// When this leader's term began (agents and frameworks must come back after it).
+    pub since: Instant,
+    /// When an agent's or framework's session with this leader ended.
+    pub agent_gone_at: HashMap<String, Instant>,
+    pub framework_gone_at: HashMap<String, Instant>,
+    /// Timeouts being committed, so that each fires once.
+    pub firing: HashSet<String>,
     next_offer: u64,
     next_session: u64,
     last_resend: Instant,
@@ -83,6 +90,10 @@ impl Soft {
             launching: HashMap::new(),
             filters: HashMap::new(),
             suppressed: HashSet::new(),
+            since: Instant::now(),
+            agent_gone_at: HashMap::new(),
+            framework_gone_at: HashMap::new(),
+            firing: HashSet::new(),
             next_offer: 0,
             next_session: 0,
             last_resend: Instant::now(),
@@ -279,8 +290,93 @@ pub fn allocation_pass(shared: &Shared, term: u64) -> bool {
         soft.last_resend = now;
         resend_unacked(&state.app, soft, None);
     }
+    let due = due_timeouts(&state.app, soft, &shared.config, now);
     offer(&state.app, soft);
+    drop(guard);
+    drop(state);
+    for t in due {
+        tokio::spawn(fire_timeout(shared.clone(), t));
+    }
     true
+}
+
+enum Timeout {
+    AgentUnreachable(String),
+    FrameworkFailover(String),
+}
+
+/// Agents and frameworks that stayed away too long (Mesos' agent ping / re-registration
+/// timeouts and framework failover timeout). Time is this leader's: it counts from when
+/// the session ended, or from the start of the term for ones that never came back to it.
+fn due_timeouts(state: &ClusterState, soft: &mut Soft, config: &crate::config::Config, now: Instant) -> Vec<Timeout> {
+    let mut due = Vec::new();
+    for a in state
+        .agents
+        .values()
+        .filter(|a| a.state == AgentState::Active && !soft.agents.contains_key(&a.id))
+    {
+        let (since, limit) = match soft.agent_gone_at.get(&a.id) {
+            Some(t) => (*t, config.agent_ping_timeout),
+            None => (soft.since, config.agent_reregister_timeout),
+        };
+        if now.duration_since(since) > limit && soft.firing.insert(format!("agent/{}", a.id)) {
+            due.push(Timeout::AgentUnreachable(a.id.clone()));
+        }
+    }
+    for f in state
+        .frameworks
+        .values()
+        .filter(|f| f.state != FrameworkState::TornDown && !soft.frameworks.contains_key(&f.id))
+    {
+        let since = soft.framework_gone_at.get(&f.id).copied().unwrap_or(soft.since);
+        if now.duration_since(since) > Duration::from_millis(f.failover_timeout_ms)
+            && soft.firing.insert(format!("framework/{}", f.id))
+        {
+            due.push(Timeout::FrameworkFailover(f.id.clone()));
+        }
+    }
+    due
+}
+
+async fn fire_timeout(shared: Shared, t: Timeout) {
+    let key = match &t {
+        Timeout::AgentUnreachable(id) => {
+            tracing::warn!(agent_id = %id, "agent did not come back in time: marking it unreachable");
+            let kind = v1::command::Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: id.clone() });
+            match shared.write(kind).await {
+                Ok(_) => forward_task_updates(&shared, id),
+                Err(e) => tracing::warn!(agent_id = %id, error = %e.message(), "could not mark the agent unreachable"),
+            }
+            format!("agent/{id}")
+        }
+        Timeout::FrameworkFailover(id) => {
+            tracing::warn!(framework_id = %id, "framework did not come back within its failover timeout: tearing it down");
+            if let Err(e) = crate::service::scheduler::teardown(&shared, id, "failover timeout expired").await {
+                tracing::warn!(framework_id = %id, error = %e.message(), "teardown after failover timeout failed");
+            }
+            format!("framework/{id}")
+        }
+    };
+    if let Some(soft) = shared.leader.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        soft.firing.remove(&key);
+    }
+}
+
+/// Send the frameworks the latest unacknowledged update of each task on `agent_id`.
+pub fn forward_task_updates(shared: &Shared, agent_id: &str) {
+    let state = shared.state.read();
+    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(soft) = guard.as_mut() else { return };
+    for t in state.app.tasks_on(agent_id) {
+        if let Some(u) = t.unacked.last() {
+            soft.send_framework(
+                &t.framework_id,
+                event(v1::event::Event::Update(v1::Update {
+                    status: Some(t.wire_status(u)),
+                })),
+            );
+        }
+    }
 }
 
 /// Send every unacknowledged update again (to one framework, or all connected ones).

@@ -196,7 +196,14 @@ impl ClusterState {
         let outcome = match &command.kind {
             Some(Kind::SetWeights(set)) => self.apply_set_weights(set),
             Some(Kind::RegisterAgent(c)) => self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, true),
-            Some(Kind::ReregisterAgent(c)) => self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, false),
+            Some(Kind::ReregisterAgent(c)) => {
+                let outcome = self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, false);
+                if outcome == Outcome::Applied {
+                    self.reconcile_returning_agent(&c.agent_id, &c.tasks, now);
+                }
+                outcome
+            }
+            Some(Kind::MarkAgentUnreachable(c)) => self.apply_unreachable(&c.agent_id, now),
             Some(Kind::RegisterFramework(c)) => self.apply_register_framework(&c.framework_id, c.info.as_ref(), now),
             Some(Kind::UpdateFramework(c)) => self.apply_update_framework(c.info.as_ref()),
             Some(Kind::DisconnectFramework(c)) => {
@@ -549,6 +556,105 @@ impl ClusterState {
         Ok(())
     }
 
+    /// A status the master produces itself. Its uuid is derived from what the command holds,
+    /// so every replica makes the same one (apply draws no random numbers).
+    fn master_status(
+        task: &TaskRecord,
+        state: v1::TaskState,
+        reason: v1::Reason,
+        message: &str,
+        exit_code: Option<i32>,
+        now: i64,
+    ) -> v1::TaskStatus {
+        let digest = Sha256::digest(format!("{}/{}/{}/{now}", task.framework_id, task.task_id, state as i32));
+        v1::TaskStatus {
+            task_id: task.task_id.clone(),
+            state: state as i32,
+            message: message.to_string(),
+            agent_id: task.agent_id.clone(),
+            framework_id: task.framework_id.clone(),
+            uuid: digest[..16].to_vec(),
+            exit_code,
+            reason: reason as i32,
+            source: v1::Source::Master as i32,
+            timestamp_ms: now,
+        }
+    }
+
+    /// The agent has been silent too long: it is unreachable and so are its tasks.
+    fn apply_unreachable(&mut self, agent_id: &str, now: i64) -> Outcome {
+        match self.agents.get_mut(agent_id) {
+            None => return Outcome::Rejected(format!("agent_id: {agent_id} is not known")),
+            Some(a) if a.state != AgentState::Active => {
+                return Outcome::Rejected(format!("agent_id: {agent_id} is not active"))
+            }
+            Some(a) => a.state = AgentState::Unreachable,
+        }
+        let statuses: Vec<v1::TaskStatus> = self
+            .tasks_on(agent_id)
+            .filter(|t| !t.is_terminal())
+            .map(|t| {
+                Self::master_status(
+                    t,
+                    v1::TaskState::TaskUnreachable,
+                    v1::Reason::AgentUnreachable,
+                    "the agent is unreachable",
+                    None,
+                    now,
+                )
+            })
+            .collect();
+        for s in &statuses {
+            let _ = self.apply_status(s);
+        }
+        Outcome::Applied
+    }
+
+    /// An agent came back: its UNREACHABLE tasks take the state it reports, or are LOST.
+    fn reconcile_returning_agent(&mut self, agent_id: &str, inventory: &[v1::TaskRecord], now: i64) {
+        let reported: BTreeMap<(String, String), &v1::TaskRecord> = inventory
+            .iter()
+            .filter_map(|r| {
+                r.task
+                    .as_ref()
+                    .map(|t| ((r.framework_id.clone(), t.task_id.clone()), r))
+            })
+            .collect();
+        let statuses: Vec<v1::TaskStatus> = self
+            .tasks_on(agent_id)
+            .filter(|t| t.state() == v1::TaskState::TaskUnreachable)
+            .map(|t| match reported.get(&(t.framework_id.clone(), t.task_id.clone())) {
+                Some(r) => {
+                    let state = v1::TaskState::try_from(r.state).unwrap_or(v1::TaskState::TaskRunning);
+                    let state = if state == v1::TaskState::TaskStaging {
+                        v1::TaskState::TaskRunning
+                    } else {
+                        state
+                    };
+                    Self::master_status(
+                        t,
+                        state,
+                        v1::Reason::Reconciliation,
+                        "the agent is back",
+                        r.exit_code,
+                        now,
+                    )
+                }
+                None => Self::master_status(
+                    t,
+                    v1::TaskState::TaskLost,
+                    v1::Reason::Reconciliation,
+                    "the agent came back without this task",
+                    None,
+                    now,
+                ),
+            })
+            .collect();
+        for s in &statuses {
+            let _ = self.apply_status(s);
+        }
+    }
+
     fn apply_acks(&mut self, acks: &[v1::StatusAck]) -> Outcome {
         for a in acks {
             if let Some(t) = self.tasks.get_mut(&(a.framework_id.clone(), a.task_id.clone())) {
@@ -866,6 +972,56 @@ mod tests {
             s.apply_command(&cmd(status("zz", v1::TaskState::TaskRunning, 9))),
             Outcome::Rejected(_)
         ));
+    }
+
+    #[test]
+    fn unreachable_agents_and_their_return_are_deterministic() {
+        let mut replicas = [cluster_with_agent(4.0, 1024.0), cluster_with_agent(4.0, 1024.0)];
+        for s in replicas.iter_mut() {
+            s.apply_command(&cmd(launch(&[("kept", 1.0), ("gone", 1.0)])));
+            s.apply_command(&cmd(status("kept", v1::TaskState::TaskRunning, 1)));
+            s.apply_command(&cmd(status("gone", v1::TaskState::TaskRunning, 2)));
+            let mark = v1::command::Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: "a1".into() });
+            assert_eq!(s.apply_command(&cmd(mark)), Outcome::Applied);
+            assert_eq!(s.agents["a1"].state, AgentState::Unreachable);
+            assert!(s.tasks.values().all(|t| t.state() == v1::TaskState::TaskUnreachable));
+            // The agent returns with one of the two tasks still running.
+            let inventory = vec![v1::TaskRecord {
+                framework_id: "f1".into(),
+                task: Some(v1::TaskInfo {
+                    task_id: "kept".into(),
+                    ..Default::default()
+                }),
+                state: v1::TaskState::TaskRunning as i32,
+                exit_code: None,
+            }];
+            let info = v1::AgentInfo {
+                hostname: "h1".into(),
+                resources: vec![scalar("cpus", 4.0), scalar("mem", 1024.0)],
+                ..Default::default()
+            };
+            let back = v1::command::Kind::ReregisterAgent(v1::ReregisterAgent {
+                agent_id: "a1".into(),
+                info: Some(info),
+                tasks: inventory,
+            });
+            assert_eq!(s.apply_command(&cmd(back)), Outcome::Applied);
+            assert_eq!(
+                s.tasks[&("f1".to_string(), "kept".to_string())].state(),
+                v1::TaskState::TaskRunning
+            );
+            assert_eq!(
+                s.tasks[&("f1".to_string(), "gone".to_string())].state(),
+                v1::TaskState::TaskLost
+            );
+            assert_eq!(
+                s.agents["a1"].used.scalar_milli("cpus"),
+                1000,
+                "the lost task's resources are free"
+            );
+        }
+        // Master-made updates (uuids included) are the same on every replica.
+        assert_eq!(replicas[0].hash(), replicas[1].hash());
     }
 
     #[test]

@@ -225,3 +225,114 @@ async fn failover_p1_every_master_restarted_while_tasks_run() {
     );
     drop(framework);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_paused_agent_goes_unreachable_and_comes_back() {
+    let mut cluster = Cluster::start_with(3, &["--agent-ping-timeout", "2s"]);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("pause", "cpus:2;mem:1024", "");
+    let agents = cluster.wait_agents(1, T).await;
+    let mut fw = cluster.framework("unreach", "").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    fw.accept(
+        vec![offer.offer_id],
+        vec![Framework::task("u1", &offer.agent_id, 0.1, 16.0, &["sleep", "3603"])],
+        0.0,
+    )
+    .await
+    .unwrap();
+    fw.wait_state("u1", TaskState::TaskRunning, T).await;
+    let pids = sleeps("3603");
+    cluster.pause_agent("pause");
+    let s = fw.wait_state("u1", TaskState::TaskUnreachable, T).await;
+    assert_eq!(s.reason, v1::Reason::AgentUnreachable as i32);
+    let listed = cluster.tasks().await.unwrap();
+    assert_eq!(listed[0].state, TaskState::TaskUnreachable as i32);
+    fw.updates.clear();
+    cluster.resume_agent("pause");
+    let back = fw.wait_state("u1", TaskState::TaskRunning, T).await;
+    assert_eq!(back.reason, v1::Reason::Reconciliation as i32);
+    assert_eq!(sleeps("3603"), pids, "the task never stopped");
+    let agents_now = cluster.wait_agents(1, T).await;
+    assert_eq!(agents_now[0].agent_id, agents[0].agent_id, "the same agent came back");
+    assert_eq!(agents_now[0].state, v1::AgentState::AgentActive as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_framework_failover_timeout_tears_down_only_the_late() {
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    let mut c = cluster;
+    c.start_agent("ft", "cpus:2;mem:1024", "");
+    c.wait_agents(1, T).await;
+    let info = |name: &str, timeout: f64| v1::FrameworkInfo {
+        name: name.into(),
+        failover_timeout_seconds: timeout,
+        ..Default::default()
+    };
+    // One that stays away longer than its 2 s failover timeout.
+    let mut late = Framework::subscribe(c.client(), info("late", 2.0)).await.unwrap();
+    let offer = late.next_offers(T).await.remove(0);
+    late.accept(
+        vec![offer.offer_id],
+        vec![Framework::task("l1", &offer.agent_id, 0.1, 16.0, &["sleep", "3604"])],
+        0.0,
+    )
+    .await
+    .unwrap();
+    late.wait_state("l1", TaskState::TaskRunning, T).await;
+    // Like a real framework, decline what it does not use (for long), so others get offers.
+    let unused: Vec<String> = std::mem::take(&mut late.offers)
+        .into_iter()
+        .map(|o| o.offer_id)
+        .collect();
+    if !unused.is_empty() {
+        late.decline(unused, 600.0).await.unwrap();
+    }
+    // One that comes back within its 6 s.
+    let mut back = Framework::subscribe(c.client(), info("back", 6.0)).await.unwrap();
+    let offer = back.next_offers(T).await.remove(0);
+    back.accept(
+        vec![offer.offer_id],
+        vec![Framework::task("b1", &offer.agent_id, 0.1, 16.0, &["sleep", "3605"])],
+        0.0,
+    )
+    .await
+    .unwrap();
+    back.wait_state("b1", TaskState::TaskRunning, T).await;
+    let back_id = back.id.clone();
+    drop(late);
+    drop(back);
+    // "back" returns after about a second, as the same framework.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut returned = Framework::subscribe(
+        c.client(),
+        v1::FrameworkInfo {
+            framework_id: back_id.clone(),
+            ..info("back", 6.0)
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(T, "the late framework's task to be killed", || async {
+        sleeps("3604").is_empty().then_some(())
+    })
+    .await;
+    let states = framework_states(&c).await;
+    assert!(
+        states.contains(&(v1::FrameworkState::FrameworkTornDown as i32)),
+        "{states:?}"
+    );
+    // Past "back"'s own timeout: it kept its task.
+    returned.watch(Duration::from_secs(7)).await;
+    assert_eq!(
+        sleeps("3605").len(),
+        1,
+        "the framework that returned in time keeps its task"
+    );
+    let tasks = c.tasks().await.unwrap();
+    let b1 = tasks.iter().find(|t| t.task_id == "b1").unwrap();
+    assert_eq!(b1.state, TaskState::TaskRunning as i32);
+    let l1 = tasks.iter().find(|t| t.task_id == "l1").unwrap();
+    assert_eq!(l1.state, TaskState::TaskKilled as i32);
+}

@@ -67,6 +67,7 @@ impl Agents for AgentsService {
             v1::command::Kind::ReregisterAgent(v1::ReregisterAgent {
                 agent_id: agent_id.clone(),
                 info: Some(info),
+                tasks: register.tasks.clone(),
             })
         } else {
             v1::command::Kind::RegisterAgent(v1::RegisterAgent {
@@ -76,6 +77,10 @@ impl Agents for AgentsService {
         };
         if let Outcome::Rejected(why) = shared.write(kind).await? {
             return Err(Status::failed_precondition(why));
+        }
+        if known {
+            // Tasks reconciled back from UNREACHABLE: tell their frameworks.
+            crate::leader::forward_task_updates(shared, &agent_id);
         }
 
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
@@ -147,12 +152,20 @@ impl Agents for AgentsService {
 
 /// Read one agent's messages until its stream ends; ping it meanwhile.
 async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound: Streaming<v1::AgentMessage>) {
-    let mut ping = tokio::time::interval(AGENT_PING_INTERVAL);
+    // Ping often enough that a silent agent is noticed within its ping timeout.
+    let timeout = shared.config.agent_ping_timeout;
+    let mut ping = tokio::time::interval(
+        AGENT_PING_INTERVAL
+            .min(timeout / 3)
+            .max(std::time::Duration::from_millis(100)),
+    );
     let mut nonce = 0u64;
+    let mut last_heard = std::time::Instant::now();
     loop {
         tokio::select! {
             msg = inbound.next() => {
                 let Some(Ok(msg)) = msg else { break };
+                last_heard = std::time::Instant::now();
                 match msg.message {
                     Some(v1::agent_message::Message::StatusUpdate(u)) => {
                         if let Some(status) = u.status {
@@ -166,6 +179,11 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                 }
             }
             _ = ping.tick() => {
+                if last_heard.elapsed() > timeout {
+                    // Paused or partitioned: the TCP connection may look fine, the agent is not.
+                    tracing::warn!(%agent_id, silent = ?last_heard.elapsed(), "agent missed its pings; closing its session");
+                    break;
+                }
                 nonce += 1;
                 let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(soft) = guard.as_mut() else { break };
@@ -180,6 +198,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     if let Some(soft) = guard.as_mut() {
         if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
             soft.agents.remove(&agent_id);
+            soft.agent_gone_at.insert(agent_id.clone(), std::time::Instant::now());
             soft.rescind_agent_offers(&agent_id);
             tracing::info!(%agent_id, "agent disconnected");
         }

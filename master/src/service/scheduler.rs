@@ -499,6 +499,8 @@ async fn watch_framework(
                     .is_some_and(|s| s.stream_id == stream_id) =>
             {
                 soft.frameworks.remove(&framework_id);
+                soft.framework_gone_at
+                    .insert(framework_id.clone(), std::time::Instant::now());
                 soft.drop_framework_offers(&framework_id);
                 true
             }
