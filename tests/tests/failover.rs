@@ -87,6 +87,16 @@ async fn failover_p1_tasks_survive_five_leader_kills() {
         (p.len() == 30).then_some(p)
     })
     .await;
+    wait_for(T, "all 30 tasks RUNNING in the replicated state", || async {
+        let tasks = cluster.tasks().await.ok()?;
+        (tasks
+            .iter()
+            .filter(|t| t.state == TaskState::TaskRunning as i32)
+            .count()
+            == 30)
+            .then_some(())
+    })
+    .await;
     for round in 0..5 {
         let leader = cluster.wait_leader(&[1, 2, 3], T).await;
         cluster.kill(leader);
@@ -102,15 +112,17 @@ async fn failover_p1_tasks_survive_five_leader_kills() {
                 .then_some(())
         })
         .await;
-        let tasks = cluster.tasks().await.unwrap();
-        assert_eq!(
-            tasks
+        // Updates still in flight at the kill are resent by the agents to the new leader.
+        wait_for(T, "all 30 tasks RUNNING in the new leader's state", || async {
+            let tasks = cluster.tasks().await.ok()?;
+            (tasks
                 .iter()
                 .filter(|t| t.state == TaskState::TaskRunning as i32)
-                .count(),
-            30,
-            "round {round}"
-        );
+                .count()
+                == 30)
+                .then_some(())
+        })
+        .await;
         cluster.restart(leader);
         let applied = cluster.member(new).await.unwrap().applied_index;
         cluster.wait_converged(&[1, 2, 3], applied, T).await;
