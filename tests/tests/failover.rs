@@ -36,6 +36,28 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `corral run --count COUNT -- sleep SECS` in the background: a framework (the SDK) that
+/// follows the leader by itself. Killed when dropped.
+fn background_run(cluster: &Cluster, name: &str, count: u32, secs: &str) -> KillOnDrop {
+    let child = Command::new(binary("corral"))
+        .args([
+            "--masters",
+            &cluster.masters_arg(),
+            "run",
+            "--name",
+            name,
+            "--count",
+            &count.to_string(),
+        ])
+        .args(["--cpus", "0.1", "--mem", "16", "--", "sleep", secs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn corral run");
+    KillOnDrop(child)
+}
+
 async fn framework_states(cluster: &Cluster) -> Vec<i32> {
     let r = cluster
         .client()
@@ -58,30 +80,7 @@ async fn failover_p1_tasks_survive_five_leader_kills() {
     }
     cluster.wait_agents(3, T).await;
     // The framework: `corral run` (the SDK) with 30 long tasks, running in the background.
-    let framework = KillOnDrop(
-        Command::new(binary("corral"))
-            .args([
-                "--masters",
-                &cluster.masters_arg(),
-                "run",
-                "--name",
-                "long",
-                "--count",
-                "30",
-                "--cpus",
-                "0.1",
-                "--mem",
-                "16",
-                "--",
-                "sleep",
-                "3601",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let framework = background_run(&cluster, "long", 30, "3601");
     let pids = wait_for(T, "30 running task processes", || async {
         let p = sleeps("3601");
         (p.len() == 30).then_some(p)
@@ -183,30 +182,7 @@ async fn failover_p1_every_master_restarted_while_tasks_run() {
     cluster.wait_leader(&[1, 2, 3], T).await;
     cluster.start_agent("rs", "cpus:2;mem:1024", "");
     cluster.wait_agents(1, T).await;
-    let framework = KillOnDrop(
-        Command::new(binary("corral"))
-            .args([
-                "--masters",
-                &cluster.masters_arg(),
-                "run",
-                "--name",
-                "keep",
-                "--count",
-                "4",
-                "--cpus",
-                "0.1",
-                "--mem",
-                "16",
-                "--",
-                "sleep",
-                "3602",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let framework = background_run(&cluster, "keep", 4, "3602");
     let pids = wait_for(T, "4 running task processes", || async {
         let p = sleeps("3602");
         (p.len() == 4).then_some(p)
