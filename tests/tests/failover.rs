@@ -58,6 +58,15 @@ fn background_run(cluster: &Cluster, name: &str, count: u32, secs: &str) -> Kill
     KillOnDrop(child)
 }
 
+/// How many tasks named `prefix*` the leader has RUNNING.
+async fn running(cluster: &Cluster, prefix: &str) -> usize {
+    let tasks = cluster.tasks().await.unwrap_or_default();
+    tasks
+        .iter()
+        .filter(|t| t.task_id.starts_with(prefix) && t.state == TaskState::TaskRunning as i32)
+        .count()
+}
+
 async fn framework_states(cluster: &Cluster) -> Vec<i32> {
     let r = cluster
         .client()
@@ -188,6 +197,11 @@ async fn failover_p1_every_master_restarted_while_tasks_run() {
         (p.len() == 4).then_some(p)
     })
     .await;
+    // Committed as RUNNING before the masters go (updates in flight would be resent anyway).
+    wait_for(T, "the 4 tasks RUNNING", || async {
+        (running(&cluster, "keep").await == 4).then_some(())
+    })
+    .await;
     for id in 1..=3 {
         cluster.kill(id);
     }
@@ -197,14 +211,10 @@ async fn failover_p1_every_master_restarted_while_tasks_run() {
     cluster.wait_leader(&[1, 2, 3], T).await;
     assert_eq!(sleeps("3602"), pids, "the tasks kept running");
     cluster.wait_agents(1, T).await;
-    let tasks = cluster.tasks().await.unwrap();
-    assert_eq!(
-        tasks
-            .iter()
-            .filter(|t| t.task_id.starts_with("keep") && t.state == TaskState::TaskRunning as i32)
-            .count(),
-        4
-    );
+    wait_for(T, "the 4 tasks RUNNING after the restart", || async {
+        (running(&cluster, "keep").await == 4).then_some(())
+    })
+    .await;
     let out = cluster.cli(&["run", "--name", "offers-resume", "--", "true"]);
     assert!(
         out.status.success(),
