@@ -334,3 +334,39 @@ async fn failover_p1_framework_failover_timeout_tears_down_only_the_late() {
     let l1 = tasks.iter().find(|t| t.task_id == "l1").unwrap();
     assert_eq!(l1.state, TaskState::TaskKilled as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_five_masters_lose_two_leaders_in_a_row() {
+    let mut cluster = Cluster::start(5);
+    let all = [1, 2, 3, 4, 5];
+    cluster.wait_leader(&all, T).await;
+    cluster.start_agent("f5", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let framework = background_run(&cluster, "five", 3, "3606");
+    wait_for(T, "the 3 tasks RUNNING", || async {
+        (running(&cluster, "five").await == 3).then_some(())
+    })
+    .await;
+    let pids = sleeps("3606");
+    let mut alive: Vec<u64> = all.to_vec();
+    for round in 0..2 {
+        let leader = cluster.wait_leader(&alive, T).await;
+        cluster.kill(leader);
+        alive.retain(|&i| i != leader);
+        let next = cluster.wait_leader(&alive, T).await;
+        eprintln!("failover: five masters, round {round}: killed {leader}, leader now {next}");
+    }
+    // Three of five left: still serving, tasks untouched, agent and framework re-attached.
+    assert_eq!(sleeps("3606"), pids);
+    cluster.wait_agents(1, T).await;
+    wait_for(T, "the framework re-subscribed", || async {
+        framework_states(&cluster)
+            .await
+            .contains(&(v1::FrameworkState::FrameworkConnected as i32))
+            .then_some(())
+    })
+    .await;
+    let out = cluster.cli(&["run", "--name", "still-serving", "--", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    drop(framework);
+}
