@@ -96,13 +96,7 @@ async fn failover_p1_tasks_survive_five_leader_kills() {
     })
     .await;
     wait_for(T, "all 30 tasks RUNNING in the replicated state", || async {
-        let tasks = cluster.tasks().await.ok()?;
-        (tasks
-            .iter()
-            .filter(|t| t.state == TaskState::TaskRunning as i32)
-            .count()
-            == 30)
-            .then_some(())
+        (running(&cluster, "long").await == 30).then_some(())
     })
     .await;
     for round in 0..5 {
@@ -122,13 +116,7 @@ async fn failover_p1_tasks_survive_five_leader_kills() {
         .await;
         // Updates still in flight at the kill are resent by the agents to the new leader.
         wait_for(T, "all 30 tasks RUNNING in the new leader's state", || async {
-            let tasks = cluster.tasks().await.ok()?;
-            (tasks
-                .iter()
-                .filter(|t| t.state == TaskState::TaskRunning as i32)
-                .count()
-                == 30)
-                .then_some(())
+            (running(&cluster, "long").await == 30).then_some(())
         })
         .await;
         cluster.restart(leader);
@@ -302,6 +290,7 @@ async fn failover_p1_framework_failover_timeout_tears_down_only_the_late() {
     drop(late);
     drop(back);
     // "back" returns after about a second, as the same framework.
+    // The fault itself: the framework stays away for a second (not a wait for a condition).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut returned = Framework::subscribe(
         c.client(),
