@@ -40,9 +40,14 @@ impl Cgroups {
         Ok(Cgroups { root })
     }
 
+    /// The cgroup directory of the task cgroup `name`.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
     /// Create the cgroup of one task with its limits.
     pub fn create(&self, name: &str, resources: &Resources) -> std::io::Result<PathBuf> {
-        let dir = self.root.join(name);
+        let dir = self.dir(name);
         std::fs::create_dir_all(&dir)?;
         let cpus = resources.scalar_milli("cpus");
         if cpus > 0 {

@@ -5,13 +5,16 @@
 //! - [`connection`]: the link to the leader (register with the inventory, obey commands of
 //!   the newest term, reconnect when the leader changes or goes silent);
 //! - [`tasks`]: processes in their own groups and sandboxes, kill with a grace period,
-//!   status updates checkpointed and resent until acknowledged;
+//!   status updates checkpointed and resent until acknowledged, recovery after a restart;
+//! - [`supervisor`]: the small per-task process that lets tasks outlive the agent and keeps
+//!   their real exit status;
 //! - [`isolation`]: cpu and memory limits with cgroups v2 where possible.
 
 pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod isolation;
+pub mod supervisor;
 pub mod tasks;
 
 use std::time::Duration;
@@ -45,7 +48,13 @@ impl Agent {
                 None
             }
         };
-        let tasks = Tasks::new(config.work_dir.clone(), config.kill_grace, cgroups);
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("locating this executable (the task supervisor): {e}"))?;
+        let tasks = Tasks::new(config.work_dir.clone(), config.kill_grace, cgroups, exe);
+        let recovered = tasks.recover();
+        if recovered > 0 {
+            tracing::info!(recovered, "took back the tasks of the previous run");
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;

@@ -3,17 +3,20 @@
 //! Each task runs as a process in its own process group, in its sandbox
 //! `<work-dir>/frameworks/<fid>/tasks/<tid>/` with `stdout` and `stderr` there, and with
 //! `CORRAL_TASK_ID`, `CORRAL_FRAMEWORK_ID`, `CORRAL_AGENT_ID` and `CORRAL_SANDBOX` in its
-//! environment. Killing a task is SIGTERM to its group, then SIGKILL to the group after the
-//! grace period; when a task's main process ends, whatever it left in its group is killed
-//! too, so a finished task leaves no processes behind.
+//! environment, started by a per-task [`supervisor`] so that it outlives the agent.
+//! Killing a task is SIGTERM to its group, then SIGKILL to the group after the grace period;
+//! when a task's main process ends, whatever it left in its group is killed too, so a
+//! finished task leaves no processes behind.
+//!
+//! Task state lives in `<work-dir>/meta/frameworks/<fid>/tasks/<tid>.json` (with the
+//! supervisor's `<tid>.exit` beside it); [`Tasks::recover`] reads it back after a restart.
 //!
 //! Status updates get a uuid, are checkpointed under `<work-dir>/meta/`, and are sent to the
 //! leader one at a time per task, in order: the next goes once the previous is acknowledged,
 //! and an unacknowledged one is sent again every [`RESEND_INTERVAL`] (at-least-once).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,9 +27,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::isolation::Cgroups;
+use crate::supervisor;
 
 /// How long an unacknowledged status update waits before it is sent again.
 pub const RESEND_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a task's supervisor may take to start the task.
+const SUPERVISOR_START: Duration = Duration::from_secs(30);
 
 type Key = (String, String);
 
@@ -38,6 +44,8 @@ struct TaskEntry {
     pending: VecDeque<v1::TaskStatus>,
     last_sent: Option<Instant>,
     kill_requested: bool,
+    /// The task's supervisor: pid and start time (see [`crate::supervisor`]).
+    supervisor: Option<(u32, u64)>,
 }
 
 /// What is checkpointed per task (protobuf fields as bytes, so the file stays readable by
@@ -50,6 +58,12 @@ struct Checkpoint {
     exit_code: Option<i32>,
     pid: Option<u32>,
     pending: Vec<Vec<u8>>,
+    #[serde(default)]
+    supervisor_pid: Option<u32>,
+    #[serde(default)]
+    supervisor_start: Option<u64>,
+    #[serde(default)]
+    kill_requested: bool,
 }
 
 struct Inner {
@@ -66,6 +80,8 @@ pub struct Tasks {
     work_dir: PathBuf,
     kill_grace: Duration,
     cgroups: Option<Cgroups>,
+    /// The executable started as each task's supervisor.
+    exe: PathBuf,
 }
 
 fn now_ms() -> i64 {
@@ -83,7 +99,8 @@ fn terminal(state: v1::TaskState) -> bool {
 }
 
 impl Tasks {
-    pub fn new(work_dir: PathBuf, kill_grace: Duration, cgroups: Option<Cgroups>) -> Self {
+    /// `exe` is a binary that calls [`crate::supervisor::run_if_requested`] first thing.
+    pub fn new(work_dir: PathBuf, kill_grace: Duration, cgroups: Option<Cgroups>, exe: PathBuf) -> Self {
         let agent_id = std::fs::read_to_string(work_dir.join("meta/agent_id"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
@@ -97,6 +114,7 @@ impl Tasks {
             work_dir,
             kill_grace,
             cgroups,
+            exe,
         }
     }
 
@@ -208,6 +226,9 @@ impl Tasks {
             let done = t.pending.is_empty() && terminal(t.state);
             if done {
                 inner.tasks.remove(&key);
+                let exit = self.exit_path(&key);
+                let _ = std::fs::remove_file(supervisor::pids_path(&exit));
+                let _ = std::fs::remove_file(exit);
                 let _ = std::fs::remove_file(self.checkpoint_path(&key));
             } else {
                 self.checkpoint(&inner, &key);
@@ -224,6 +245,11 @@ impl Tasks {
             .join(format!("{t}.json"))
     }
 
+    /// Where the task's supervisor records how it ended.
+    fn exit_path(&self, key: &Key) -> PathBuf {
+        self.checkpoint_path(key).with_extension("exit")
+    }
+
     fn checkpoint(&self, inner: &Inner, key: &Key) {
         let Some(t) = inner.tasks.get(key) else { return };
         let cp = Checkpoint {
@@ -233,6 +259,9 @@ impl Tasks {
             exit_code: t.exit_code,
             pid: t.pid,
             pending: t.pending.iter().map(Message::encode_to_vec).collect(),
+            supervisor_pid: t.supervisor.map(|s| s.0),
+            supervisor_start: t.supervisor.map(|s| s.1),
+            kill_requested: t.kill_requested,
         };
         let path = self.checkpoint_path(key);
         let write = || -> std::io::Result<()> {
@@ -291,6 +320,7 @@ impl Tasks {
                     pending: VecDeque::new(),
                     last_sent: None,
                     kill_requested: false,
+                    supervisor: None,
                 },
             );
             self.checkpoint(&inner, &key);
@@ -305,70 +335,152 @@ impl Tasks {
 
     async fn run(self, key: Key, info: v1::TaskInfo) {
         let sandbox = self.sandbox(&key);
-        let child = self.spawn(&key, &info, &sandbox);
-        let mut child = match child {
-            Ok(c) => c,
+        let exit_file = self.exit_path(&key);
+        let (mut child, pid) = match self.spawn(&key, &info, &sandbox, &exit_file).await {
+            Ok(v) => v,
             Err(e) => {
-                self.update(
-                    &key,
-                    v1::TaskState::TaskFailed,
-                    format!("could not start the task: {e}"),
-                    None,
-                    v1::Reason::LaunchFailed,
-                );
+                self.update(&key, v1::TaskState::TaskFailed, e, None, v1::Reason::LaunchFailed);
                 return;
             }
         };
-        let pid = child.id();
-        let cgroup = match (&self.cgroups, pid) {
-            (Some(cg), Some(pid)) => {
-                let resources = resources_from_wire("resources", &info.resources).unwrap_or_default();
-                let name = format!("{}__{}", key.0, key.1);
-                match cg
-                    .create(&name, &resources)
-                    .and_then(|dir| cg.add(&dir, pid).map(|_| dir))
-                {
-                    Ok(dir) => Some(dir),
-                    Err(e) => {
-                        tracing::warn!(task_id = %key.1, error = %e, "task runs without cgroup limits");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        {
-            let mut inner = self.lock();
-            if let Some(t) = inner.tasks.get_mut(&key) {
-                t.pid = pid;
+        let supervisor = child
+            .id()
+            .and_then(|p| supervisor::process_start(p).map(|(start, _)| (p, start)));
+        if let Some(cg) = &self.cgroups {
+            let resources = resources_from_wire("resources", &info.resources).unwrap_or_default();
+            if let Err(e) = cg
+                .create(&cgroup_name(&key), &resources)
+                .and_then(|dir| cg.add(&dir, pid))
+            {
+                tracing::warn!(task_id = %key.1, error = %e, "task runs without cgroup limits");
             }
         }
+        let kill_now = {
+            let mut inner = self.lock();
+            match inner.tasks.get_mut(&key) {
+                Some(t) => {
+                    t.pid = Some(pid);
+                    t.supervisor = supervisor;
+                    t.kill_requested
+                }
+                None => false,
+            }
+        };
         self.update(
             &key,
             v1::TaskState::TaskRunning,
-            format!("pid {}", pid.unwrap_or(0)),
+            format!("pid {pid}"),
             None,
             v1::Reason::Unspecified,
         );
-        let status = child.wait().await;
-        if let Some(pid) = pid {
-            // Leave nothing of the task behind: kill what remains in its process group.
-            signal_group(pid, libc::SIGKILL);
+        if kill_now {
+            signal_group(pid, libc::SIGTERM);
         }
-        if let (Some(cg), Some(dir)) = (&self.cgroups, &cgroup) {
-            cg.remove(dir);
+        // The supervisor is our child: waiting for it also reaps it.
+        let _ = child.wait().await;
+        self.finish(&key);
+    }
+
+    /// Start the task under its supervisor; returns the supervisor and the task's pid.
+    async fn spawn(
+        &self,
+        key: &Key,
+        info: &v1::TaskInfo,
+        sandbox: &Path,
+        exit_file: &Path,
+    ) -> Result<(tokio::process::Child, u32), String> {
+        use tokio::io::AsyncBufReadExt;
+        std::fs::create_dir_all(sandbox).map_err(|e| format!("cannot create the sandbox: {e}"))?;
+        if let Some(dir) = exit_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let killed = self.lock().tasks.get(&key).is_some_and(|t| t.kill_requested);
-        let (state, code, message, reason) = match status {
-            Err(e) => (
-                v1::TaskState::TaskFailed,
-                None,
-                format!("lost track of the task: {e}"),
-                v1::Reason::CommandExited,
-            ),
-            Ok(s) => {
-                let code = s.code().or_else(|| s.signal().map(|sig| 128 + sig));
-                match (killed, s.code()) {
+        let stderr = std::fs::File::create(sandbox.join("stderr")).map_err(|e| format!("cannot create stderr: {e}"))?;
+        let command = info.command.clone().unwrap_or_default();
+        let argv: Vec<String> = if command.shell {
+            let script = command.argv.first().cloned().unwrap_or_default();
+            vec!["/bin/sh".into(), "-c".into(), script]
+        } else {
+            command.argv.clone()
+        };
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            return Err("the command is empty".to_string());
+        }
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg(supervisor::ARG)
+            .arg(exit_file)
+            .args(&argv)
+            .current_dir(sandbox)
+            .envs(&command.environment)
+            .env("CORRAL_TASK_ID", &key.1)
+            .env("CORRAL_FRAMEWORK_ID", &key.0)
+            .env("CORRAL_AGENT_ID", self.agent_id())
+            .env("CORRAL_SANDBOX", sandbox)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            // A group of its own: a Ctrl-C meant for the agent does not reach it.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the task supervisor {}: {e}", self.exe.display()))?;
+        let Some(stdout) = child.stdout.take() else {
+            return Err("the task supervisor has no stdout".to_string());
+        };
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let read = tokio::time::timeout(SUPERVISOR_START, reader.read_line(&mut line)).await;
+        if let Some(pid) = line.trim().strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+            return Ok((child, pid));
+        }
+        if read.is_err() {
+            let _ = child.start_kill();
+        }
+        let _ = child.wait().await;
+        Err(match line.trim().strip_prefix("error ") {
+            Some(e) => e.to_string(),
+            None => format!("the task supervisor did not start the task ({:?})", line.trim()),
+        })
+    }
+
+    /// The task's supervisor has exited: report how the task ended.
+    fn finish(&self, key: &Key) {
+        let (pid, killed, state) = {
+            let inner = self.lock();
+            let Some(t) = inner.tasks.get(key) else { return };
+            (t.pid, t.kill_requested, t.state)
+        };
+        if terminal(state) {
+            return;
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.remove(&cg.dir(&cgroup_name(key)));
+        }
+        let outcome = supervisor::read_outcome(&self.exit_path(key));
+        let (state, code, message, reason) = match outcome {
+            None => {
+                if let Some(pid) = pid {
+                    // The supervisor died without cleaning up: leave nothing of the task behind.
+                    signal_group(pid, libc::SIGKILL);
+                }
+                let message = if pid.is_some() {
+                    "the task's supervisor ended without recording how the task ended"
+                } else {
+                    "the agent stopped before the task started"
+                };
+                (
+                    v1::TaskState::TaskFailed,
+                    None,
+                    message.to_string(),
+                    v1::Reason::AgentRestarted,
+                )
+            }
+            Some(supervisor::Outcome { error: Some(e), .. }) => {
+                (v1::TaskState::TaskFailed, None, e, v1::Reason::LaunchFailed)
+            }
+            Some(o) => {
+                let code = o.code.or_else(|| o.signal.map(|sig| 128 + sig));
+                match (killed, o.code) {
                     (true, _) => (
                         v1::TaskState::TaskKilled,
                         code,
@@ -390,42 +502,106 @@ impl Tasks {
                     (false, None) => (
                         v1::TaskState::TaskFailed,
                         code,
-                        format!("killed by signal {}", s.signal().unwrap_or(0)),
+                        format!("killed by signal {}", o.signal.unwrap_or(0)),
                         v1::Reason::CommandExited,
                     ),
                 }
             }
         };
-        self.update(&key, state, message, code, reason);
+        self.update(key, state, message, code, reason);
     }
 
-    fn spawn(&self, key: &Key, info: &v1::TaskInfo, sandbox: &PathBuf) -> std::io::Result<tokio::process::Child> {
-        std::fs::create_dir_all(sandbox)?;
-        let stdout = std::fs::File::create(sandbox.join("stdout"))?;
-        let stderr = std::fs::File::create(sandbox.join("stderr"))?;
-        let command = info.command.clone().unwrap_or_default();
-        let mut cmd = if command.shell {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(command.argv.first().cloned().unwrap_or_default());
-            c
-        } else {
-            let mut c = tokio::process::Command::new(command.argv.first().cloned().unwrap_or_default());
-            c.args(command.argv.iter().skip(1));
-            c
-        };
-        cmd.current_dir(sandbox)
-            .envs(&command.environment)
-            .env("CORRAL_TASK_ID", &key.1)
-            .env("CORRAL_FRAMEWORK_ID", &key.0)
-            .env("CORRAL_AGENT_ID", self.agent_id())
-            .env("CORRAL_SANDBOX", sandbox)
-            .stdin(std::process::Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group, so that a kill reaches everything it started.
-            .process_group(0)
-            .kill_on_drop(false);
-        cmd.spawn()
+    /// Take back the tasks an earlier run of this agent checkpointed: tasks whose supervisor
+    /// still runs are watched again, tasks that ended meanwhile are reported with their real
+    /// exit status, and unacknowledged updates are queued again. Returns how many tasks were
+    /// recovered.
+    pub fn recover(&self) -> usize {
+        let root = self.work_dir.join("meta/frameworks");
+        let mut files = Vec::new();
+        for f in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for t in std::fs::read_dir(f.path().join("tasks"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = t.path();
+                if path.extension().is_some_and(|e| e == "json") {
+                    files.push(path);
+                }
+            }
+        }
+        let mut watch = Vec::new();
+        let mut ended = Vec::new();
+        let mut recovered = 0;
+        for path in files {
+            let cp = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(cp) => cp,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable task checkpoint skipped");
+                    continue;
+                }
+            };
+            let Ok(info) = v1::TaskInfo::decode(cp.info.as_slice()) else {
+                tracing::error!(path = %path.display(), "task checkpoint with an undecodable task skipped");
+                continue;
+            };
+            let key = (cp.framework_id.clone(), info.task_id.clone());
+            let state = v1::TaskState::try_from(cp.state).unwrap_or(v1::TaskState::TaskStaging);
+            let pending: VecDeque<v1::TaskStatus> = cp
+                .pending
+                .iter()
+                .filter_map(|b| v1::TaskStatus::decode(b.as_slice()).ok())
+                .collect();
+            let mut entry = TaskEntry {
+                info,
+                state,
+                exit_code: cp.exit_code,
+                pid: cp.pid,
+                pending,
+                last_sent: None,
+                kill_requested: cp.kill_requested,
+                supervisor: cp.supervisor_pid.zip(cp.supervisor_start),
+            };
+            if !terminal(state) {
+                let exit_file = self.exit_path(&key);
+                if entry.supervisor.is_none() {
+                    // The agent stopped between starting the supervisor and checkpointing it.
+                    if let Some((s, t)) = supervisor::read_pids(&exit_file) {
+                        if supervisor::is_supervisor_of(s, &exit_file) {
+                            entry.pid = Some(t);
+                            entry.supervisor = supervisor::process_start(s).map(|(start, _)| (s, start));
+                        }
+                    }
+                }
+                let alive = entry
+                    .supervisor
+                    .is_some_and(|(p, start)| supervisor::process_start(p) == Some((start, false)));
+                match entry.supervisor {
+                    Some((p, start)) if alive => watch.push((key.clone(), p, start)),
+                    _ => ended.push(key.clone()),
+                }
+            } else if entry.pending.is_empty() {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            tracing::info!(framework_id = %key.0, task_id = %key.1, state = state.as_str_name(), pid = ?entry.pid, "task recovered");
+            self.lock().tasks.insert(key, entry);
+            recovered += 1;
+        }
+        for (key, pid, start) in watch {
+            let tasks = self.clone();
+            tokio::spawn(async move {
+                supervisor::wait_exit(pid, start).await;
+                tasks.finish(&key);
+            });
+        }
+        for key in ended {
+            self.finish(&key);
+        }
+        recovered
     }
 
     /// Kill a task: SIGTERM to its group, SIGKILL after the grace period.
@@ -473,6 +649,10 @@ impl Tasks {
             signal_group(pid, libc::SIGKILL);
         }
     }
+}
+
+fn cgroup_name((f, t): &Key) -> String {
+    format!("{f}__{t}")
 }
 
 /// Send `sig` to the process group led by `pid`.

@@ -130,6 +130,8 @@ enum WeightsAction {
 }
 
 fn main() -> ExitCode {
+    // `corral local` runs agents in this process; their task supervisors are this binary too.
+    corral_agent::supervisor::run_if_requested();
     let cli = Cli::parse();
     if let Command::Local {
         masters,

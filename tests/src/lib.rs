@@ -589,7 +589,8 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
-/// Kill the process groups of every task whose pid an agent checkpointed under `work_dir`.
+/// Kill the process groups of every task (and its supervisor) that an agent checkpointed
+/// under `work_dir`.
 fn kill_tasks_under(work_dir: &Path) {
     let Ok(frameworks) = std::fs::read_dir(work_dir.join("meta/frameworks")) else {
         return;
@@ -605,9 +606,12 @@ fn kill_tasks_under(work_dir: &Path) {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
                 continue;
             };
-            if let Some(pid) = v["pid"].as_u64() {
-                // SAFETY: kill(2) on a task's process group; it was started by our agent.
-                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            // The supervisor first (so it records nothing more), then the task's own group.
+            for field in ["supervisor_pid", "pid"] {
+                if let Some(pid) = v[field].as_u64() {
+                    // SAFETY: kill(2) on a process group our agent started; no memory involved.
+                    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                }
             }
         }
     }

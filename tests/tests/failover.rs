@@ -359,3 +359,94 @@ async fn failover_p1_five_masters_lose_two_leaders_in_a_row() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     drop(framework);
 }
+
+/// Pids of processes whose argv is exactly `argv`.
+fn pids_of(argv: &[&str]) -> BTreeSet<u32> {
+    let mut want = Vec::new();
+    for a in argv {
+        want.extend_from_slice(a.as_bytes());
+        want.push(0);
+    }
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want) {
+            out.insert(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_sigkilled_agent_takes_its_tasks_back() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("rec", "cpus:2;mem:1024", "");
+    let agents = cluster.wait_agents(1, T).await;
+    let mut fw = cluster.framework("recover", "").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    // "exits" waits for a file in its sandbox, then exits 7: it ends while the agent is down.
+    let waiter = ["/bin/sh", "-c", "while [ ! -e go ]; do sleep 0.05; done; exit 7"];
+    let tasks = vec![
+        Framework::task("stays", &offer.agent_id, 0.1, 16.0, &["sleep", "3607"]),
+        Framework::task("exits", &offer.agent_id, 0.1, 16.0, &waiter),
+    ];
+    fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
+    fw.wait_state("stays", TaskState::TaskRunning, T).await;
+    fw.wait_state("exits", TaskState::TaskRunning, T).await;
+    let stays = sleeps("3607");
+    assert_eq!(stays.len(), 1);
+    assert_eq!(pids_of(&waiter).len(), 1);
+
+    cluster.kill_agent("rec");
+    std::fs::write(cluster.sandbox("rec", &fw.id, "exits").join("go"), b"").unwrap();
+    wait_for(T, "the waiting task to exit while its agent is down", || async {
+        pids_of(&waiter).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(sleeps("3607"), stays, "a task keeps running without its agent");
+
+    cluster.restart_agent("rec");
+    let ended = fw.wait_state("exits", TaskState::TaskFailed, T).await;
+    assert_eq!(ended.exit_code, Some(7), "the real exit code: {ended:?}");
+    assert_eq!(ended.agent_id, agents[0].agent_id);
+    let back = cluster.wait_agents(1, T).await;
+    assert_eq!(back[0].agent_id, agents[0].agent_id, "the same agent re-registered");
+    assert_eq!(sleeps("3607"), stays, "the same process, untouched by the restart");
+    let listed = cluster.tasks().await.unwrap();
+    let s = listed.iter().find(|t| t.task_id == "stays").unwrap();
+    assert_eq!(s.state, TaskState::TaskRunning as i32);
+
+    // The restarted agent supervises the recovered task: a kill reaches it and is reported.
+    let req = v1::KillRequest {
+        header: Some(fw.header.clone()),
+        task_id: "stays".into(),
+        agent_id: agents[0].agent_id.clone(),
+        kill_grace_period_ms: 0,
+    };
+    fw.call(|mut c| {
+        let req = req.clone();
+        async move { c.kill(req).await.map(|_| ()) }
+    })
+    .await
+    .unwrap();
+    let killed = fw.wait_state("stays", TaskState::TaskKilled, T).await;
+    assert_eq!(killed.exit_code, Some(128 + libc::SIGTERM));
+    assert!(sleeps("3607").is_empty(), "the killed task is gone");
+    // Both are acknowledged, so the agent forgets them: a second restart recovers nothing.
+    wait_for(T, "the agent's checkpoints of the ended tasks to go", || async {
+        let dir = cluster.sandbox("rec", &fw.id, "x");
+        let meta = dir
+            .ancestors()
+            .nth(4)
+            .unwrap()
+            .join("meta/frameworks")
+            .join(&fw.id)
+            .join("tasks");
+        let left = std::fs::read_dir(&meta).map(|d| d.count()).unwrap_or(0);
+        (left == 0).then_some(())
+    })
+    .await;
+}

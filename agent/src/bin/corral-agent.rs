@@ -8,6 +8,8 @@ use clap::Parser;
 use corral_agent::{Agent, AgentArgs};
 
 fn main() -> ExitCode {
+    // Each task's supervisor is this binary started with a special first argument.
+    corral_agent::supervisor::run_if_requested();
     let config = match AgentArgs::parse().validate() {
         Ok(c) => c,
         Err(e) => {
