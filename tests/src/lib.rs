@@ -630,13 +630,36 @@ pub struct Framework {
     pub offers: Vec<v1::Offer>,
     pub rescinded: Vec<String>,
     pub ack: bool,
+    /// The event stream ended (the leader went away): [`Framework::resubscribe`].
+    pub closed: bool,
+    info: v1::FrameworkInfo,
 }
 
 impl Framework {
     pub async fn subscribe(client: Masters, info: v1::FrameworkInfo) -> Result<Framework, Status> {
+        let (header, events) = Self::open(&client, &info).await?;
+        Ok(Framework {
+            id: header.framework_id.clone(),
+            header,
+            client,
+            events,
+            updates: Vec::new(),
+            offers: Vec::new(),
+            rescinded: Vec::new(),
+            ack: true,
+            closed: false,
+            info,
+        })
+    }
+
+    /// Subscribe and read SUBSCRIBED.
+    async fn open(
+        client: &Masters,
+        info: &v1::FrameworkInfo,
+    ) -> Result<(v1::CallHeader, tonic::Streaming<v1::Event>), Status> {
         use corral_proto::v1::scheduler_client::SchedulerClient;
         let request = v1::SubscribeRequest {
-            framework: Some(info),
+            framework: Some(info.clone()),
             suppressed: false,
         };
         let mut events = client
@@ -654,26 +677,39 @@ impl Framework {
         let Some(v1::event::Event::Subscribed(s)) = first.event else {
             return Err(Status::internal("first event is not SUBSCRIBED"));
         };
-        Ok(Framework {
-            id: s.framework_id.clone(),
-            header: v1::CallHeader {
-                framework_id: s.framework_id,
-                stream_id: s.stream_id,
-            },
-            client,
-            events,
-            updates: Vec::new(),
-            offers: Vec::new(),
-            rescinded: Vec::new(),
-            ack: true,
-        })
+        let header = v1::CallHeader {
+            framework_id: s.framework_id,
+            stream_id: s.stream_id,
+        };
+        Ok((header, events))
+    }
+
+    /// Subscribe again as the same framework (after a failover), keeping what was recorded.
+    pub async fn resubscribe(&mut self) -> Result<(), Status> {
+        let info = v1::FrameworkInfo {
+            framework_id: self.id.clone(),
+            ..self.info.clone()
+        };
+        let (header, events) = Self::open(&self.client, &info).await?;
+        self.header = header;
+        self.events = events;
+        self.offers.clear();
+        self.closed = false;
+        Ok(())
     }
 
     /// Read one event (or time out), recording it.
     async fn pump(&mut self, wait: Duration) -> bool {
         use tokio_stream::StreamExt;
-        let Ok(Some(Ok(ev))) = tokio::time::timeout(wait, self.events.next()).await else {
-            return false;
+        let ev = match tokio::time::timeout(wait, self.events.next()).await {
+            Err(_) => return false,
+            Ok(Some(Ok(ev))) => ev,
+            Ok(None | Some(Err(_))) => {
+                self.closed = true;
+                // Do not spin on a closed stream.
+                tokio::time::sleep(wait).await;
+                return false;
+            }
         };
         match ev.event {
             Some(v1::event::Event::Offers(o)) => self.offers.extend(o.offers),

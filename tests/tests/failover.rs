@@ -1,6 +1,6 @@
 //! failover: tasks, agents and frameworks through leader failures (real processes).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -449,4 +449,196 @@ async fn failover_p1_sigkilled_agent_takes_its_tasks_back() {
         (left == 0).then_some(())
     })
     .await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    /// SIGKILL the leader, restart it later.
+    Kill,
+    /// SIGSTOP the leader, SIGCONT it once another leads.
+    Pause,
+}
+
+/// The `sleep` argument that names storm task `id` (`s007` → `4000.007`).
+fn storm_arg(id: &str) -> String {
+    format!("4000.{}", &id[1..])
+}
+
+/// Storm task ids whose `sleep 4000.NNN` process runs, with how many processes each has.
+fn storm_processes() -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.len() == 3 && args[0] == b"sleep" && args[1].starts_with(b"4000.") {
+            let id = format!("s{}", String::from_utf8_lossy(&args[1][5..]));
+            *out.entry(id).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+fn scalar(resources: &[v1::Resource], name: &str) -> f64 {
+    resources
+        .iter()
+        .filter(|r| r.name == name)
+        .filter_map(|r| match r.value {
+            Some(v1::resource::Value::Scalar(v)) => Some(v),
+            _ => None,
+        })
+        .sum()
+}
+
+/// A framework launches tasks as fast as offers come while the leader fails (`fault`).
+/// Afterwards every launch it was told succeeded runs exactly once, no agent holds more
+/// than it has, and all masters have the same state.
+async fn launch_storm(fault: Fault) {
+    const WANT: usize = 60;
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    for name in ["sa", "sb"] {
+        cluster.start_agent(name, "cpus:4;mem:4096", "");
+    }
+    cluster.wait_agents(2, T).await;
+    let mut fw = cluster.framework("storm", "").await;
+    let mut told_ok: BTreeSet<String> = BTreeSet::new();
+    let mut refused = 0;
+    let mut sent = 0;
+    let mut faulted: Option<u64> = None;
+    let mut healed = false;
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    while told_ok.len() < WANT {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "storm stalled at {} launches",
+            told_ok.len()
+        );
+        if let (Some(old), false) = (faulted, healed) {
+            if told_ok.len() >= 36 {
+                match fault {
+                    Fault::Kill => cluster.restart(old),
+                    Fault::Pause => cluster.resume(old),
+                }
+                eprintln!("storm: master {old} back after {} launches", told_ok.len());
+                healed = true;
+            }
+        }
+        if fw.closed {
+            if let Err(e) = fw.resubscribe().await {
+                eprintln!("storm: resubscribe: {}", e.message());
+            }
+            continue;
+        }
+        for offer in fw.watch(Duration::from_millis(100)).await {
+            let ids: Vec<String> = (0..6)
+                .map(|_| {
+                    sent += 1;
+                    format!("s{sent:03}")
+                })
+                .collect();
+            let tasks = ids
+                .iter()
+                .map(|id| Framework::task(id, &offer.agent_id, 0.1, 16.0, &["sleep", &storm_arg(id)]))
+                .collect();
+            let accept = fw.accept(vec![offer.offer_id], tasks, 0.0);
+            let result = if faulted.is_none() && told_ok.len() >= 12 {
+                // The fault strikes while this accept is in flight.
+                let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+                let strike = async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    match fault {
+                        Fault::Kill => cluster.kill(leader),
+                        Fault::Pause => cluster.pause(leader),
+                    }
+                };
+                let (result, ()) = tokio::join!(accept, strike);
+                eprintln!("storm: {fault:?} leader {leader} after {} launches", told_ok.len());
+                faulted = Some(leader);
+                result
+            } else {
+                accept.await
+            };
+            match result {
+                Ok(_) => told_ok.extend(ids),
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("storm: accept refused ({:?}): {}", e.code(), e.message());
+                }
+            }
+        }
+    }
+    let old = faulted.expect("the fault happened");
+    if !healed {
+        match fault {
+            Fault::Kill => cluster.restart(old),
+            Fault::Pause => cluster.resume(old),
+        }
+    }
+    eprintln!("storm: {} launches acknowledged, {refused} refused, {sent} task ids sent", told_ok.len());
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    if fault == Fault::Pause {
+        assert_ne!(leader, old, "the paused leader did not come back as leader");
+    }
+    // Every acknowledged launch is RUNNING in the replicated state.
+    let listed = wait_for(T, "every acknowledged launch RUNNING", || async {
+        let tasks = cluster.tasks().await.ok()?;
+        let running: BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::TaskRunning as i32)
+            .map(|t| t.task_id.clone())
+            .collect();
+        told_ok.is_subset(&running).then_some(tasks)
+    })
+    .await;
+    // Exactly once: one process and one sandbox for each; no process the masters do not know.
+    let live: BTreeSet<String> = listed
+        .iter()
+        .filter(|t| t.state == TaskState::TaskRunning as i32)
+        .map(|t| t.task_id.clone())
+        .collect();
+    let processes = wait_for(T, "one process per running task and no other", || async {
+        let p = storm_processes();
+        (p.keys().cloned().collect::<BTreeSet<_>>() == live).then_some(p)
+    })
+    .await;
+    for (id, n) in &processes {
+        assert_eq!(*n, 1, "task {id} runs {n} times");
+    }
+    for id in &told_ok {
+        let sandboxes = ["sa", "sb"]
+            .iter()
+            .filter(|a| cluster.sandbox(a, &fw.id, id).is_dir())
+            .count();
+        assert_eq!(sandboxes, 1, "task {id} has {sandboxes} sandboxes");
+    }
+    // No agent holds more than it has.
+    for agent in cluster.wait_agents(2, T).await {
+        let on_agent: Vec<&v1::TaskSummary> = listed
+            .iter()
+            .filter(|t| t.agent_id == agent.agent_id && t.state == TaskState::TaskRunning as i32)
+            .collect();
+        let cpus: f64 = on_agent.iter().map(|t| scalar(&t.resources, "cpus")).sum();
+        let mem: f64 = on_agent.iter().map(|t| scalar(&t.resources, "mem")).sum();
+        assert!(cpus <= scalar(&agent.resources, "cpus") + 1e-9, "{}: cpus {cpus}", agent.hostname);
+        assert!(mem <= scalar(&agent.resources, "mem") + 1e-9, "{}: mem {mem}", agent.hostname);
+        assert!(scalar(&agent.used, "cpus") <= scalar(&agent.resources, "cpus") + 1e-9);
+    }
+    // The masters agree, the faulted one included.
+    let applied = cluster.member(leader).await.unwrap().applied_index;
+    cluster.wait_converged(&[1, 2, 3], applied, T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_launch_storm_through_a_leader_kill_launches_exactly_once() {
+    launch_storm(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p1_paused_old_leader_cannot_double_launch() {
+    launch_storm(Fault::Pause).await;
 }
