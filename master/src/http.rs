@@ -117,6 +117,12 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     );
     let _ = writeln!(out, "corral_write_commit_seconds_sum{{id=\"{id}\"}} {}", lat.sum_secs);
     let _ = writeln!(out, "corral_write_commit_seconds_count{{id=\"{id}\"}} {}", lat.count);
+    let _ = writeln!(
+        out,
+        "# HELP corral_write_commands_total Commands committed (several per entry when batched)."
+    );
+    let _ = writeln!(out, "# TYPE corral_write_commands_total counter");
+    let _ = writeln!(out, "corral_write_commands_total{{id=\"{id}\"}} {}", lat.commands);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

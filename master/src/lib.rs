@@ -6,6 +6,7 @@
 //! - [`state`]: the replicated cluster state and its deterministic apply, with the state hash;
 //! - [`network`]: Raft peer traffic over tonic (client and server);
 //! - [`node`]: a running master: store, Raft, services, start-up and shutdown;
+//! - [`commit`]: group commit, many concurrent writes in one Raft entry;
 //! - `service::operator`: the operator API (`corral status`, members, weights);
 //! - `http`: `/health`, `/metrics`, `/state`, `/redirect` on the same port as gRPC.
 //!
@@ -15,13 +16,14 @@
 //! client ──gRPC──▶ any master ──not leader──▶ UNAVAILABLE + corral-leader: <addr> ──▶ client retries there
 //!                      │ leader
 //!                      ▼
-//!                 validate ──▶ raft.client_write(Proposal) ──▶ log on a majority (sled, fsynced)
+//!                 validate ──▶ commit queue ──batch──▶ raft.client_write(Proposal) ──▶ log on a majority (sled, fsynced)
 //!                                                                   │ committed
 //!                                                                   ▼
 //!                 reply ◀── Outcome ◀── ClusterState::apply (every master, deterministic)
 //! ```
 
 pub mod allocator;
+pub mod commit;
 pub mod config;
 pub mod leader;
 pub mod network;

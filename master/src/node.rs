@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use corral_proto::v1;
 use corral_raft_store::{Identity, LogStore, Options, StateReader, StoreError};
@@ -16,7 +16,7 @@ use tonic::Status;
 use crate::config::Config;
 use crate::network::{Network, RaftService};
 use crate::state::ClusterState;
-use crate::types::{CorralRaft, NodeId, Outcome, Proposal, Raft};
+use crate::types::{CorralRaft, NodeId, Outcome, Raft};
 
 /// How long a write may wait to be committed before the client is told UNAVAILABLE. A
 /// leader that lost its quorum cannot commit; the client must not hang on it.
@@ -51,6 +51,8 @@ pub struct WriteLatency {
     pub buckets: [u64; WRITE_BUCKETS_MS.len()],
     pub count: u64,
     pub sum_secs: f64,
+    /// Commands in the committed entries (more than `count` when batched).
+    pub commands: u64,
 }
 
 /// Upper bounds of the write latency buckets, in milliseconds.
@@ -82,6 +84,8 @@ pub struct Shared {
     pub allocate_now: Arc<tokio::sync::Notify>,
     /// The state hash at an applied index, computed once per index.
     hash_cache: Arc<Mutex<Option<(u64, String)>>>,
+    /// Writes waiting for group commit.
+    commits: crate::commit::Queue,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -168,32 +172,34 @@ impl Shared {
     /// Commit one command through Raft and return its outcome. Leader only; a follower
     /// answers with the redirect; a leader that cannot commit within [`WRITE_TIMEOUT`]
     /// answers UNAVAILABLE.
+    ///
+    /// Commands from concurrent callers are committed together (see [`crate::commit`]).
     pub async fn write(&self, kind: v1::command::Kind) -> Result<Outcome, Status> {
+        self.require_leader()?;
         let command = v1::Command {
             timestamp_ms: now_ms(),
             kind: Some(kind),
         };
-        let started = Instant::now();
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(Proposal::single(command))).await;
-        let response = match result {
-            Err(_) => {
-                return Err(Status::unavailable(format!(
-                    "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
-                )))
-            }
-            Ok(Err(e)) => return Err(write_error(self, e)),
-            Ok(Ok(r)) => r,
-        };
-        self.write_latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(started.elapsed());
-        response
-            .data
-            .outcomes
-            .into_iter()
-            .next()
-            .ok_or_else(|| Status::internal("apply returned no outcome for the command"))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unavailable = || Status::unavailable("this master is shutting down");
+        self.commits
+            .send(crate::commit::Pending { command, reply })
+            .await
+            .map_err(|_| unavailable())?;
+        match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
+            Err(_) => Err(Status::unavailable(format!(
+                "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
+            ))),
+            Ok(Err(_)) => Err(unavailable()),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Record a committed entry of `commands` commands for `/metrics`.
+    pub fn observe_write(&self, latency: Duration, commands: usize) {
+        let mut w = self.write_latency.lock().unwrap_or_else(|p| p.into_inner());
+        w.observe(latency);
+        w.commands += commands as u64;
     }
 
     /// Wait until this master is the leader and has applied everything committed before
@@ -298,6 +304,7 @@ impl Master {
             source,
         })?;
 
+        let (commits, commit_rx) = crate::commit::queue();
         let shared = Shared {
             config: Arc::new(config),
             raft: raft.clone(),
@@ -306,8 +313,10 @@ impl Master {
             leader: Arc::default(),
             allocate_now: Arc::default(),
             hash_cache: Arc::default(),
+            commits,
         };
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::commit::run(shared.clone(), commit_rx, stopped.clone()));
         tokio::spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
         let server = tokio::spawn(serve(shared.clone(), listener, stopped));
 

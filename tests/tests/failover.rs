@@ -579,7 +579,10 @@ async fn launch_storm(fault: Fault) {
             Fault::Pause => cluster.resume(old),
         }
     }
-    eprintln!("storm: {} launches acknowledged, {refused} refused, {sent} task ids sent", told_ok.len());
+    eprintln!(
+        "storm: {} launches acknowledged, {refused} refused, {sent} task ids sent",
+        told_ok.len()
+    );
     let leader = cluster.wait_leader(&[1, 2, 3], T).await;
     if fault == Fault::Pause {
         assert_ne!(leader, old, "the paused leader did not come back as leader");
@@ -624,8 +627,16 @@ async fn launch_storm(fault: Fault) {
             .collect();
         let cpus: f64 = on_agent.iter().map(|t| scalar(&t.resources, "cpus")).sum();
         let mem: f64 = on_agent.iter().map(|t| scalar(&t.resources, "mem")).sum();
-        assert!(cpus <= scalar(&agent.resources, "cpus") + 1e-9, "{}: cpus {cpus}", agent.hostname);
-        assert!(mem <= scalar(&agent.resources, "mem") + 1e-9, "{}: mem {mem}", agent.hostname);
+        assert!(
+            cpus <= scalar(&agent.resources, "cpus") + 1e-9,
+            "{}: cpus {cpus}",
+            agent.hostname
+        );
+        assert!(
+            mem <= scalar(&agent.resources, "mem") + 1e-9,
+            "{}: mem {mem}",
+            agent.hostname
+        );
         assert!(scalar(&agent.used, "cpus") <= scalar(&agent.resources, "cpus") + 1e-9);
     }
     // The masters agree, the faulted one included.

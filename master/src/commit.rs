@@ -1,0 +1,117 @@
+//! Group commit: every replicated write of this master goes through one queue, and what
+//! has queued up while earlier entries were being committed goes into the next Raft entry
+//! as one `CommandBatch`. An idle master commits a lone command at once; a busy one pays
+//! one log append, one replication round and one fsync for hundreds of commands.
+//!
+//! Each command keeps its own outcome (apply is per command), so batching changes no
+//! answer. Up to [`MAX_IN_FLIGHT`] entries are in the pipeline at a time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use corral_proto::v1;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tonic::Status;
+
+use crate::node::{write_error, Shared, WRITE_TIMEOUT};
+use crate::types::{Outcome, Proposal};
+
+/// Most commands in one Raft entry.
+pub const MAX_BATCH_COMMANDS: usize = 4096;
+/// Most encoded command bytes in one Raft entry (well under the store's 1 MiB entry limit).
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Entries being committed at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Commands that may wait for a batch.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// One command waiting to be committed.
+pub struct Pending {
+    pub command: v1::Command,
+    pub reply: oneshot::Sender<Result<Outcome, Status>>,
+}
+
+/// The sending side, kept in [`Shared`].
+pub type Queue = mpsc::Sender<Pending>;
+
+pub fn queue() -> (Queue, mpsc::Receiver<Pending>) {
+    mpsc::channel(QUEUE_CAPACITY)
+}
+
+/// Batch queued commands into Raft entries until `stopped`.
+pub async fn run(shared: Shared, mut rx: mpsc::Receiver<Pending>, mut stopped: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carry: Option<Pending> = None;
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = stopped.wait_for(|s| *s) => return,
+            },
+        };
+        let mut bytes = first.command.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS {
+            let Ok(next) = rx.try_recv() else { break };
+            let size = next.command.encoded_len();
+            if bytes + size > MAX_BATCH_BYTES {
+                carry = Some(next);
+                break;
+            }
+            bytes += size;
+            batch.push(next);
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            commit(&shared, batch).await;
+        });
+    }
+}
+
+async fn commit(shared: &Shared, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let n = commands.len();
+    let started = Instant::now();
+    let proposal = Proposal {
+        batch: v1::CommandBatch { commands },
+    };
+    let result = tokio::time::timeout(WRITE_TIMEOUT, shared.raft.client_write(proposal)).await;
+    match result {
+        Ok(Ok(response)) => {
+            shared.observe_write(started.elapsed(), n);
+            let mut outcomes = response.data.outcomes.into_iter();
+            for reply in replies {
+                let outcome = outcomes
+                    .next()
+                    .ok_or_else(|| Status::internal("apply returned fewer outcomes than commands"));
+                let _ = reply.send(outcome);
+            }
+        }
+        Ok(Err(e)) => {
+            let status = write_error(shared, e);
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+        Err(_) => {
+            for reply in replies {
+                let _ = reply.send(Err(Status::unavailable(format!(
+                    "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
+                ))));
+            }
+        }
+    }
+}
