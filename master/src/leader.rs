@@ -22,9 +22,14 @@ use crate::allocator::{allocate, AgentView, FrameworkView};
 use crate::node::Shared;
 use crate::state::{AgentState, ClusterState, FrameworkState};
 
-/// Capacity of each agent's and framework's outbound stream. A client that lets this many
-/// messages pile up is disconnected (it re-subscribes and gets the state again).
+/// Capacity of each agent's outbound stream. An agent that lets this many messages pile up
+/// is disconnected (it re-registers and is reconciled).
 pub const STREAM_CAPACITY: usize = 4096;
+/// Capacity of each framework's outbound stream: larger, because one framework hears about
+/// every task it runs, and thousands of agents can report at once after a failover. A
+/// framework that lets this many events pile up is disconnected (it re-subscribes and
+/// reconciles).
+pub const FRAMEWORK_STREAM_CAPACITY: usize = 65_536;
 /// How often frameworks get a HEARTBEAT event.
 pub const FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(10);
 /// How often the leader pings agents.
@@ -401,6 +406,31 @@ pub fn resend_unacked(state: &ClusterState, soft: &mut Soft, only: Option<&str>)
     }
 }
 
+/// Largest encoded Offers event sent to a framework: a pass over thousands of agents is split
+/// into several events so that none comes near the gRPC message limit that frameworks decode.
+const OFFER_EVENT_BYTES: usize = corral_proto::MAX_MESSAGE_BYTES / 8;
+
+/// Split one pass's offers for a framework into events of at most `OFFER_EVENT_BYTES`.
+fn offer_events(offers: Vec<v1::Offer>) -> Vec<Vec<v1::Offer>> {
+    use prost::Message;
+    let mut events = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for o in offers {
+        let len = o.encoded_len() + 8;
+        if !current.is_empty() && bytes + len > OFFER_EVENT_BYTES {
+            events.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += len;
+        current.push(o);
+    }
+    if !current.is_empty() {
+        events.push(current);
+    }
+    events
+}
+
 fn offer(state: &ClusterState, soft: &mut Soft) {
     if soft.frameworks.is_empty() || soft.agents.is_empty() {
         return;
@@ -491,7 +521,11 @@ fn offer(state: &ClusterState, soft: &mut Soft) {
     }
     for (f, offers) in batches {
         tracing::debug!(framework_id = %f, offers = offers.len(), "sending offers");
-        soft.send_framework(&f, event(v1::event::Event::Offers(v1::Offers { offers })));
+        for chunk in offer_events(offers) {
+            if !soft.send_framework(&f, event(v1::event::Event::Offers(v1::Offers { offers: chunk }))) {
+                break;
+            }
+        }
     }
 }
 
@@ -506,5 +540,29 @@ mod tests {
         assert_eq!(Soft::offer_term(&id), Some(7));
         assert_eq!(Soft::offer_term("garbage"), None);
         assert_eq!(Soft::offer_term("O-1"), None);
+    }
+
+    #[test]
+    fn a_large_offer_pass_is_split_into_bounded_events() {
+        use prost::Message;
+        let offers: Vec<v1::Offer> = (0..20_000)
+            .map(|i| v1::Offer {
+                offer_id: format!("O-3-{i}"),
+                framework_id: "fw-0123456789abcdef".into(),
+                agent_id: format!("agent-{i:08}-0123456789abcdef"),
+                hostname: format!("host-{i}.rack-{}.example.internal", i % 40),
+                leader_term: 3,
+                ..Default::default()
+            })
+            .collect();
+        let events = offer_events(offers.clone());
+        assert!(events.len() > 1, "20,000 offers should not fit one event");
+        for e in &events {
+            let size = v1::Offers { offers: e.clone() }.encoded_len();
+            assert!(size <= OFFER_EVENT_BYTES, "event of {size} bytes");
+        }
+        let flattened: Vec<v1::Offer> = events.into_iter().flatten().collect();
+        assert_eq!(flattened, offers, "every offer is sent once, in order");
+        assert!(offer_events(Vec::new()).is_empty());
     }
 }

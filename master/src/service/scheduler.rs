@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::leader::{event, resend_unacked, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT, STREAM_CAPACITY};
+use crate::leader::{event, resend_unacked, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT, FRAMEWORK_STREAM_CAPACITY};
 use crate::node::Shared;
 use crate::state::FrameworkState;
 use crate::types::Outcome;
@@ -104,7 +104,7 @@ impl Scheduler for SchedulerService {
         }
         let framework_id = info.framework_id.clone();
         let stream_id = format!("{:032x}", rand::random::<u128>());
-        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        let (tx, rx) = mpsc::channel(FRAMEWORK_STREAM_CAPACITY);
         let watch_tx = tx.clone();
         {
             let state = shared.state.read();
