@@ -19,8 +19,9 @@ use crate::types::{Outcome, Proposal};
 
 /// Most commands in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 4096;
-/// Most encoded command bytes in one Raft entry (well under the store's 1 MiB entry limit).
-pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Most encoded command bytes in one Raft entry (well under the store's 1 MiB entry limit;
+/// see `node::MAX_PAYLOAD_ENTRIES` for why entries stay small).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Entries being committed at once.
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Commands that may wait for a batch.
@@ -84,6 +85,7 @@ pub async fn run(shared: Shared, mut rx: mpsc::Receiver<Pending>, mut stopped: w
 async fn commit(shared: &Shared, batch: Vec<Pending>) {
     let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let n = commands.len();
+    let bytes: usize = commands.iter().map(prost::Message::encoded_len).sum();
     let started = Instant::now();
     let proposal = Proposal {
         batch: v1::CommandBatch { commands },
@@ -91,7 +93,7 @@ async fn commit(shared: &Shared, batch: Vec<Pending>) {
     let result = tokio::time::timeout(WRITE_TIMEOUT, shared.raft.client_write(proposal)).await;
     match result {
         Ok(Ok(response)) => {
-            shared.observe_write(started.elapsed(), n);
+            shared.observe_write(started.elapsed(), n, bytes);
             let mut outcomes = response.data.outcomes.into_iter();
             for reply in replies {
                 let outcome = outcomes

@@ -123,6 +123,12 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     );
     let _ = writeln!(out, "# TYPE corral_write_commands_total counter");
     let _ = writeln!(out, "corral_write_commands_total{{id=\"{id}\"}} {}", lat.commands);
+    let _ = writeln!(
+        out,
+        "# HELP corral_write_command_bytes_total Encoded command bytes in the committed entries."
+    );
+    let _ = writeln!(out, "# TYPE corral_write_command_bytes_total counter");
+    let _ = writeln!(out, "corral_write_command_bytes_total{{id=\"{id}\"}} {}", lat.bytes);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

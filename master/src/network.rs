@@ -26,11 +26,24 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::types::{CorralRaft, NodeId, Raft};
 
-/// Format byte in front of every payload.
-const WIRE_FORMAT: u8 = 1;
+/// Format byte in front of every payload. Version 2: standard Raft votes and log ids (one
+/// leader per term); a version 1 peer is refused rather than misread.
+const WIRE_FORMAT: u8 = 2;
 /// How long to wait for a TCP connection to a peer. Short: a dead peer should be reported
 /// unreachable quickly so openraft backs off instead of queuing behind it.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 flow-control window towards a peer: a whole AppendEntries fits in it, so sending one
+/// never waits a round trip for a window update.
+pub const PEER_WINDOW_BYTES: u32 = 8 << 20;
+
+/// Which connection to a peer an RPC uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Heartbeats and votes: small, and late ones depose leaders.
+    Control,
+    /// Entries and snapshots.
+    Data,
+}
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     let mut out = vec![WIRE_FORMAT];
@@ -51,7 +64,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[derive(Clone)]
 pub struct Network {
     cluster: String,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
     retry_unreachable: Duration,
 }
 
@@ -65,20 +78,26 @@ impl Network {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    /// The channel to `addr` for one lane. Heartbeats and votes get their own connection:
+    /// openraft gives every AppendEntries one heartbeat interval, and on a shared connection
+    /// a heartbeat would queue behind the entries being sent to a follower.
+    fn channel(&self, addr: &str, lane: Lane) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(addr) {
+        let key = (addr.to_string(), lane);
+        if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(PEER_WINDOW_BYTES)
+            .initial_connection_window_size(PEER_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }
@@ -87,11 +106,14 @@ impl RaftNetworkFactory<CorralRaft> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let client = self.channel(&node.addr).map(|c| {
-            RaftClient::new(c)
-                .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
-                .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
-        });
+        let client = |lane| {
+            self.channel(&node.addr, lane).map(|c| {
+                RaftClient::new(c)
+                    .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
+                    .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
+            })
+        };
+        let client = client(Lane::Control).and_then(|control| Ok((control, client(Lane::Data)?)));
         PeerClient {
             cluster: self.cluster.clone(),
             target,
@@ -105,7 +127,8 @@ impl RaftNetworkFactory<CorralRaft> for Network {
 pub struct PeerClient {
     cluster: String,
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    /// (control, data) clients.
+    client: Result<(RaftClient<Channel>, RaftClient<Channel>), String>,
     retry_unreachable: Duration,
 }
 
@@ -119,7 +142,10 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let client = match &mut self.client {
-            Ok(c) => c,
+            Ok((control, data)) => match kind {
+                RpcKind::Heartbeat | RpcKind::Vote => control,
+                RpcKind::Append | RpcKind::Snapshot => data,
+            },
             Err(e) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
                     e.clone(),
@@ -134,7 +160,7 @@ impl PeerClient {
         });
         request.set_timeout(option.hard_ttl());
         let reply = match kind {
-            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Append | RpcKind::Heartbeat => client.append_entries(request).await,
             RpcKind::Vote => client.vote(request).await,
             RpcKind::Snapshot => client.install_snapshot(request).await,
         };
@@ -160,6 +186,7 @@ impl PeerClient {
 #[derive(Clone, Copy, Debug)]
 enum RpcKind {
     Append,
+    Heartbeat,
     Vote,
     Snapshot,
 }
@@ -176,7 +203,7 @@ fn transport_error<E: std::error::Error>(
         Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
         Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(Timeout {
             action: match kind {
-                RpcKind::Append => openraft::network::RPCTypes::AppendEntries,
+                RpcKind::Append | RpcKind::Heartbeat => openraft::network::RPCTypes::AppendEntries,
                 RpcKind::Vote => openraft::network::RPCTypes::Vote,
                 RpcKind::Snapshot => openraft::network::RPCTypes::InstallSnapshot,
             },
@@ -202,7 +229,12 @@ impl RaftNetwork<CorralRaft> for PeerClient {
         rpc: AppendEntriesRequest<CorralRaft>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RpcKind::Append, &rpc, &option).await
+        let kind = if rpc.entries.is_empty() {
+            RpcKind::Heartbeat
+        } else {
+            RpcKind::Append
+        };
+        self.call(kind, &rpc, &option).await
     }
 
     async fn install_snapshot(

@@ -26,6 +26,12 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
 /// log instead of needing the whole snapshot.
 pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
+/// Most entries in one AppendEntries. openraft gives every AppendEntries one heartbeat
+/// interval to complete, follower fsync included; with group-committed entries of up to
+/// `commit::MAX_BATCH_BYTES`, openraft's default (300) makes messages of tens of MiB that
+/// never complete in time, so a lagging follower would never catch up and, starved of
+/// heartbeats, depose the leader. Four keeps one message near 1 MiB.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 4;
 
 /// Why a master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,8 @@ pub struct WriteLatency {
     pub sum_secs: f64,
     /// Commands in the committed entries (more than `count` when batched).
     pub commands: u64,
+    /// Encoded command bytes in those entries.
+    pub bytes: u64,
 }
 
 /// Upper bounds of the write latency buckets, in milliseconds.
@@ -196,10 +204,11 @@ impl Shared {
     }
 
     /// Record a committed entry of `commands` commands for `/metrics`.
-    pub fn observe_write(&self, latency: Duration, commands: usize) {
+    pub fn observe_write(&self, latency: Duration, commands: usize, bytes: usize) {
         let mut w = self.write_latency.lock().unwrap_or_else(|p| p.into_inner());
         w.observe(latency);
         w.commands += commands as u64;
+        w.bytes += bytes as u64;
     }
 
     /// Wait until this master is the leader and has applied everything committed before
@@ -284,6 +293,9 @@ impl Master {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
             install_snapshot_timeout: 2_000,
+            // A group-committed entry may reach MAX_BATCH_BYTES; this keeps one AppendEntries
+            // to a lagging follower within the peer message limit.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
@@ -400,6 +412,8 @@ async fn serve(
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .initial_stream_window_size(crate::network::PEER_WINDOW_BYTES)
+        .initial_connection_window_size(crate::network::PEER_WINDOW_BYTES)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -11,8 +11,10 @@ use serde::Serialize;
 
 use crate::StoreError;
 
-/// The format version written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version written by this build. Version 2: standard Raft leader ids (openraft's
+/// `single-term-leader`, at most one leader per term), so log ids carry only the term.
+/// Version 1 stores (two leaders could share a term) are refused, not misread.
+pub const FORMAT_VERSION: u8 = 2;
 
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_VERSION];

@@ -20,7 +20,9 @@ use std::fs::File;
 use std::sync::mpsc;
 use std::thread;
 
-use tracing::{error, trace};
+use std::time::{Duration, Instant};
+
+use tracing::{error, trace, warn};
 
 use crate::StoreError;
 
@@ -30,6 +32,9 @@ pub(crate) type Durable = Box<dyn FnOnce(Result<(), std::io::Error>) + Send>;
 /// Maximum callbacks served by one flush. Bounds the latency of the first waiter behind a
 /// huge queue; anything left over is served by the next flush right away.
 const MAX_CALLBACKS_PER_FLUSH: usize = 4096;
+
+/// A flush slower than this is logged: every Raft reply and vote behind it waits as long.
+const SLOW_FLUSH: Duration = Duration::from_millis(50);
 
 /// Handle to the flusher thread. Dropping it closes the queue; the thread serves what is
 /// queued, then exits, and the drop waits for it.
@@ -95,11 +100,21 @@ fn run(db: sled::Db, data_file: File, rx: mpsc::Receiver<Durable>) {
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let outcome = db
             .flush()
             .map_err(|e| e.to_string())
             .and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
-        trace!(callbacks = batch.len(), ok = outcome.is_ok(), "log flush");
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH {
+            warn!(
+                callbacks = batch.len(),
+                took_ms = took.as_millis() as u64,
+                "slow log flush"
+            );
+        } else {
+            trace!(callbacks = batch.len(), ok = outcome.is_ok(), "log flush");
+        }
         if let Err(e) = &outcome {
             error!(error = %e, "log flush failed");
         }

@@ -252,7 +252,7 @@ where
         let state = state.read();
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match state.last_applied {
-            Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+            Some(l) => format!("{}-{}-{seq}", l.leader_id.term, l.index),
             None => format!("none-{seq}"),
         };
         let meta = SnapshotMeta {
