@@ -8,6 +8,7 @@
 //! `cargo test --workspace` and `cargo build` put them, or in `CORRAL_BIN_DIR`.
 
 pub mod docker;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::future::Future;

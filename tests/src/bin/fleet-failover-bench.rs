@@ -1,0 +1,298 @@
+//! Failover with a fleet: 3 real masters, simulated agents (the real protocol, no processes)
+//! and a simulated framework. For each SIGKILL of the leader it measures the time to
+//! (a) a new leader, (b) every agent re-registered with it, (c) the first offer it made
+//! reaching the framework. Then the same with a large fleet holding many tasks: the time
+//! from the kill to every agent re-registered.
+//!
+//! ```sh
+//! cargo build --release --bins
+//! target/release/fleet-failover-bench [--rounds 20] [--agents 100] \
+//!     [--big-agents 10000] [--big-tasks-per-agent 10] [--big-rounds 3]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use corral_tests::sim::{Fleet, Mode, SimFramework};
+use corral_tests::Cluster;
+
+struct Args {
+    rounds: usize,
+    agents: usize,
+    big_agents: usize,
+    big_tasks_per_agent: usize,
+    big_rounds: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        rounds: 20,
+        agents: 100,
+        big_agents: 10_000,
+        big_tasks_per_agent: 10,
+        big_rounds: 3,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n: usize = value
+            .parse()
+            .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--rounds" => a.rounds = n,
+            "--agents" => a.agents = n,
+            "--big-agents" => a.big_agents = n,
+            "--big-tasks-per-agent" => a.big_tasks_per_agent = n,
+            "--big-rounds" => a.big_rounds = n,
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Extra flags for every master, from `CORRAL_BENCH_MASTER_ARGS` (space separated), to compare
+/// settings such as `--heartbeat-interval-ms` with the same command.
+fn master_args() -> Vec<&'static str> {
+    let raw = std::env::var("CORRAL_BENCH_MASTER_ARGS").unwrap_or_default();
+    raw.split_whitespace()
+        .map(|a| &*Box::leak(a.to_string().into_boxed_str()))
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) {
+    if ms.is_empty() {
+        return;
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{name:<40} n={:<3} median={:>7.1} ms  p99={:>7.1} ms  min={:>7.1} ms  max={:>7.1} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Resident memory of process `pid` in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Poll until `check` gives a value, or panic after `deadline`.
+async fn until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < give_up, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+struct Round {
+    leader: Duration,
+    agents: Duration,
+    offer: Option<Duration>,
+}
+
+/// Kill the leader once and time (a), (b) and (c).
+async fn failover(
+    cluster: &mut Cluster,
+    fleet: &Fleet,
+    framework: &SimFramework,
+    n: usize,
+    patience: Duration,
+) -> Round {
+    let ids = [1, 2, 3];
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+    let old_term = fleet.newest_term();
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+    let killed = Instant::now();
+    cluster.kill(leader);
+    // (a) a surviving master says it leads.
+    let new_leader = loop {
+        let mut found = None;
+        for &id in &survivors {
+            if cluster.member(id).await.is_ok_and(|m| m.role == "leader") {
+                found = Some(killed.elapsed());
+            }
+        }
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(killed.elapsed() < patience, "no new leader");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // (b) every agent registered in a newer term (the time is the last registration's).
+    let last = until(patience, "every agent to re-register", || {
+        let (count, last) = fleet.registered_after_term(old_term);
+        (count == n).then_some(last).flatten()
+    })
+    .await;
+    // (c) the first offer of a newer term reached the framework.
+    let offer = tokio::time::timeout(patience, async {
+        loop {
+            if let Some(at) = framework.first_offer_after_term(old_term) {
+                return at;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .ok();
+    cluster.restart(leader);
+    let new = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+    let applied = cluster.member(new).await.map(|m| m.applied_index).unwrap_or(0);
+    cluster.wait_converged(&ids, applied, Duration::from_secs(60)).await;
+    Round {
+        leader: new_leader,
+        agents: last.saturating_duration_since(killed),
+        offer: offer.map(|at| at.saturating_duration_since(killed)),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    corral_tests::sim::init_logging();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("fleet-failover-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.rounds > 0 {
+        let mut cluster = Cluster::start_with(3, &master_args());
+        cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+        let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+        let fleet = Fleet::start(&masters, args.agents, "cpus:8;mem:16384", false);
+        let framework = SimFramework::start(&masters, "hold", Mode::Hold);
+        until(Duration::from_secs(60), "the fleet to register", || {
+            (fleet.registered_after_term(0).0 == args.agents).then_some(())
+        })
+        .await;
+        until(Duration::from_secs(30), "a first offer", || {
+            framework.first_offer_after_term(0)
+        })
+        .await;
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let r = failover(&mut cluster, &fleet, &framework, args.agents, Duration::from_secs(30)).await;
+            println!(
+                "round {round:>2}: leader {:>6.1} ms  agents {:>6.1} ms  offer {}",
+                ms(r.leader),
+                ms(r.agents),
+                r.offer.map_or("none".to_string(), |d| format!("{:>6.1} ms", ms(d)))
+            );
+            a.push(ms(r.leader));
+            b.push(ms(r.agents));
+            if let Some(o) = r.offer {
+                c.push(ms(o));
+            }
+        }
+        println!();
+        println!(
+            "3 masters, {} simulated agents, {} failovers:",
+            args.agents, args.rounds
+        );
+        summary("(a) SIGKILL -> new leader", a);
+        summary("(b) SIGKILL -> all agents re-registered", b);
+        summary("(c) SIGKILL -> first new offer delivered", c);
+        framework.stop().await;
+        fleet.stop().await;
+        drop(cluster);
+    }
+    if args.big_rounds > 0 && args.big_agents > 0 {
+        let mut cluster = Cluster::start_with(3, &master_args());
+        cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+        let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+        let started = Instant::now();
+        let fleet = Fleet::start(&masters, args.big_agents, "cpus:1;mem:1024", false);
+        until(Duration::from_secs(300), "the big fleet to register", || {
+            (fleet.registered_after_term(0).0 == args.big_agents).then_some(())
+        })
+        .await;
+        println!(
+            "\n{} agents registered in {:.1} s",
+            args.big_agents,
+            started.elapsed().as_secs_f64()
+        );
+        let want = (args.big_agents * args.big_tasks_per_agent) as u64;
+        let framework = SimFramework::start(
+            &masters,
+            "fill",
+            Mode::Populate {
+                per_agent: args.big_tasks_per_agent,
+            },
+        );
+        let filling = Instant::now();
+        let mut last_print = Instant::now();
+        until(Duration::from_secs(900), "the tasks to run", || {
+            let c = framework.counts();
+            if last_print.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "  filling: {} launched, {} running, {} accepts refused",
+                    c.launched, c.running, c.refused
+                );
+                last_print = Instant::now();
+            }
+            (c.running >= want && fleet.tasks() >= want).then_some(())
+        })
+        .await;
+        println!(
+            "{want} tasks launched and RUNNING in {:.1} s",
+            filling.elapsed().as_secs_f64()
+        );
+        for (id, m) in &cluster.masters {
+            if let Some(rss) = m.pid().and_then(rss_mib) {
+                println!("master {id} resident memory: {rss:.0} MiB");
+            }
+        }
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..args.big_rounds {
+            let r = failover(
+                &mut cluster,
+                &fleet,
+                &framework,
+                args.big_agents,
+                Duration::from_secs(120),
+            )
+            .await;
+            println!(
+                "big round {round}: leader {:>6.1} ms  agents {:>7.1} ms  offer {}",
+                ms(r.leader),
+                ms(r.agents),
+                r.offer.map_or("none".to_string(), |d| format!("{:>7.1} ms", ms(d)))
+            );
+            a.push(ms(r.leader));
+            b.push(ms(r.agents));
+            if let Some(o) = r.offer {
+                c.push(ms(o));
+            }
+        }
+        println!();
+        println!(
+            "3 masters, {} simulated agents holding {want} tasks, {} failovers:",
+            args.big_agents, args.big_rounds
+        );
+        summary("(a) SIGKILL -> new leader", a);
+        summary("(b) SIGKILL -> all agents re-registered", b);
+        summary("(c) SIGKILL -> first new offer delivered", c);
+        framework.stop().await;
+        fleet.stop().await;
+    }
+}

@@ -1,0 +1,248 @@
+//! End-to-end throughput: real masters, simulated agents that report RUNNING then FINISHED
+//! at once, and simulated frameworks that accept every offer with as many small tasks as fit.
+//! For each (agents, frameworks) pair it prints tasks/s through the whole lifecycle (accept →
+//! launch committed → RUNNING → FINISHED → acknowledged), accept-to-RUNNING latency, Raft
+//! entries/s and command bytes/s (from the leader's `/metrics`), and master resident memory.
+//!
+//! ```sh
+//! cargo build --release --bins
+//! target/release/throughput-bench [--masters 3] [--seconds 20] [--tasks-per-offer 4] \
+//!     [--configs 100x10,1000x50,10000x100]
+//! ```
+//!
+//! Frameworks launch at most `--tasks-per-offer` tasks per offer, which bounds the tasks in
+//! flight (about agents x tasks-per-offer): latency then measures the pipeline, not a queue.
+
+use std::time::{Duration, Instant};
+
+use corral_tests::sim::{Fleet, Mode, SimFramework};
+use corral_tests::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Args {
+    masters: u64,
+    seconds: u64,
+    configs: Vec<(usize, usize)>,
+    per_offer: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        masters: 3,
+        seconds: 20,
+        configs: vec![(100, 10), (1000, 50), (10_000, 100)],
+        per_offer: 4,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: {value:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--masters" => a.masters = number()?,
+            "--seconds" => a.seconds = number()?.max(1),
+            "--tasks-per-offer" => a.per_offer = number()?.max(1) as usize,
+            "--configs" => {
+                a.configs = value
+                    .split(',')
+                    .map(|pair| {
+                        let (n, m) = pair
+                            .split_once('x')
+                            .ok_or_else(|| format!("--configs: {pair:?} is not AGENTSxFRAMEWORKS"))?;
+                        let n = n.parse().map_err(|_| format!("--configs: bad agent count {n:?}"))?;
+                        let m = m.parse().map_err(|_| format!("--configs: bad framework count {m:?}"))?;
+                        Ok((n, m))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if a.masters != 3 && a.masters != 5 {
+        return Err("--masters: 3 or 5".into());
+    }
+    Ok(a)
+}
+
+/// The leader's write counters: (entries, commands, command bytes).
+async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let value = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((
+        value("corral_write_commit_seconds_count")?,
+        value("corral_write_commands_total")?,
+        value("corral_write_command_bytes_total")?,
+    ))
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() as f64 - 1.0)).round() as usize;
+    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+struct Row {
+    agents: usize,
+    frameworks: usize,
+    tasks_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    entries_per_s: f64,
+    commands_per_s: f64,
+    bytes_per_s: f64,
+    rss_mib: f64,
+    refused: u64,
+}
+
+async fn leader_address(cluster: &Cluster, ids: &[u64]) -> String {
+    let id = cluster.wait_leader(ids, Duration::from_secs(30)).await;
+    cluster.masters[&id].address.clone()
+}
+
+async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, String> {
+    let cluster = Cluster::start(args.masters);
+    let ids: Vec<u64> = (1..=args.masters).collect();
+    cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+    let fleet = Fleet::start(&masters, agents, "cpus:8;mem:16384", true);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while fleet.registered_after_term(0).0 < agents {
+        if Instant::now() > deadline {
+            return Err(format!("{agents} agents did not register in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fws: Vec<SimFramework> = (0..frameworks)
+        .map(|i| {
+            SimFramework::start(
+                &masters,
+                &format!("churn{i}"),
+                Mode::Churn {
+                    per_offer: args.per_offer,
+                },
+            )
+        })
+        .collect();
+    let finished = |fws: &[SimFramework]| fws.iter().map(|f| f.counts().finished).sum::<u64>();
+    let refused = |fws: &[SimFramework]| fws.iter().map(|f| f.counts().refused).sum::<u64>();
+    // Warm up until tasks flow, then measure a window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for f in &fws {
+        f.take_latencies();
+    }
+    let leader = leader_address(&cluster, &ids).await;
+    let before = write_counters(&leader).await.ok_or("no /metrics from the leader")?;
+    let (f0, r0, t0) = (finished(&fws), refused(&fws), Instant::now());
+    let mut peak_rss: f64 = 0.0;
+    while t0.elapsed() < Duration::from_secs(args.seconds) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for m in cluster.masters.values() {
+            if let Some(rss) = m.pid().and_then(rss_mib) {
+                peak_rss = peak_rss.max(rss);
+            }
+        }
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    let (f1, r1) = (finished(&fws), refused(&fws));
+    let after_leader = leader_address(&cluster, &ids).await;
+    let after = write_counters(&after_leader)
+        .await
+        .ok_or("no /metrics from the leader")?;
+    if after_leader != leader {
+        return Err("the leader changed during the measurement".into());
+    }
+    let mut lat: Vec<u64> = fws.iter().flat_map(|f| f.take_latencies()).collect();
+    lat.sort_unstable();
+    for f in fws {
+        f.stop().await;
+    }
+    fleet.stop().await;
+    drop(cluster);
+    Ok(Row {
+        agents,
+        frameworks,
+        tasks_per_s: (f1 - f0) as f64 / dt,
+        p50_ms: percentile_ms(&lat, 50.0),
+        p99_ms: percentile_ms(&lat, 99.0),
+        entries_per_s: after.0.saturating_sub(before.0) as f64 / dt,
+        commands_per_s: after.1.saturating_sub(before.1) as f64 / dt,
+        bytes_per_s: after.2.saturating_sub(before.2) as f64 / dt,
+        rss_mib: peak_rss,
+        refused: r1 - r0,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    corral_tests::sim::init_logging();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("throughput-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = Vec::new();
+    for &(n, m) in &args.configs {
+        eprintln!("running {n} agents x {m} frameworks for {} s ...", args.seconds);
+        match run(&args, n, m).await {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("  {n} x {m}: {e}"),
+        }
+    }
+    println!();
+    println!(
+        "{} masters, {} s window, tasks of 0.01 cpu / 1 MiB; lifecycle = accept -> launch committed -> RUNNING -> FINISHED (acked)",
+        args.masters, args.seconds
+    );
+    println!(
+        "{:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
+        "agents", "fws", "tasks/s", "p50 ms", "p99 ms", "entries/s", "commands/s", "KiB/s", "RSS MiB", "refused"
+    );
+    for r in rows {
+        println!(
+            "{:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
+            r.agents,
+            r.frameworks,
+            r.tasks_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.entries_per_s,
+            r.commands_per_s,
+            r.bytes_per_s / 1024.0,
+            r.rss_mib,
+            r.refused
+        );
+    }
+}
