@@ -85,6 +85,20 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The task could not be started: record why as its outcome, tell the agent, exit 1.
+fn fail(exit_file: &Path, error: String) -> i32 {
+    record(
+        exit_file,
+        &Outcome {
+            code: None,
+            signal: None,
+            error: Some(error.clone()),
+        },
+    );
+    println!("error {error}");
+    1
+}
+
 fn record(exit_file: &Path, outcome: &Outcome) {
     let bytes = serde_json::to_vec(outcome).unwrap_or_default();
     if let Err(e) = write_durably(exit_file, &bytes) {
@@ -104,17 +118,7 @@ fn supervise(args: Vec<OsString>) -> i32 {
     let stdout = match std::fs::File::create("stdout") {
         Ok(f) => f,
         Err(e) => {
-            let error = format!("cannot create stdout in the sandbox: {e}");
-            record(
-                &exit_file,
-                &Outcome {
-                    code: None,
-                    signal: None,
-                    error: Some(error.clone()),
-                },
-            );
-            println!("error {error}");
-            return 1;
+            return fail(&exit_file, format!("cannot create stdout in the sandbox: {e}"));
         }
     };
     let mut cmd = Command::new(program);
@@ -126,17 +130,10 @@ fn supervise(args: Vec<OsString>) -> i32 {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let error = format!("cannot start {}: {e}", Path::new(program).display());
-            record(
+            return fail(
                 &exit_file,
-                &Outcome {
-                    code: None,
-                    signal: None,
-                    error: Some(error.clone()),
-                },
+                format!("cannot start {}: {e}", Path::new(program).display()),
             );
-            println!("error {error}");
-            return 1;
         }
     };
     let pid = child.id();

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{Fleet, Mode, SimFramework};
+use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 
 struct Args {
@@ -84,13 +84,6 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Resident memory of process `pid` in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Poll until `check` gives a value, or panic after `deadline`.
 async fn until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let give_up = Instant::now() + deadline;
@@ -165,6 +158,36 @@ async fn failover(
     }
 }
 
+/// The three measurements of a series of failovers.
+#[derive(Default)]
+struct Rounds {
+    leader: Vec<f64>,
+    agents: Vec<f64>,
+    offer: Vec<f64>,
+}
+
+impl Rounds {
+    fn push(&mut self, label: &str, r: &Round) {
+        println!(
+            "{label}: leader {:>6.1} ms  agents {:>7.1} ms  offer {}",
+            ms(r.leader),
+            ms(r.agents),
+            r.offer.map_or("none".to_string(), |d| format!("{:>7.1} ms", ms(d)))
+        );
+        self.leader.push(ms(r.leader));
+        self.agents.push(ms(r.agents));
+        self.offer.extend(r.offer.map(ms));
+    }
+
+    fn print(self, title: &str) {
+        println!();
+        println!("{title}");
+        summary("(a) SIGKILL -> new leader", self.leader);
+        summary("(b) SIGKILL -> all agents re-registered", self.agents);
+        summary("(c) SIGKILL -> first new offer delivered", self.offer);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     corral_tests::sim::init_logging();
@@ -189,29 +212,15 @@ async fn main() {
             framework.first_offer_after_term(0)
         })
         .await;
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for round in 0..args.rounds {
             let r = failover(&mut cluster, &fleet, &framework, args.agents, Duration::from_secs(30)).await;
-            println!(
-                "round {round:>2}: leader {:>6.1} ms  agents {:>6.1} ms  offer {}",
-                ms(r.leader),
-                ms(r.agents),
-                r.offer.map_or("none".to_string(), |d| format!("{:>6.1} ms", ms(d)))
-            );
-            a.push(ms(r.leader));
-            b.push(ms(r.agents));
-            if let Some(o) = r.offer {
-                c.push(ms(o));
-            }
+            rounds.push(&format!("round {round:>2}"), &r);
         }
-        println!();
-        println!(
+        rounds.print(&format!(
             "3 masters, {} simulated agents, {} failovers:",
             args.agents, args.rounds
-        );
-        summary("(a) SIGKILL -> new leader", a);
-        summary("(b) SIGKILL -> all agents re-registered", b);
-        summary("(c) SIGKILL -> first new offer delivered", c);
+        ));
         framework.stop().await;
         fleet.stop().await;
         drop(cluster);
@@ -262,7 +271,7 @@ async fn main() {
                 println!("master {id} resident memory: {rss:.0} MiB");
             }
         }
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for round in 0..args.big_rounds {
             let r = failover(
                 &mut cluster,
@@ -272,26 +281,12 @@ async fn main() {
                 Duration::from_secs(120),
             )
             .await;
-            println!(
-                "big round {round}: leader {:>6.1} ms  agents {:>7.1} ms  offer {}",
-                ms(r.leader),
-                ms(r.agents),
-                r.offer.map_or("none".to_string(), |d| format!("{:>7.1} ms", ms(d)))
-            );
-            a.push(ms(r.leader));
-            b.push(ms(r.agents));
-            if let Some(o) = r.offer {
-                c.push(ms(o));
-            }
+            rounds.push(&format!("big round {round}"), &r);
         }
-        println!();
-        println!(
+        rounds.print(&format!(
             "3 masters, {} simulated agents holding {want} tasks, {} failovers:",
             args.big_agents, args.big_rounds
-        );
-        summary("(a) SIGKILL -> new leader", a);
-        summary("(b) SIGKILL -> all agents re-registered", b);
-        summary("(c) SIGKILL -> first new offer delivered", c);
+        ));
         framework.stop().await;
         fleet.stop().await;
     }

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{Fleet, Mode, SimFramework};
+use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -90,18 +90,6 @@ async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
         value("corral_write_commands_total")?,
         value("corral_write_command_bytes_total")?,
     ))
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
