@@ -14,16 +14,20 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tonic::Status;
 
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::BasicNode;
+
 use crate::node::{write_error, Shared, WRITE_TIMEOUT};
-use crate::types::{Outcome, Proposal};
+use crate::types::{CorralRaft, NodeId, Outcome, Proposal};
 
 /// Most commands in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 4096;
 /// Most encoded command bytes in one Raft entry (well under the store's 1 MiB entry limit;
 /// see `node::MAX_PAYLOAD_ENTRIES` for why entries stay small).
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Entries being committed at once.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 8;
 /// Commands that may wait for a batch.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
@@ -74,23 +78,48 @@ pub async fn run(shared: Shared, mut rx: mpsc::Receiver<Pending>, mut stopped: w
             bytes += size;
             batch.push(next);
         }
+        let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let n = commands.len();
+        let bytes: usize = commands.iter().map(prost::Message::encoded_len).sum();
+        let started = Instant::now();
+        let proposal = Proposal {
+            batch: v1::CommandBatch { commands },
+        };
+        // Handed to Raft here, in queue order, so that commands are applied in the order they
+        // were queued (a caller may pipeline dependent commands, such as a task's RUNNING and
+        // FINISHED); only the wait for the outcome runs beside the next batch.
+        let submitted = shared.raft.client_write_ff(proposal).await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            commit(&shared, batch).await;
+            let result = match submitted {
+                Ok(rx) => match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+                    Ok(Ok(Ok(response))) => Ok(Ok(response)),
+                    Ok(Ok(Err(api))) => Ok(Err(RaftError::APIError(api))),
+                    // Raft dropped the request: it is shutting down.
+                    Ok(Err(_)) => Ok(Err(RaftError::Fatal(Fatal::Stopped))),
+                    Err(elapsed) => Err(elapsed),
+                },
+                Err(fatal) => Ok(Err(RaftError::Fatal(fatal))),
+            };
+            finish(&shared, result, replies, started, n, bytes);
         });
     }
 }
 
-async fn commit(shared: &Shared, batch: Vec<Pending>) {
-    let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let n = commands.len();
-    let bytes: usize = commands.iter().map(prost::Message::encoded_len).sum();
-    let started = Instant::now();
-    let proposal = Proposal {
-        batch: v1::CommandBatch { commands },
-    };
-    let result = tokio::time::timeout(WRITE_TIMEOUT, shared.raft.client_write(proposal)).await;
+type WriteResult = Result<
+    Result<ClientWriteResponse<CorralRaft>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn finish(
+    shared: &Shared,
+    result: WriteResult,
+    replies: Vec<oneshot::Sender<Result<Outcome, Status>>>,
+    started: Instant,
+    n: usize,
+    bytes: usize,
+) {
     match result {
         Ok(Ok(response)) => {
             shared.observe_write(started.elapsed(), n, bytes);

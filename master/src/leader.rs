@@ -69,8 +69,19 @@ pub struct Soft {
     /// not yet in the replicated `used`. Without this, the allocator would offer them again
     /// between an accept and its commit.
     pub launching: HashMap<String, Resources>,
-    /// (framework, agent) → until when that agent is not offered to that framework.
-    pub filters: HashMap<(String, String), Instant>,
+    /// Framework → agent → until when that agent is not offered to that framework.
+    pub filters: HashMap<String, HashMap<String, Instant>>,
+    /// Outstanding offered resources per framework (the sum of its offers).
+    pub offered_to: HashMap<String, Resources>,
+    /// Agents whose free resources may have grown since the last pass: the candidates of
+    /// the next incremental pass.
+    pub dirty: HashSet<String>,
+    /// Set when something other than an agent's free resources changed (a framework came or
+    /// revived, tasks were killed in bulk): the next pass looks at every agent.
+    pub full_pass: bool,
+    /// The sum of every connected, active agent's resources; `None` when the set of agents
+    /// changed since it was computed.
+    total: Option<Resources>,
     pub suppressed: HashSet<String>,
     /// When this leader's term began (agents and frameworks must come back after it).
     pub since: Instant,
@@ -94,6 +105,10 @@ impl Soft {
             offered: HashMap::new(),
             launching: HashMap::new(),
             filters: HashMap::new(),
+            offered_to: HashMap::new(),
+            dirty: HashSet::new(),
+            full_pass: true,
+            total: None,
             suppressed: HashSet::new(),
             since: Instant::now(),
             agent_gone_at: HashMap::new(),
@@ -116,7 +131,48 @@ impl Soft {
         if let Some(o) = self.offered.get_mut(&offer.agent_id) {
             *o = o.checked_sub(&offer.resources).unwrap_or_default();
         }
+        if let Some(o) = self.offered_to.get_mut(&offer.framework_id) {
+            *o = o.checked_sub(&offer.resources).unwrap_or_default();
+        }
+        self.dirty.insert(offer.agent_id.clone());
         Some(offer)
+    }
+
+    /// Record a new outstanding offer.
+    fn add_offer(&mut self, offer_id: String, offer: OfferRecord) {
+        let o = self.offered.entry(offer.agent_id.clone()).or_default();
+        *o = o.checked_add(&offer.resources).unwrap_or_else(|_| o.clone());
+        let o = self.offered_to.entry(offer.framework_id.clone()).or_default();
+        *o = o.checked_add(&offer.resources).unwrap_or_else(|_| o.clone());
+        self.offers.insert(offer_id, offer);
+    }
+
+    /// The agent's free resources may have grown (a task ended, an offer came back).
+    pub fn touch_agent(&mut self, agent_id: &str) {
+        if !self.dirty.contains(agent_id) {
+            self.dirty.insert(agent_id.to_string());
+        }
+    }
+
+    /// An agent connected or went away: the cluster total must be summed again.
+    pub fn agents_changed(&mut self) {
+        self.total = None;
+    }
+
+    /// Do not offer `agent_id` to `framework_id` until `until`.
+    pub fn add_filter(&mut self, framework_id: &str, agent_id: &str, until: Instant) {
+        self.filters
+            .entry(framework_id.to_string())
+            .or_default()
+            .insert(agent_id.to_string(), until);
+    }
+
+    /// Whether `agent_id` is filtered for `framework_id` at `now`.
+    fn is_filtered(&self, framework_id: &str, agent_id: &str, now: Instant) -> bool {
+        self.filters
+            .get(framework_id)
+            .and_then(|f| f.get(agent_id))
+            .is_some_and(|until| *until > now)
     }
 
     /// Reserve `r` on `agent_id` for a launch being committed.
@@ -130,6 +186,7 @@ impl Soft {
         if let Some(e) = self.launching.get_mut(agent_id) {
             *e = e.checked_sub(r).unwrap_or_default();
         }
+        self.touch_agent(agent_id);
     }
 
     /// Drop every offer of `framework_id` (its stream is gone: no RESCIND to send).
@@ -195,6 +252,7 @@ impl Soft {
         }
         tracing::warn!(agent_id, "agent stream full or closed; dropping the connection");
         self.agents.remove(agent_id);
+        self.agents_changed();
         self.rescind_agent_offers(agent_id);
         false
     }
@@ -247,62 +305,118 @@ pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
     *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
-/// The allocation loop of one leader term: a pass on every relevant event (batched by the
-/// `Notify`) and at least every `--allocation-interval`.
+/// The allocation loop of one leader term. A pass runs on every relevant event, events
+/// arriving within [`PASS_COALESCE`] of each other sharing one pass; a pass looks only at
+/// the agents whose free resources changed. Every `allocation_interval` a full pass looks
+/// at every agent and runs the timers (filters, offer and agent/framework timeouts).
 async fn run_allocator(shared: Shared, term: u64, mut stop: watch::Receiver<bool>) {
     let interval = shared.config.allocation_interval;
     let notify: Arc<Notify> = shared.allocate_now.clone();
+    let mut next_full = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next_full) => {}
             _ = notify.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !allocation_pass(&shared, term) {
-            tracing::debug!(term, "allocator stopped with the term");
-            return;
+        let now = tokio::time::Instant::now();
+        let full = now >= next_full;
+        if full {
+            next_full = now + interval;
+        }
+        match allocation_pass(&shared, term, full) {
+            Pass::Ended => {
+                tracing::debug!(term, "allocator stopped with the term");
+                return;
+            }
+            // Try again after the pause below.
+            Pass::Held => notify.notify_one(),
+            Pass::Done => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PASS_COALESCE) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
 
-/// One pass: expire filters and offers, resend unacknowledged updates when due, then
-/// offer free resources in DRF order. Returns false once the term is over.
-pub fn allocation_pass(shared: &Shared, term: u64) -> bool {
+/// Offers wait while more writes than this are queued for commit. Every offer turns into
+/// launches, status updates and acknowledgements to commit; offering faster than they
+/// commit only lengthens the queue, and with it every launch's latency. Waiting keeps the
+/// queue short: the cluster runs at the rate it commits, with launches taking a few commit
+/// rounds each.
+pub const OFFER_HOLD_BACKLOG: usize = 1024;
+
+/// What an allocation pass did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    Done,
+    /// Offers were held back (commit backlog); the touched agents wait for the next pass.
+    Held,
+    /// This master no longer leads the term.
+    Ended,
+}
+
+/// Events closer together than this share one allocation pass: under load a pass per
+/// accept or status update would spend the leader's CPU re-deciding the same offers.
+pub const PASS_COALESCE: Duration = Duration::from_millis(5);
+
+/// One pass. A full pass expires filters and offers, resends unacknowledged updates when
+/// due, fires timeouts and considers every agent; otherwise only the agents touched since
+/// the last pass are offered.
+pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
     let state = shared.state.read();
     let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
     let Some(soft) = guard.as_mut().filter(|s| s.term == term) else {
-        return false;
+        return Pass::Ended;
     };
+    let held = shared.commit_backlog() > OFFER_HOLD_BACKLOG;
     let now = Instant::now();
-    soft.filters.retain(|_, until| *until > now);
-    if let Some(timeout) = shared.config.offer_timeout {
-        let expired: Vec<String> = soft
-            .offers
-            .iter()
-            .filter(|(_, o)| now - o.created >= timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            if let Some(o) = soft.take_offer(&id) {
-                soft.send_framework(
-                    &o.framework_id,
-                    event(v1::event::Event::Rescind(v1::Rescind { offer_id: id })),
-                );
+    let full = full || std::mem::take(&mut soft.full_pass);
+    let mut due = Vec::new();
+    if full {
+        soft.filters.retain(|_, agents| {
+            agents.retain(|_, until| *until > now);
+            !agents.is_empty()
+        });
+        if let Some(timeout) = shared.config.offer_timeout {
+            let expired: Vec<String> = soft
+                .offers
+                .iter()
+                .filter(|(_, o)| now - o.created >= timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                if let Some(o) = soft.take_offer(&id) {
+                    soft.send_framework(
+                        &o.framework_id,
+                        event(v1::event::Event::Rescind(v1::Rescind { offer_id: id })),
+                    );
+                }
             }
         }
+        if now - soft.last_resend >= STATUS_RESEND_INTERVAL {
+            soft.last_resend = now;
+            resend_unacked(&state.app, soft, None);
+        }
+        due = due_timeouts(&state.app, soft, &shared.config, now);
     }
-    if now - soft.last_resend >= STATUS_RESEND_INTERVAL {
-        soft.last_resend = now;
-        resend_unacked(&state.app, soft, None);
+    if held {
+        // A full pass held back looks at every agent next time too.
+        soft.full_pass |= full;
+    } else {
+        offer(&state.app, soft, full, now);
     }
-    let due = due_timeouts(&state.app, soft, &shared.config, now);
-    offer(&state.app, soft);
     drop(guard);
     drop(state);
     for t in due {
         tokio::spawn(fire_timeout(shared.clone(), t));
     }
-    true
+    if held {
+        Pass::Held
+    } else {
+        Pass::Done
+    }
 }
 
 enum Timeout {
@@ -364,7 +478,9 @@ async fn fire_timeout(shared: Shared, t: Timeout) {
     };
     if let Some(soft) = shared.leader.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         soft.firing.remove(&key);
+        soft.full_pass = true;
     }
+    shared.allocate_now.notify_one();
 }
 
 /// Send the frameworks the latest unacknowledged update of each task on `agent_id`.
@@ -431,46 +547,51 @@ fn offer_events(offers: Vec<v1::Offer>) -> Vec<Vec<v1::Offer>> {
     events
 }
 
-fn offer(state: &ClusterState, soft: &mut Soft) {
+fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
+    let dirty = std::mem::take(&mut soft.dirty);
     if soft.frameworks.is_empty() || soft.agents.is_empty() {
         return;
     }
-    let active_agents: Vec<&crate::state::AgentRecord> = soft
-        .agents
-        .keys()
-        .filter_map(|id| state.agents.get(id))
-        .filter(|a| a.state == AgentState::Active)
-        .collect();
-    let total = active_agents
-        .iter()
-        .fold(Resources::new(), |t, a| t.checked_add(&a.resources).unwrap_or(t));
-    let mut agents: Vec<AgentView> = active_agents
+    let active = |id: &String| state.agents.get(id).filter(|a| a.state == AgentState::Active);
+    if full || soft.total.is_none() {
+        let total = soft
+            .agents
+            .keys()
+            .filter_map(active)
+            .fold(Resources::new(), |t, a| t.checked_add(&a.resources).unwrap_or(t));
+        soft.total = Some(total);
+    }
+    let total = soft.total.clone().unwrap_or_default();
+    let candidates: Vec<&crate::state::AgentRecord> = if full {
+        soft.agents.keys().filter_map(active).collect()
+    } else {
+        dirty
+            .iter()
+            .filter(|id| soft.agents.contains_key(*id))
+            .filter_map(active)
+            .collect()
+    };
+    if candidates.is_empty() {
+        return;
+    }
+    let mut agents: Vec<AgentView> = candidates
         .iter()
         .filter_map(|a| {
-            let offered = soft.offered.get(&a.id).cloned().unwrap_or_default();
-            let launching = soft.launching.get(&a.id).cloned().unwrap_or_default();
-            let free = a
-                .resources
-                .checked_sub(&a.used)
-                .ok()?
-                .checked_sub(&offered)
-                .ok()?
-                .checked_sub(&launching)
-                .ok()?;
-            Some(AgentView { id: a.id.clone(), free })
+            let mut free = a.resources.checked_sub(&a.used).ok()?;
+            if let Some(o) = soft.offered.get(&a.id) {
+                free = free.checked_sub(o).ok()?;
+            }
+            if let Some(l) = soft.launching.get(&a.id) {
+                free = free.checked_sub(l).ok()?;
+            }
+            crate::allocator::offerable(&free).then(|| AgentView { id: a.id.clone(), free })
         })
         .collect();
+    if agents.is_empty() {
+        return;
+    }
     // Agents in random order, as Mesos does, so no agent is always first in line.
     agents.shuffle(&mut rand::rng());
-    let mut offered_to: HashMap<&str, Resources> = HashMap::new();
-    for o in soft.offers.values() {
-        let e = offered_to.entry(o.framework_id.as_str()).or_default();
-        *e = e.checked_add(&o.resources).unwrap_or_else(|_| e.clone());
-    }
-    let mut filtered: HashMap<&str, HashSet<String>> = HashMap::new();
-    for (f, a) in soft.filters.keys() {
-        filtered.entry(f.as_str()).or_default().insert(a.clone());
-    }
     let frameworks: Vec<FrameworkView> = soft
         .frameworks
         .keys()
@@ -478,13 +599,30 @@ fn offer(state: &ClusterState, soft: &mut Soft) {
         .filter(|f| f.state == FrameworkState::Connected)
         .map(|f| {
             let used = state.framework_used.get(&f.id).cloned().unwrap_or_default();
-            let offered = offered_to.get(f.id.as_str()).cloned().unwrap_or_default();
+            let allocation = match soft.offered_to.get(&f.id) {
+                Some(offered) => used.checked_add(offered).unwrap_or(used),
+                None => used,
+            };
+            // Whichever is smaller: the framework's filters or the candidate agents.
+            let filtered = match soft.filters.get(&f.id) {
+                None => HashSet::new(),
+                Some(filters) if filters.len() <= agents.len() => filters
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(a, _)| a.clone())
+                    .collect(),
+                Some(_) => agents
+                    .iter()
+                    .filter(|a| soft.is_filtered(&f.id, &a.id, now))
+                    .map(|a| a.id.clone())
+                    .collect(),
+            };
             FrameworkView {
                 id: f.id.clone(),
                 weight: state.weight(&f.role),
-                allocation: used.checked_add(&offered).unwrap_or(used),
+                allocation,
                 active: !soft.suppressed.contains(&f.id),
-                filtered: filtered.remove(f.id.as_str()).unwrap_or_default(),
+                filtered,
             }
         })
         .collect();
@@ -506,15 +644,13 @@ fn offer(state: &ClusterState, soft: &mut Soft) {
             attributes: corral_proto::convert::attributes_to_wire(&agent.attributes),
             leader_term: soft.term,
         };
-        let o = soft.offered.entry(agent_id.clone()).or_default();
-        *o = o.checked_add(&d.resources).unwrap_or_else(|_| o.clone());
-        soft.offers.insert(
+        soft.add_offer(
             offer_id,
             OfferRecord {
                 framework_id: framework_id.clone(),
                 agent_id,
                 resources: d.resources,
-                created: Instant::now(),
+                created: now,
             },
         );
         batches.entry(framework_id).or_default().push(wire);

@@ -35,6 +35,16 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// HTTP/2 flow-control window towards a peer: a whole AppendEntries fits in it, so sending one
 /// never waits a round trip for a window update.
 pub const PEER_WINDOW_BYTES: u32 = 8 << 20;
+/// Longest a heartbeat or AppendEntries may take once sent (see [`PeerClient::call`]).
+const SENT_RPC_LIMIT: Duration = Duration::from_secs(5);
+
+/// One lane to one peer: its connection, and the turn that lets one heartbeat or
+/// AppendEntries at a time be in flight on it.
+#[derive(Clone)]
+struct LaneConn {
+    channel: Channel,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
 
 /// Which connection to a peer an RPC uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +74,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[derive(Clone)]
 pub struct Network {
     cluster: String,
-    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), LaneConn>>>,
     retry_unreachable: Duration,
 }
 
@@ -81,7 +91,7 @@ impl Network {
     /// The channel to `addr` for one lane. Heartbeats and votes get their own connection:
     /// openraft gives every AppendEntries one heartbeat interval, and on a shared connection
     /// a heartbeat would queue behind the entries being sent to a follower.
-    fn channel(&self, addr: &str, lane: Lane) -> Result<Channel, String> {
+    fn channel(&self, addr: &str, lane: Lane) -> Result<LaneConn, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let key = (addr.to_string(), lane);
         if let Some(c) = channels.get(&key) {
@@ -97,8 +107,12 @@ impl Network {
             .keep_alive_timeout(Duration::from_secs(1))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        channels.insert(key, channel.clone());
-        Ok(channel)
+        let conn = LaneConn {
+            channel,
+            turn: Arc::default(),
+        };
+        channels.insert(key, conn.clone());
+        Ok(conn)
     }
 }
 
@@ -107,10 +121,11 @@ impl RaftNetworkFactory<CorralRaft> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let client = |lane| {
-            self.channel(&node.addr, lane).map(|c| {
-                RaftClient::new(c)
+            self.channel(&node.addr, lane).map(|c| PeerLane {
+                client: RaftClient::new(c.channel)
                     .max_decoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
-                    .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4)
+                    .max_encoding_message_size(corral_proto::MAX_MESSAGE_BYTES * 4),
+                turn: c.turn,
             })
         };
         let client = client(Lane::Control).and_then(|control| Ok((control, client(Lane::Data)?)));
@@ -127,9 +142,14 @@ impl RaftNetworkFactory<CorralRaft> for Network {
 pub struct PeerClient {
     cluster: String,
     target: NodeId,
-    /// (control, data) clients.
-    client: Result<(RaftClient<Channel>, RaftClient<Channel>), String>,
+    /// (control, data) lanes.
+    client: Result<(PeerLane, PeerLane), String>,
     retry_unreachable: Duration,
+}
+
+struct PeerLane {
+    client: RaftClient<Channel>,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -141,7 +161,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
+        let lane = match &mut self.client {
             Ok((control, data)) => match kind {
                 RpcKind::Heartbeat | RpcKind::Vote => control,
                 RpcKind::Append | RpcKind::Snapshot => data,
@@ -158,11 +178,35 @@ impl PeerClient {
             target: self.target,
             payload,
         });
-        request.set_timeout(option.hard_ttl());
         let reply = match kind {
-            RpcKind::Append | RpcKind::Heartbeat => client.append_entries(request).await,
-            RpcKind::Vote => client.vote(request).await,
-            RpcKind::Snapshot => client.install_snapshot(request).await,
+            RpcKind::Append | RpcKind::Heartbeat => {
+                // openraft gives a heartbeat or AppendEntries one heartbeat interval and then
+                // drops it. Dropped mid-flight, it would be cancelled on the follower too, and
+                // under load every retry can meet the same fate: the follower hears nothing,
+                // stands for election and deposes a healthy leader. So once sent, it runs to
+                // completion on its own task (late, it still resets the follower's election
+                // timer and lands the entries, so the retry is quick), and one at a time per
+                // lane: a retry waits for the one in flight, and is dropped unsent if
+                // openraft gives up on it first.
+                request.set_timeout(SENT_RPC_LIMIT);
+                let turn = lane.turn.clone().lock_owned().await;
+                let mut client = lane.client.clone();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    let _ = tx.send(client.append_entries(request).await);
+                });
+                rx.await
+                    .unwrap_or_else(|_| Err(Status::cancelled("raft rpc task ended without an answer")))
+            }
+            RpcKind::Vote => {
+                request.set_timeout(option.hard_ttl());
+                lane.client.vote(request).await
+            }
+            RpcKind::Snapshot => {
+                request.set_timeout(option.hard_ttl());
+                lane.client.install_snapshot(request).await
+            }
         };
         let reply = reply
             .map_err(|status| transport_error(status, self.target, kind, option))?

@@ -31,7 +31,7 @@ pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
 /// `commit::MAX_BATCH_BYTES`, openraft's default (300) makes messages of tens of MiB that
 /// never complete in time, so a lagging follower would never catch up and, starved of
 /// heartbeats, depose the leader. Four keeps one message near 1 MiB.
-pub const MAX_PAYLOAD_ENTRIES: u64 = 4;
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
 /// Why a master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,17 +152,18 @@ impl Shared {
         }
     }
 
+    /// This master's role as the operator API names it, and its current term.
+    pub fn role_and_term(&self) -> (&'static str, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (role_name(m.state), m.current_term)
+    }
+
     pub fn self_view(&self) -> SelfView {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voter = membership.voter_ids().any(|v| v == self.config.id);
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Learner => "learner",
-            // A candidate is a follower that is standing for election.
-            ServerState::Follower | ServerState::Candidate => "follower",
-            ServerState::Shutdown => "unreachable",
-        };
+        let role = role_name(m.state);
         let (applied_index, state_hash) = self.applied_and_hash();
         SelfView {
             id: self.config.id,
@@ -183,17 +184,8 @@ impl Shared {
     ///
     /// Commands from concurrent callers are committed together (see [`crate::commit`]).
     pub async fn write(&self, kind: v1::command::Kind) -> Result<Outcome, Status> {
-        self.require_leader()?;
-        let command = v1::Command {
-            timestamp_ms: now_ms(),
-            kind: Some(kind),
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let answer = self.submit(kind).await?;
         let unavailable = || Status::unavailable("this master is shutting down");
-        self.commits
-            .send(crate::commit::Pending { command, reply })
-            .await
-            .map_err(|_| unavailable())?;
         match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
             Err(_) => Err(Status::unavailable(format!(
                 "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
@@ -201,6 +193,32 @@ impl Shared {
             Ok(Err(_)) => Err(unavailable()),
             Ok(Ok(result)) => result,
         }
+    }
+
+    /// Queue a write for the next group commit and return where its outcome will arrive.
+    /// Writes are applied in the order they are queued, so a caller may queue dependent
+    /// writes (a task's RUNNING, then its FINISHED) without waiting for each. The answer
+    /// always arrives: the committer replies with an error after [`WRITE_TIMEOUT`].
+    pub async fn submit(
+        &self,
+        kind: v1::command::Kind,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Status>>, Status> {
+        self.require_leader()?;
+        let command = v1::Command {
+            timestamp_ms: now_ms(),
+            kind: Some(kind),
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commits
+            .send(crate::commit::Pending { command, reply })
+            .await
+            .map_err(|_| Status::unavailable("this master is shutting down"))?;
+        Ok(answer)
+    }
+
+    /// Writes queued for commit and not yet taken into a Raft entry.
+    pub fn commit_backlog(&self) -> usize {
+        self.commits.max_capacity() - self.commits.capacity()
     }
 
     /// Record a committed entry of `commands` commands for `/metrics`.
@@ -239,6 +257,16 @@ pub fn write_error(shared: &Shared, e: RaftError<NodeId, ClientWriteError<NodeId
     }
 }
 
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Learner => "learner",
+        // A candidate is a follower that is standing for election.
+        ServerState::Follower | ServerState::Candidate => "follower",
+        ServerState::Shutdown => "unreachable",
+    }
+}
+
 /// Milliseconds since the Unix epoch (the leader's clock, stamped into commands).
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -252,6 +280,29 @@ pub struct Master {
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The runtime openraft's tasks run on (see [`raft_runtime`]).
+    raft_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(rt) = self.raft_runtime.take() {
+            // Dropping a runtime from async code would block; this does not.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// openraft's core, replication and state-machine tasks get a runtime and an OS thread of
+/// their own. On the shared runtime they queued behind hundreds of client RPCs: a busy
+/// leader sent heartbeats late and followers deposed it. On their own thread the kernel's
+/// scheduler runs them promptly, however loaded the API side is.
+fn raft_runtime(id: NodeId) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("raft-{id}"))
+        .enable_all()
+        .build()
 }
 
 impl Master {
@@ -301,8 +352,13 @@ impl Master {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = Network::new(config.cluster.clone(), config.heartbeat_interval);
-        let raft = openraft::Raft::new(config.id, Arc::new(raft_config), network, log, sm)
+        let raft_runtime = raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?;
+        // Created on its runtime, so that every task openraft spawns runs there.
+        let id = config.id;
+        let raft = raft_runtime
+            .spawn(async move { openraft::Raft::new(id, Arc::new(raft_config), network, log, sm).await })
             .await
+            .map_err(|e| StartError::Raft(e.to_string()))?
             .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -345,13 +401,14 @@ impl Master {
             local_addr,
             stop,
             server,
+            raft_runtime: Some(raft_runtime),
         })
     }
 
     /// Stop serving and stop the Raft node.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        match self.server.await {
+        match (&mut self.server).await {
             Ok(Err(e)) => tracing::warn!(error = %e, "server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "server task failed"),
             Ok(Ok(())) => {}

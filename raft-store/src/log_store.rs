@@ -21,6 +21,8 @@ use crate::flusher::Flusher;
 use crate::{StoreConfig, StoreError};
 
 pub(crate) const KEY_VOTE: &str = "vote";
+/// An append slower than this (into sled, or until durable) is logged.
+const SLOW_APPEND: std::time::Duration = std::time::Duration::from_millis(50);
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 
@@ -281,6 +283,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             }
             encoded.push((index_key(entry.log_id.index), bytes));
         }
+        let started = std::time::Instant::now();
         // A lone entry is a plain insert: a sled batch costs an extra manifest record, which
         // sled writes and syncs separately. Several entries go in one atomic batch.
         if let [(key, bytes)] = encoded.as_mut_slice() {
@@ -295,7 +298,19 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             }
             self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
         }
-        let done = Box::new(move |res: Result<(), std::io::Error>| callback.log_io_completed(res));
+        let took = started.elapsed();
+        if took >= SLOW_APPEND {
+            // openraft's core waits for this: no heartbeat goes out meanwhile.
+            tracing::warn!(took_ms = took.as_millis() as u64, "slow log append");
+        }
+        let queued = std::time::Instant::now();
+        let done = Box::new(move |res: Result<(), std::io::Error>| {
+            let waited = queued.elapsed();
+            if waited >= SLOW_APPEND {
+                tracing::warn!(waited_ms = waited.as_millis() as u64, "slow wait for a durable append");
+            }
+            callback.log_io_completed(res)
+        });
         if let Err(done) = self.inner.flusher.after_next_flush(done) {
             done(Err(std::io::Error::other(StoreError::FlusherStopped)));
             return Err(write_err(StoreError::FlusherStopped));

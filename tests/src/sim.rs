@@ -608,3 +608,12 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Extra flags for every master of a benchmark, from `CORRAL_BENCH_MASTER_ARGS` (space
+/// separated), to compare settings such as `--heartbeat-interval-ms` with the same command.
+pub fn master_args() -> Vec<&'static str> {
+    let raw = std::env::var("CORRAL_BENCH_MASTER_ARGS").unwrap_or_default();
+    raw.split_whitespace()
+        .map(|a| &*Box::leak(a.to_string().into_boxed_str()))
+        .collect()
+}

@@ -6,7 +6,7 @@
 //! task the master does not know is killed. Status updates are committed before they are
 //! acknowledged to the agent and forwarded to the framework (at-least-once end to end).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use corral_proto::v1;
@@ -96,6 +96,8 @@ impl Agents for AgentsService {
             {
                 tracing::info!(%agent_id, "agent reconnected; replacing its old stream");
             }
+            soft.agents_changed();
+            soft.touch_agent(&agent_id);
             soft.send_agent(
                 &agent_id,
                 v1::master_message::Message::Registered(v1::Registered {
@@ -150,7 +152,22 @@ impl Agents for AgentsService {
     }
 }
 
+/// Most status updates of one agent being committed at once. Further messages wait in the
+/// stream (HTTP/2 flow control pushes back on the agent).
+pub const MAX_STATUS_IN_FLIGHT: usize = 1024;
+
+/// A status update queued for commit, waiting for its outcome.
+struct InFlight {
+    status: v1::TaskStatus,
+    answer: tokio::sync::oneshot::Receiver<Result<Outcome, Status>>,
+}
+
 /// Read one agent's messages until its stream ends; ping it meanwhile.
+///
+/// Status updates are pipelined: each is queued for commit as it arrives, without waiting
+/// for the ones before it, and the outcomes are handled in arrival order. Commits apply in
+/// queue order, so a task's RUNNING is applied, acknowledged and forwarded before its
+/// FINISHED, and an agent's updates share group commits instead of taking one each.
 async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound: Streaming<v1::AgentMessage>) {
     // Ping often enough that a silent agent is noticed within its ping timeout.
     let timeout = shared.config.agent_ping_timeout;
@@ -161,15 +178,23 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     );
     let mut nonce = 0u64;
     let mut last_heard = std::time::Instant::now();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
         tokio::select! {
-            msg = inbound.next() => {
+            msg = inbound.next(), if in_flight.len() < MAX_STATUS_IN_FLIGHT => {
                 let Some(Ok(msg)) = msg else { break };
                 last_heard = std::time::Instant::now();
                 match msg.message {
                     Some(v1::agent_message::Message::StatusUpdate(u)) => {
                         if let Some(status) = u.status {
-                            handle_status(&shared, &agent_id, status).await;
+                            match submit_status(&shared, &agent_id, status).await {
+                                Ok(f) => in_flight.push_back(f),
+                                // Not the leader any more: the agent sends it to the next one.
+                                Err(e) => {
+                                    tracing::warn!(%agent_id, error = %e.message(), "status update not queued");
+                                    break;
+                                }
+                            }
                         }
                     }
                     Some(v1::agent_message::Message::Pong(_)) => {}
@@ -177,6 +202,13 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                         tracing::warn!(%agent_id, "unexpected message on an attached agent stream");
                     }
                 }
+            }
+            answer = async { (&mut in_flight.front_mut().expect("guarded by the condition").answer).await },
+                if !in_flight.is_empty() =>
+            {
+                let done = in_flight.pop_front().expect("guarded by the condition");
+                let outcome = answer.unwrap_or_else(|_| Err(Status::unavailable("this master is shutting down")));
+                finish_status(&shared, &agent_id, done.status, outcome);
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > timeout {
@@ -198,6 +230,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     if let Some(soft) = guard.as_mut() {
         if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
             soft.agents.remove(&agent_id);
+            soft.agents_changed();
             soft.agent_gone_at.insert(agent_id.clone(), std::time::Instant::now());
             soft.rescind_agent_offers(&agent_id);
             tracing::info!(%agent_id, "agent disconnected");
@@ -205,30 +238,37 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     }
 }
 
-/// Commit one status update, then acknowledge it to the agent and forward it to the
-/// framework. If the commit fails (leadership lost) nothing is acknowledged: the agent
-/// sends it again to the next leader.
-async fn handle_status(shared: &Shared, agent_id: &str, mut status: v1::TaskStatus) {
+/// Queue one status update for commit. Nothing is acknowledged yet: see [`finish_status`].
+async fn submit_status(shared: &Shared, agent_id: &str, mut status: v1::TaskStatus) -> Result<InFlight, Status> {
     // The agent speaks for its own tasks only.
     status.agent_id = agent_id.to_string();
     status.source = v1::Source::Agent as i32;
-    let ack = v1::AckUpdate {
-        framework_id: status.framework_id.clone(),
-        task_id: status.task_id.clone(),
-        uuid: status.uuid.clone(),
-    };
     let kind = v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
         statuses: vec![status.clone()],
     });
-    match shared.write(kind).await {
+    let answer = shared.submit(kind).await?;
+    Ok(InFlight { status, answer })
+}
+
+/// Once a status update is committed, acknowledge it to the agent and forward it to the
+/// framework. If the commit failed (leadership lost) nothing is acknowledged: the agent
+/// sends it again to the next leader.
+fn finish_status(shared: &Shared, agent_id: &str, status: v1::TaskStatus, outcome: Result<Outcome, Status>) {
+    match outcome {
         Ok(outcome) => {
             if let Outcome::Rejected(why) = &outcome {
                 tracing::warn!(agent_id, task_id = %status.task_id, why, "status update refused; acknowledging it anyway");
             }
             forward_status(shared, &status);
+            let ack = v1::AckUpdate {
+                framework_id: status.framework_id,
+                task_id: status.task_id,
+                uuid: status.uuid,
+            };
             let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(soft) = guard.as_mut() {
                 soft.send_agent(agent_id, v1::master_message::Message::AckUpdate(ack));
+                soft.touch_agent(agent_id);
             }
             shared.allocate_now.notify_one();
         }

@@ -126,6 +126,7 @@ impl Scheduler for SchedulerService {
             if req.suppressed {
                 soft.suppressed.insert(framework_id.clone());
             }
+            soft.full_pass = true;
             let subscribed = v1::Subscribed {
                 framework_id: framework_id.clone(),
                 stream_id: stream_id.clone(),
@@ -202,7 +203,7 @@ impl Scheduler for SchedulerService {
                 soft.take_offer(id);
             }
             if let Some(until) = filter_until(refuse) {
-                soft.filters.insert((framework_id.clone(), agent.clone()), until);
+                soft.add_filter(&framework_id, &agent, until);
             }
             soft.reserve_launch(&agent, &asked);
             Ok((agent, soft.term, asked))
@@ -276,7 +277,7 @@ impl Scheduler for SchedulerService {
                 if soft.offers.get(id).is_some_and(|o| o.framework_id == framework_id) {
                     if let Some(o) = soft.take_offer(id) {
                         if let Some(until) = filter_until(refuse) {
-                            soft.filters.insert((framework_id.clone(), o.agent_id), until);
+                            soft.add_filter(&framework_id, &o.agent_id, until);
                         }
                     }
                 }
@@ -290,7 +291,8 @@ impl Scheduler for SchedulerService {
         let framework_id = self.check_header(req.get_ref().header.as_ref())?;
         self.with_soft(|soft| {
             soft.suppressed.remove(&framework_id);
-            soft.filters.retain(|(f, _), _| *f != framework_id);
+            soft.filters.remove(&framework_id);
+            soft.full_pass = true;
         })?;
         self.shared.allocate_now.notify_one();
         Ok(Response::new(v1::ReviveResponse {}))
@@ -461,6 +463,7 @@ pub async fn teardown(shared: &Shared, framework_id: &str, why: &str) -> Result<
         soft.frameworks.remove(framework_id);
         soft.drop_framework_offers(framework_id);
         soft.suppressed.remove(framework_id);
+        soft.full_pass = true;
     }
     tracing::info!(framework_id, why, "framework torn down");
     Ok(())

@@ -50,15 +50,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Extra flags for every master, from `CORRAL_BENCH_MASTER_ARGS` (space separated), to compare
-/// settings such as `--heartbeat-interval-ms` with the same command.
-fn master_args() -> Vec<&'static str> {
-    let raw = std::env::var("CORRAL_BENCH_MASTER_ARGS").unwrap_or_default();
-    raw.split_whitespace()
-        .map(|a| &*Box::leak(a.to_string().into_boxed_str()))
-        .collect()
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
@@ -199,7 +190,7 @@ async fn main() {
         }
     };
     if args.rounds > 0 {
-        let mut cluster = Cluster::start_with(3, &master_args());
+        let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
         cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
         let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
         let fleet = Fleet::start(&masters, args.agents, "cpus:8;mem:16384", false);
@@ -226,7 +217,7 @@ async fn main() {
         drop(cluster);
     }
     if args.big_rounds > 0 && args.big_agents > 0 {
-        let mut cluster = Cluster::start_with(3, &master_args());
+        let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
         cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
         let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
         let started = Instant::now();

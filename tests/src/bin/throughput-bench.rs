@@ -119,7 +119,7 @@ async fn leader_address(cluster: &Cluster, ids: &[u64]) -> String {
 }
 
 async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, String> {
-    let cluster = Cluster::start(args.masters);
+    let cluster = Cluster::start_with(args.masters, &corral_tests::sim::master_args());
     let ids: Vec<u64> = (1..=args.masters).collect();
     cluster.wait_leader(&ids, Duration::from_secs(30)).await;
     let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
