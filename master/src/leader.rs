@@ -204,10 +204,16 @@ impl Soft {
 
     /// Rescind every offer of `agent_id` (the agent went away).
     pub fn rescind_agent_offers(&mut self, agent_id: &str) {
+        self.rescind_where(|o| o.agent_id == agent_id);
+    }
+
+    /// Rescind the offers matching `pred`: their resources return to the pool and their
+    /// frameworks are told.
+    fn rescind_where(&mut self, pred: impl Fn(&OfferRecord) -> bool) {
         let ids: Vec<String> = self
             .offers
             .iter()
-            .filter(|(_, o)| o.agent_id == agent_id)
+            .filter(|(_, o)| pred(o))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -380,20 +386,7 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
             !agents.is_empty()
         });
         if let Some(timeout) = shared.config.offer_timeout {
-            let expired: Vec<String> = soft
-                .offers
-                .iter()
-                .filter(|(_, o)| now - o.created >= timeout)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in expired {
-                if let Some(o) = soft.take_offer(&id) {
-                    soft.send_framework(
-                        &o.framework_id,
-                        event(v1::event::Event::Rescind(v1::Rescind { offer_id: id })),
-                    );
-                }
-            }
+            soft.rescind_where(|o| now - o.created >= timeout);
         }
         if now - soft.last_resend >= STATUS_RESEND_INTERVAL {
             soft.last_resend = now;
