@@ -366,7 +366,8 @@ struct FrameworkRun {
     calls: Arc<Semaphore>,
 }
 
-fn scalar(resources: &[v1::Resource], name: &str) -> f64 {
+/// The sum of the scalar resources named `name` (0 if none).
+pub fn scalar(resources: &[v1::Resource], name: &str) -> f64 {
     resources
         .iter()
         .filter(|r| r.name == name)

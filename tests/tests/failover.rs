@@ -1,5 +1,6 @@
 //! failover: tasks, agents and frameworks through leader failures (real processes).
 
+use corral_tests::sim::scalar;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -481,17 +482,6 @@ fn storm_processes() -> BTreeMap<String, usize> {
         }
     }
     out
-}
-
-fn scalar(resources: &[v1::Resource], name: &str) -> f64 {
-    resources
-        .iter()
-        .filter(|r| r.name == name)
-        .filter_map(|r| match r.value {
-            Some(v1::resource::Value::Scalar(v)) => Some(v),
-            _ => None,
-        })
-        .sum()
 }
 
 /// A framework launches tasks as fast as offers come while the leader fails (`fault`).
