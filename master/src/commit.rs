@@ -80,11 +80,9 @@ pub async fn run(shared: Shared, mut rx: mpsc::Receiver<Pending>, mut stopped: w
         }
         let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let n = commands.len();
-        let bytes: usize = commands.iter().map(prost::Message::encoded_len).sum();
         let started = Instant::now();
-        let proposal = Proposal {
-            batch: v1::CommandBatch { commands },
-        };
+        let proposal = Proposal::of(commands);
+        let bytes = proposal.batch.len();
         // Handed to Raft here, in queue order, so that commands are applied in the order they
         // were queued (a caller may pipeline dependent commands, such as a task's RUNNING and
         // FINISHED); only the wait for the outcome runs beside the next batch.

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: flags and their validation;
 //! - [`types`]: the openraft type configuration and what the log carries ([`types::Proposal`]);
-//! - [`state`]: the replicated cluster state and its deterministic apply, with the state hash;
+//! - [`state`]: the replicated cluster state and its deterministic apply;
+//! - [`digest`]: the state hash, kept current by apply (S3);
 //! - [`network`]: Raft peer traffic over tonic (client and server);
 //! - [`node`]: a running master: store, Raft, services, start-up and shutdown;
 //! - [`commit`]: group commit, many concurrent writes in one Raft entry;
@@ -25,6 +26,7 @@
 pub mod allocator;
 pub mod commit;
 pub mod config;
+pub mod digest;
 pub mod leader;
 pub mod network;
 pub mod node;

@@ -16,8 +16,9 @@ use corral_raft_store::StateMachine;
 use openraft::LogId;
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
+use crate::digest::{record_digest, Digests, Key};
 use crate::types::{ApplyResult, CorralRaft, Outcome, Proposal};
 use crate::validate;
 
@@ -54,6 +55,9 @@ pub struct ClusterState {
     /// Derived: resources of each framework's non-terminal tasks (its DRF allocation).
     #[serde(skip)]
     pub framework_used: BTreeMap<String, Resources>,
+    /// Derived: the records' digests behind the state hash, kept current by apply.
+    #[serde(skip)]
+    digests: Digests,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +231,7 @@ impl ClusterState {
             Outcome::Applied => self.applied_commands += 1,
             Outcome::Rejected(_) => self.rejected_commands += 1,
         }
+        self.settle_digests();
         #[cfg(debug_assertions)]
         if let Err(e) = self.validate() {
             panic!(
@@ -311,6 +316,7 @@ impl ClusterState {
             .iter()
             .map(|a| (a.name.clone(), a.value.clone()))
             .collect();
+        self.mark_agent(id);
         match (self.agents.get_mut(id), new) {
             (Some(_), true) => Outcome::Rejected(format!("agent_id: {id} is already registered")),
             (None, false) => Outcome::Rejected(format!("agent_id: {id} is not known")),
@@ -364,6 +370,7 @@ impl ClusterState {
         if self.frameworks.contains_key(id) {
             return Outcome::Rejected(format!("framework_id: {id} is already registered"));
         }
+        self.mark_framework(id);
         self.frameworks.insert(
             id.to_string(),
             FrameworkRecord {
@@ -392,6 +399,7 @@ impl ClusterState {
         if let Err(e) = validate::framework_info("info", info) {
             return Outcome::Rejected(e);
         }
+        self.mark_framework(&info.framework_id);
         match self.frameworks.get_mut(&info.framework_id) {
             None => Outcome::Rejected(format!("info.framework_id: {} is not known", info.framework_id)),
             Some(f) if f.state == FrameworkState::TornDown => {
@@ -408,6 +416,7 @@ impl ClusterState {
     }
 
     fn set_framework_state(&mut self, id: &str, state: FrameworkState, now: i64) -> Outcome {
+        self.mark_framework(id);
         match self.frameworks.get_mut(id) {
             None => Outcome::Rejected(format!("framework_id: {id} is not known")),
             Some(f) if f.state == FrameworkState::TornDown => {
@@ -437,6 +446,10 @@ impl ClusterState {
             if self.tasks.contains_key(&(c.framework_id.clone(), t.task_id.clone())) {
                 return Outcome::Rejected(format!("tasks[{i}].task_id: {:?} was already launched (S2)", t.task_id));
             }
+        }
+        self.mark_agent(&c.agent_id);
+        for t in &c.tasks {
+            self.mark_task(&c.framework_id, &t.task_id);
         }
         let Some(agent) = self.agents.get_mut(&c.agent_id) else {
             return Outcome::Rejected(format!("agent_id: {} is not known", c.agent_id));
@@ -506,6 +519,7 @@ impl ClusterState {
 
     fn apply_status(&mut self, s: &v1::TaskStatus) -> Result<(), String> {
         let key = (s.framework_id.clone(), s.task_id.clone());
+        self.mark(Key::Task(key.clone()));
         let Some(task) = self.tasks.get_mut(&key) else {
             return Err(format!("task {}/{} is not known", s.framework_id, s.task_id));
         };
@@ -545,6 +559,7 @@ impl ClusterState {
         if becomes_terminal {
             let resources = task.resources.clone();
             let agent_id = task.agent_id.clone();
+            self.mark_agent(&agent_id);
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 // Cannot fail while S1's bookkeeping holds (validate() checks it).
                 agent.used = agent.used.checked_sub(&resources).unwrap_or_default();
@@ -583,6 +598,7 @@ impl ClusterState {
 
     /// The agent has been silent too long: it is unreachable and so are its tasks.
     fn apply_unreachable(&mut self, agent_id: &str, now: i64) -> Outcome {
+        self.mark_agent(agent_id);
         match self.agents.get_mut(agent_id) {
             None => return Outcome::Rejected(format!("agent_id: {agent_id} is not known")),
             Some(a) if a.state != AgentState::Active => {
@@ -657,6 +673,7 @@ impl ClusterState {
 
     fn apply_acks(&mut self, acks: &[v1::StatusAck]) -> Outcome {
         for a in acks {
+            self.mark_task(&a.framework_id, &a.task_id);
             if let Some(t) = self.tasks.get_mut(&(a.framework_id.clone(), a.task_id.clone())) {
                 t.unacked.retain(|u| u.uuid != a.uuid);
             }
@@ -666,6 +683,8 @@ impl ClusterState {
 
     /// Rebuild the derived indexes (after a restore).
     fn reindex(&mut self) {
+        let sums = self.full_digest_sums();
+        self.digests.reset(sums);
         self.agent_tasks.clear();
         self.framework_used.clear();
         for (key, t) in &self.tasks {
@@ -739,10 +758,66 @@ impl ClusterState {
         }
     }
 
-    /// Hex SHA-256 of the canonical encoding.
+    /// The state hash (hex SHA-256): equal on masters that applied the same entries (S3).
+    /// Costs the same whatever the size of the state (see [`crate::digest`]).
     pub fn hash(&self) -> String {
-        let digest = Sha256::digest(self.encode());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        let sums = self.digests.sums();
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            sums,
+            self.full_digest_sums(),
+            "the incremental state digest missed a change"
+        );
+        crate::digest::state_hash(
+            SNAPSHOT_FORMAT,
+            &(&self.weights, self.applied_commands, self.rejected_commands),
+            sums,
+        )
+    }
+
+    /// The digest of the record `key` names, if it exists.
+    fn digest_of(&self, key: &Key) -> Option<u128> {
+        match key {
+            Key::Agent(id) => self.agents.get(id).map(|r| record_digest(0, r)),
+            Key::Framework(id) => self.frameworks.get(id).map(|r| record_digest(1, r)),
+            Key::Task(k) => self.tasks.get(k).map(|r| record_digest(2, r)),
+        }
+    }
+
+    /// The digest sums computed from every record.
+    fn full_digest_sums(&self) -> [u128; 3] {
+        let sum = |it: &mut dyn Iterator<Item = u128>| it.fold(0u128, u128::wrapping_add);
+        [
+            sum(&mut self.agents.values().map(|r| record_digest(0, r))),
+            sum(&mut self.frameworks.values().map(|r| record_digest(1, r))),
+            sum(&mut self.tasks.values().map(|r| record_digest(2, r))),
+        ]
+    }
+
+    /// About to change the record `key` names: take its digest out of the sums.
+    fn mark(&mut self, key: Key) {
+        let mut digests = std::mem::take(&mut self.digests);
+        digests.mark(key.clone(), || self.digest_of(&key));
+        self.digests = digests;
+    }
+
+    fn mark_agent(&mut self, id: &str) {
+        self.mark(Key::Agent(id.to_string()));
+    }
+
+    fn mark_framework(&mut self, id: &str) {
+        self.mark(Key::Framework(id.to_string()));
+    }
+
+    fn mark_task(&mut self, framework_id: &str, task_id: &str) {
+        self.mark(Key::Task((framework_id.to_string(), task_id.to_string())));
+    }
+
+    /// The command is done: the changed records' digests join the sums again.
+    fn settle_digests(&mut self) {
+        let mut digests = std::mem::take(&mut self.digests);
+        digests.settle(|key| self.digest_of(key));
+        self.digests = digests;
     }
 }
 
@@ -766,9 +841,15 @@ fn kind_name(kind: &v1::command::Kind) -> &'static str {
 }
 
 impl StateMachine<CorralRaft> for ClusterState {
-    fn apply(&mut self, _log_id: &LogId<u64>, data: &Proposal) -> ApplyResult {
+    type Decoded = v1::CommandBatch;
+
+    fn decode(_log_id: &LogId<u64>, data: &Proposal) -> Result<v1::CommandBatch, String> {
+        data.decode().map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, _log_id: &LogId<u64>, batch: v1::CommandBatch) -> ApplyResult {
         ApplyResult {
-            outcomes: data.batch.commands.iter().map(|c| self.apply_command(c)).collect(),
+            outcomes: batch.commands.iter().map(|c| self.apply_command(c)).collect(),
         }
     }
 
@@ -1039,5 +1120,119 @@ mod tests {
         let mut bytes = ClusterState::default().encode();
         bytes[0] = SNAPSHOT_FORMAT + 1;
         assert!(ClusterState::decode(&bytes).unwrap_err().contains("newer"));
+    }
+
+    /// Every kind of command, in a random order over a small universe of agents,
+    /// frameworks and tasks: after each one the incremental digest equals a recomputation
+    /// from every record, and a restored copy has the same hash.
+    #[test]
+    fn the_incremental_state_hash_follows_every_change() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = std::env::var("CORRAL_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("CORRAL_TEST_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut s = ClusterState::default();
+        let agents = ["a1", "a2", "a3"];
+        let frameworks = ["f1", "f2", "f3"];
+        let states = [
+            v1::TaskState::TaskRunning,
+            v1::TaskState::TaskFinished,
+            v1::TaskState::TaskFailed,
+            v1::TaskState::TaskKilled,
+        ];
+        for step in 0..3000 {
+            let agent = agents[rng.random_range(0..agents.len())].to_string();
+            let framework = frameworks[rng.random_range(0..frameworks.len())].to_string();
+            let task = format!("t{}", rng.random_range(0..40));
+            let info = v1::AgentInfo {
+                hostname: format!("h-{agent}"),
+                resources: vec![scalar("cpus", 4.0), scalar("mem", 1024.0)],
+                ..Default::default()
+            };
+            use v1::command::Kind;
+            let kind = match rng.random_range(0..40) {
+                0..=2 => Kind::RegisterAgent(v1::RegisterAgent {
+                    agent_id: agent,
+                    info: Some(info),
+                }),
+                3..=5 => Kind::ReregisterAgent(v1::ReregisterAgent {
+                    tasks: s
+                        .tasks_on(&agent)
+                        .filter(|_| rng.random_bool(0.5))
+                        .map(|t| v1::TaskRecord {
+                            framework_id: t.framework_id.clone(),
+                            task: Some(v1::TaskInfo {
+                                task_id: t.task_id.clone(),
+                                ..Default::default()
+                            }),
+                            state: v1::TaskState::TaskRunning as i32,
+                            exit_code: None,
+                        })
+                        .collect(),
+                    agent_id: agent,
+                    info: Some(info),
+                }),
+                6 => Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: agent }),
+                7..=8 => Kind::RegisterFramework(v1::RegisterFramework {
+                    framework_id: framework,
+                    info: Some(v1::FrameworkInfo {
+                        name: "fw".into(),
+                        ..Default::default()
+                    }),
+                }),
+                9 => Kind::UpdateFramework(v1::UpdateFramework {
+                    info: Some(v1::FrameworkInfo {
+                        framework_id: framework,
+                        name: format!("fw{step}"),
+                        ..Default::default()
+                    }),
+                }),
+                10 => Kind::DisconnectFramework(v1::DisconnectFramework {
+                    framework_id: framework,
+                }),
+                11 if rng.random_bool(0.1) => Kind::TeardownFramework(v1::TeardownFramework {
+                    framework_id: framework,
+                }),
+                11..=20 => Kind::LaunchTasks(v1::LaunchTasks {
+                    tasks: vec![v1::TaskInfo {
+                        task_id: task,
+                        agent_id: agent.clone(),
+                        resources: vec![scalar("cpus", 0.5)],
+                        command: Some(v1::CommandInfo {
+                            argv: vec!["true".into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    framework_id: framework,
+                    agent_id: agent,
+                }),
+                21..=32 => Kind::UpdateStatuses(v1::UpdateStatuses {
+                    statuses: vec![v1::TaskStatus {
+                        task_id: task,
+                        framework_id: framework,
+                        agent_id: agent,
+                        state: states[rng.random_range(0..states.len())] as i32,
+                        uuid: vec![rng.random_range(0..8)],
+                        ..Default::default()
+                    }],
+                }),
+                _ => Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses {
+                    acks: vec![v1::StatusAck {
+                        framework_id: framework,
+                        task_id: task,
+                        uuid: vec![rng.random_range(0..8)],
+                    }],
+                }),
+            };
+            s.apply_command(&cmd(kind));
+            assert_eq!(s.digests.sums(), s.full_digest_sums(), "step {step}");
+        }
+        assert!(s.tasks.len() > 10, "the sequence launched tasks");
+        let back = ClusterState::decode(&s.encode()).unwrap();
+        assert_eq!(back.hash(), s.hash());
     }
 }

@@ -18,25 +18,34 @@ pub type Raft = openraft::Raft<CorralRaft>;
 
 /// What one Raft entry carries: a batch of replicated commands (group commit), encoded as
 /// the protobuf `corral.v1.CommandBatch` so that a newer master reads an older one's log.
+///
+/// The batch stays encoded from the moment the leader proposes it until a master applies
+/// it: the log store, replication and the follower's log only copy bytes, and each master
+/// decodes an entry once, to apply it ([`Proposal::decode`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Proposal {
-    pub batch: v1::CommandBatch,
+    /// The encoded `CommandBatch`.
+    pub batch: Vec<u8>,
 }
 
 impl Proposal {
-    /// One command, stamped with the leader's clock (`timestamp_ms`).
-    pub fn single(command: v1::Command) -> Self {
+    /// A proposal of `commands`, in order.
+    pub fn of(commands: Vec<v1::Command>) -> Self {
         Proposal {
-            batch: v1::CommandBatch {
-                commands: vec![command],
-            },
+            batch: v1::CommandBatch { commands }.encode_to_vec(),
         }
+    }
+
+    /// The commands. A batch that does not decode is corruption or a bug, never skipped:
+    /// the store turns the error into a storage error, which stops the node (STYLE.md 8).
+    pub fn decode(&self) -> Result<v1::CommandBatch, prost::DecodeError> {
+        v1::CommandBatch::decode(self.batch.as_slice())
     }
 }
 
 impl Serialize for Proposal {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.batch.encode_to_vec())
+        serializer.serialize_bytes(&self.batch)
     }
 }
 
@@ -49,22 +58,18 @@ impl<'de> Deserialize<'de> for Proposal {
                 f.write_str("a protobuf corral.v1.CommandBatch")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Proposal, E> {
-                // A command that fails to decode is a bug or corruption, never skipped: the
-                // error stops the node (STYLE.md 8).
-                v1::CommandBatch::decode(v)
-                    .map(|batch| Proposal { batch })
-                    .map_err(E::custom)
+                Ok(Proposal { batch: v.to_vec() })
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Proposal, E> {
-                self.visit_bytes(&v)
+                Ok(Proposal { batch: v })
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Proposal, A::Error> {
                 // Self-describing formats (JSON) may present bytes as a sequence.
-                let mut bytes = Vec::new();
+                let mut batch = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
-                    bytes.push(b);
+                    batch.push(b);
                 }
-                self.visit_bytes(&bytes)
+                Ok(Proposal { batch })
             }
         }
         deserializer.deserialize_bytes(Visit)
@@ -102,24 +107,17 @@ mod tests {
                 }],
             })),
         };
-        let p = Proposal::single(cmd);
+        let p = Proposal::of(vec![cmd.clone()]);
         let bytes = postcard::to_allocvec(&p).unwrap();
         assert_eq!(postcard::from_bytes::<Proposal>(&bytes).unwrap(), p);
         let json = serde_json::to_vec(&p).unwrap();
         assert_eq!(serde_json::from_slice::<Proposal>(&json).unwrap(), p);
+        assert_eq!(p.decode().unwrap().commands, vec![cmd]);
         // Garbage is an error, not an empty batch.
-        assert!(
-            postcard::from_bytes::<Proposal>(&postcard::to_allocvec(&serde_bytes_of(&[0xff, 0xff])).unwrap()).is_err()
-        );
-    }
-
-    fn serde_bytes_of(b: &[u8]) -> impl Serialize + '_ {
-        struct B<'a>(&'a [u8]);
-        impl Serialize for B<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(self.0)
-            }
+        assert!(Proposal {
+            batch: vec![0xff, 0xff]
         }
-        B(b)
+        .decode()
+        .is_err());
     }
 }

@@ -37,8 +37,17 @@ const SNAPSHOT_TMP: &str = "current.snap.tmp";
 /// `apply` must be deterministic: the same entries applied to the same state give the same
 /// state and responses on every node (no clock, no randomness, no I/O).
 pub trait StateMachine<C: StoreConfig>: Default + Send + Sync + 'static {
-    /// Apply the payload of one normal entry.
-    fn apply(&mut self, log_id: &LogId<u64>, data: &C::D) -> C::R;
+    /// A normal entry's payload made ready to apply. The store decodes every entry of a
+    /// batch before it takes the state's write lock, so readers do not wait on decoding.
+    type Decoded: Send;
+
+    /// Decode the payload of one normal entry. An error means corruption or a bug (a
+    /// payload written by this cluster that it cannot read): the store reports it to
+    /// openraft as a storage error, which stops the node rather than skip the entry.
+    fn decode(log_id: &LogId<u64>, data: &C::D) -> Result<Self::Decoded, String>;
+
+    /// Apply one decoded normal entry.
+    fn apply(&mut self, log_id: &LogId<u64>, decoded: Self::Decoded) -> C::R;
 
     /// Serialize the whole state for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
@@ -53,6 +62,13 @@ pub struct Applied<A> {
     pub last_applied: Option<LogId<u64>>,
     pub membership: StoredMembership<u64, openraft::BasicNode>,
     pub app: A,
+}
+
+/// An entry's payload on its way to the state machine.
+enum Payload<D> {
+    Blank,
+    Normal(D),
+    Membership(openraft::Membership<u64, openraft::BasicNode>),
 }
 
 /// A snapshot as persisted in the `snapshot` tree.
@@ -230,15 +246,30 @@ where
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut state = self.write_state();
-        let mut responses = Vec::new();
+        // Decoded before the write lock is taken: only the mutation itself blocks readers.
+        let mut decoded = Vec::new();
         for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => C::R::default(),
-                EntryPayload::Normal(ref data) => state.app.apply(&entry.log_id, data),
-                EntryPayload::Membership(ref m) => {
-                    state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            let payload = match entry.payload {
+                EntryPayload::Blank => Payload::Blank,
+                EntryPayload::Normal(ref data) => Payload::Normal(A::decode(&entry.log_id, data).map_err(|e| {
+                    StorageError::from(StorageIOError::apply(
+                        entry.log_id,
+                        AnyError::error(format!("entry {} cannot be decoded: {e}", entry.log_id)),
+                    ))
+                })?),
+                EntryPayload::Membership(m) => Payload::Membership(m),
+            };
+            decoded.push((entry.log_id, payload));
+        }
+        let mut state = self.write_state();
+        let mut responses = Vec::with_capacity(decoded.len());
+        for (log_id, payload) in decoded {
+            state.last_applied = Some(log_id);
+            let response = match payload {
+                Payload::Blank => C::R::default(),
+                Payload::Normal(d) => state.app.apply(&log_id, d),
+                Payload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(log_id), m);
                     C::R::default()
                 }
             };

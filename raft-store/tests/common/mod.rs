@@ -20,10 +20,16 @@ pub struct Kv {
 }
 
 impl StateMachine<TestConfig> for Kv {
-    fn apply(&mut self, _log_id: &LogId<u64>, data: &String) -> String {
-        self.applied += 1;
+    type Decoded = (String, String);
+
+    fn decode(_log_id: &LogId<u64>, data: &String) -> Result<(String, String), String> {
         let (k, v) = data.split_once('=').unwrap_or((data.as_str(), ""));
-        self.map.insert(k.to_string(), v.to_string()).unwrap_or_default()
+        Ok((k.to_string(), v.to_string()))
+    }
+
+    fn apply(&mut self, _log_id: &LogId<u64>, (k, v): (String, String)) -> String {
+        self.applied += 1;
+        self.map.insert(k, v).unwrap_or_default()
     }
 
     fn snapshot(&self) -> Vec<u8> {
