@@ -161,9 +161,13 @@ impl Tasks {
         self.lock()
             .tasks
             .iter()
-            .map(|((f, _), t)| v1::TaskRecord {
+            .map(|((f, id), t)| v1::TaskRecord {
                 framework_id: f.clone(),
-                task: Some(t.info.clone()),
+                // The id is all the master reads (see the proto).
+                task: Some(v1::TaskInfo {
+                    task_id: id.clone(),
+                    ..Default::default()
+                }),
                 state: t.state as i32,
                 exit_code: t.exit_code,
             })

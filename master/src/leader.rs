@@ -15,7 +15,12 @@ use corral_proto::resources::Resources;
 use corral_proto::v1;
 use openraft::ServerState;
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, watch, Notify};
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tonic::Status;
 
 use crate::allocator::{allocate, AgentView, FrameworkView};
@@ -43,12 +48,75 @@ pub type FrameworkTx = mpsc::Sender<Result<v1::Event, Status>>;
 pub struct AgentSession {
     pub session: u64,
     pub tx: AgentTx,
+    /// The agent's resources as it registered them (its part of the cluster total).
+    pub resources: Resources,
 }
 
 pub struct FrameworkSession {
     pub stream_id: String,
+    /// Live events: offers, rescinds, new updates, heartbeats. Never waits: a framework
+    /// that lets [`FRAMEWORK_STREAM_CAPACITY`] of them pile up is dropped.
     pub tx: FrameworkTx,
+    /// Unacknowledged updates sent again, at the pace the framework reads them (see
+    /// [`FrameworkEvents`]); however many there are, they cannot overflow the live channel.
+    resend_tx: mpsc::Sender<v1::Event>,
+    /// Set while a resend to this session runs, so that there is one at a time.
+    resending: Arc<AtomicBool>,
 }
+
+impl FrameworkSession {
+    /// A session, the stream the framework reads, and what tells that the framework went
+    /// away (the stream was dropped).
+    pub fn new(stream_id: String) -> (FrameworkSession, FrameworkEvents, oneshot::Receiver<()>) {
+        let (tx, live) = mpsc::channel(FRAMEWORK_STREAM_CAPACITY);
+        let (resend_tx, resent) = mpsc::channel(RESEND_CAPACITY);
+        let (gone_tx, gone) = oneshot::channel();
+        let session = FrameworkSession {
+            stream_id,
+            tx,
+            resend_tx,
+            resending: Arc::default(),
+        };
+        let events = FrameworkEvents {
+            live,
+            resent,
+            _gone: gone_tx,
+        };
+        (session, events, gone)
+    }
+}
+
+/// The event stream of one subscription: live events first, and resent updates when no
+/// live event is waiting. It ends when the live channel closes: the session was replaced
+/// or dropped, or this master stopped leading (dropping [`Soft`] drops every session).
+pub struct FrameworkEvents {
+    live: mpsc::Receiver<Result<v1::Event, Status>>,
+    resent: mpsc::Receiver<v1::Event>,
+    /// Dropped with the stream: tells the session's watcher the framework is gone.
+    _gone: oneshot::Sender<()>,
+}
+
+impl tokio_stream::Stream for FrameworkEvents {
+    type Item = Result<v1::Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.live.poll_recv(cx) {
+            Poll::Ready(next) => return Poll::Ready(next),
+            Poll::Pending => {}
+        }
+        match self.resent.poll_recv(cx) {
+            Poll::Ready(Some(ev)) => Poll::Ready(Some(Ok(ev))),
+            // No resend running (or none left): the live channel's waker is registered.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Capacity of a session's channel of resent updates. The resender waits for room, so
+/// this only bounds how far it runs ahead of the framework.
+pub const RESEND_CAPACITY: usize = 256;
+/// Tasks looked at per read of the state while resending: bounds how long apply waits.
+const RESEND_SCAN: usize = 1024;
 
 pub struct OfferRecord {
     pub framework_id: String,
@@ -79,8 +147,9 @@ pub struct Soft {
     /// Set when something other than an agent's free resources changed (a framework came or
     /// revived, tasks were killed in bulk): the next pass looks at every agent.
     pub full_pass: bool,
-    /// The sum of every connected, active agent's resources; `None` when the set of agents
-    /// changed since it was computed.
+    /// The sum of every connected, active agent's resources: summed on every full pass,
+    /// kept up to date between them as agents connect and go (a registration storm after a
+    /// failover would otherwise sum ten thousand agents on every pass).
     total: Option<Resources>,
     pub suppressed: HashSet<String>,
     /// When this leader's term began (agents and frameworks must come back after it).
@@ -154,9 +223,28 @@ impl Soft {
         }
     }
 
-    /// An agent connected or went away: the cluster total must be summed again.
-    pub fn agents_changed(&mut self) {
-        self.total = None;
+    /// Attach an agent's session (replacing an older one of the same agent).
+    pub fn add_agent(&mut self, agent_id: &str, session: AgentSession) {
+        let added = session.resources.clone();
+        if let Some(old) = self.agents.insert(agent_id.to_string(), session) {
+            tracing::info!(%agent_id, "agent reconnected; replacing its old stream");
+            self.adjust_total(|t| t.checked_sub(&old.resources).ok());
+        }
+        self.adjust_total(|t| t.checked_add(&added).ok());
+        self.touch_agent(agent_id);
+    }
+
+    /// Detach an agent's session.
+    pub fn remove_agent(&mut self, agent_id: &str) -> Option<AgentSession> {
+        let gone = self.agents.remove(agent_id)?;
+        self.adjust_total(|t| t.checked_sub(&gone.resources).ok());
+        Some(gone)
+    }
+
+    /// Update the cluster total; if it cannot be (it would not add up), the next pass sums
+    /// it again.
+    fn adjust_total(&mut self, f: impl FnOnce(&Resources) -> Option<Resources>) {
+        self.total = self.total.as_ref().and_then(f);
     }
 
     /// Do not offer `agent_id` to `framework_id` until `until`.
@@ -257,8 +345,7 @@ impl Soft {
             return true;
         }
         tracing::warn!(agent_id, "agent stream full or closed; dropping the connection");
-        self.agents.remove(agent_id);
-        self.agents_changed();
+        self.remove_agent(agent_id);
         self.rescind_agent_offers(agent_id);
         false
     }
@@ -390,7 +477,9 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
         }
         if now - soft.last_resend >= STATUS_RESEND_INTERVAL {
             soft.last_resend = now;
-            resend_unacked(&state.app, soft, None);
+            for (framework_id, session) in &soft.frameworks {
+                start_resend(shared, framework_id, session);
+            }
         }
         due = due_timeouts(&state.app, soft, &shared.config, now);
     }
@@ -493,25 +582,66 @@ pub fn forward_task_updates(shared: &Shared, agent_id: &str) {
     }
 }
 
-/// Send every unacknowledged update again (to one framework, or all connected ones).
-pub fn resend_unacked(state: &ClusterState, soft: &mut Soft, only: Option<&str>) {
-    let connected: Vec<String> = match only {
-        Some(f) => vec![f.to_string()],
-        None => soft.frameworks.keys().cloned().collect(),
-    };
-    let connected: HashSet<String> = connected.into_iter().collect();
-    let mut events = Vec::new();
-    for t in state
-        .tasks
-        .values()
-        .filter(|t| !t.unacked.is_empty() && connected.contains(&t.framework_id))
-    {
-        for u in &t.unacked {
-            events.push((t.framework_id.clone(), t.wire_status(u)));
+/// Send every unacknowledged update of `framework_id` again, through `session`'s resend
+/// channel, unless a resend to it is already running. The updates go out as the framework
+/// reads them, so a framework that comes back to a hundred thousand unacknowledged updates
+/// gets them all without its stream overflowing.
+pub fn start_resend(shared: &Shared, framework_id: &str, session: &FrameworkSession) {
+    if session.resending.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let job = resend(
+        shared.clone(),
+        framework_id.to_string(),
+        session.resend_tx.clone(),
+        session.resending.clone(),
+    );
+    tokio::spawn(job);
+}
+
+async fn resend(shared: Shared, framework_id: String, tx: mpsc::Sender<v1::Event>, running: Arc<AtomicBool>) {
+    /// Clears the flag however the resend ends.
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
         }
     }
-    for (f, status) in events {
-        soft.send_framework(&f, event(v1::event::Event::Update(v1::Update { status: Some(status) })));
+    let _done = Done(running);
+    let mut after: Option<(String, String)> = None;
+    loop {
+        // A bounded slice of the framework's tasks per read of the state.
+        let (events, last) = {
+            let state = shared.state.read();
+            let from = match after.take() {
+                Some(key) => Bound::Excluded(key),
+                None => Bound::Included((framework_id.clone(), String::new())),
+            };
+            let mut events = Vec::new();
+            let mut last = None;
+            for (key, t) in state
+                .app
+                .tasks
+                .range((from, Bound::Unbounded))
+                .take_while(|((f, _), _)| *f == framework_id)
+                .take(RESEND_SCAN)
+            {
+                events.extend(t.unacked.iter().map(|u| {
+                    event(v1::event::Event::Update(v1::Update {
+                        status: Some(t.wire_status(u)),
+                    }))
+                }));
+                last = Some(key.clone());
+            }
+            (events, last)
+        };
+        let Some(last) = last else { return };
+        for ev in events {
+            if tx.send(ev).await.is_err() {
+                return; // the subscription ended
+            }
+        }
+        after = Some(last);
     }
 }
 
@@ -547,6 +677,8 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
     }
     let active = |id: &String| state.agents.get(id).filter(|a| a.state == AgentState::Active);
     if full || soft.total.is_none() {
+        // Summed from scratch: also catches an agent that is connected but no longer
+        // active in the replicated state.
         let total = soft
             .agents
             .keys()
@@ -669,6 +801,59 @@ mod tests {
         assert_eq!(Soft::offer_term(&id), Some(7));
         assert_eq!(Soft::offer_term("garbage"), None);
         assert_eq!(Soft::offer_term("O-1"), None);
+    }
+
+    fn heartbeat() -> v1::Event {
+        event(v1::event::Event::Heartbeat(v1::Heartbeat {}))
+    }
+
+    fn update(task: &str) -> v1::Event {
+        event(v1::event::Event::Update(v1::Update {
+            status: Some(v1::TaskStatus {
+                task_id: task.into(),
+                ..Default::default()
+            }),
+        }))
+    }
+
+    /// Live events go first and never wait behind resent updates; resent updates are sent
+    /// as the framework reads (the resender waits for room instead of overflowing the
+    /// stream); the stream ends with the live channel; dropping it tells the watcher.
+    #[tokio::test]
+    async fn a_subscription_streams_live_events_first_and_resends_at_the_readers_pace() {
+        use tokio_stream::StreamExt;
+        let (session, mut events, mut gone) = FrameworkSession::new("s".into());
+        // A resender with more to send than the channel holds.
+        let resend_tx = session.resend_tx.clone();
+        let resender = tokio::spawn(async move {
+            for i in 0..RESEND_CAPACITY * 3 {
+                if resend_tx.send(update(&format!("t{i}"))).await.is_err() {
+                    return i;
+                }
+            }
+            RESEND_CAPACITY * 3
+        });
+        while session.resend_tx.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!resender.is_finished(), "the resender waits for the reader");
+        session.tx.try_send(Ok(heartbeat())).unwrap();
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!(first, heartbeat(), "a live event overtakes queued resends");
+        let mut resent = 0;
+        while resent < RESEND_CAPACITY * 3 {
+            let ev = events.next().await.unwrap().unwrap();
+            assert_eq!(ev, update(&format!("t{resent}")), "resent in order");
+            resent += 1;
+        }
+        assert_eq!(resender.await.unwrap(), RESEND_CAPACITY * 3);
+        assert!(gone.try_recv().is_err(), "the framework is still reading");
+        // Leadership lost (the session dropped): the stream ends, queued resends or not.
+        session.resend_tx.try_send(update("late")).unwrap();
+        drop(session);
+        assert!(events.next().await.is_none());
+        drop(events);
+        assert!(gone.await.is_err(), "dropping the stream tells the watcher");
     }
 
     #[test]

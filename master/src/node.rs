@@ -21,6 +21,10 @@ use crate::types::{CorralRaft, NodeId, Outcome, Raft};
 /// How long a write may wait to be committed before the client is told UNAVAILABLE. A
 /// leader that lost its quorum cannot commit; the client must not hang on it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a leader-only call waits for a leader to be elected (see
+/// [`Shared::leader_or_hold`]). Well within the clients' request timeout (5 s), and longer
+/// than an election takes with the default timeouts (under half a second).
+pub const LEADER_HOLD: Duration = Duration::from_millis(1500);
 /// Entries between two snapshots; the log is purged behind each one.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
@@ -134,6 +138,36 @@ impl Shared {
             Ok(())
         } else {
             Err(corral_proto::client::not_leader(self.leader().map(|l| l.1).as_deref()))
+        }
+    }
+
+    /// Like [`Shared::require_leader`], but while no leader is known (an election is on)
+    /// wait up to [`LEADER_HOLD`] for one before answering: then the caller goes on here
+    /// if this master won, or gets the redirect to the winner. Clients that lost their
+    /// leader thus learn the next one the moment it is elected, with one call per master
+    /// instead of a storm of retries that would slow the election down (Nomad holds RPCs
+    /// the same way while it has no leader).
+    pub async fn leader_or_hold(&self) -> Result<(), Status> {
+        let mut metrics = self.raft.metrics();
+        let hold = tokio::time::sleep(LEADER_HOLD);
+        tokio::pin!(hold);
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state == ServerState::Leader {
+                    return Ok(());
+                }
+                if let Some(id) = m.current_leader.filter(|id| *id != self.config.id) {
+                    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+                    return Err(corral_proto::client::not_leader(addr.as_deref()));
+                }
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() {
+                    return Err(Status::unavailable("this master's raft node stopped"));
+                },
+                _ = &mut hold => return Err(corral_proto::client::not_leader(None)),
+            }
         }
     }
 

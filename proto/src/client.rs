@@ -136,11 +136,10 @@ impl Masters {
         let mut backoff = BACKOFF_START;
         let mut last_error = Status::unavailable("no master could be reached");
         loop {
-            let mut queue: Vec<String> = Vec::new();
-            if let Some(l) = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                queue.push(l);
-            }
-            queue.extend(self.masters.iter().cloned());
+            // The last known leader first, then every master once.
+            let last = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut queue: Vec<String> = last.iter().cloned().collect();
+            queue.extend(self.masters.iter().filter(|m| Some(*m) != last.as_ref()).cloned());
             let mut redirects = 0;
             let mut i = 0;
             while i < queue.len() {

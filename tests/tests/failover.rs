@@ -643,3 +643,74 @@ async fn failover_p1_launch_storm_through_a_leader_kill_launches_exactly_once() 
 async fn failover_p1_paused_old_leader_cannot_double_launch() {
     launch_storm(Fault::Pause).await;
 }
+
+/// Read `fw`'s events until `done` holds, or fail after `T`.
+async fn watch_until(fw: &mut Framework, what: &str, done: impl Fn(&Framework) -> bool) {
+    let give_up = std::time::Instant::now() + T;
+    while !done(fw) {
+        assert!(std::time::Instant::now() < give_up, "timed out waiting for: {what}");
+        fw.watch(Duration::from_millis(200)).await;
+    }
+}
+
+/// A framework that comes back to more unacknowledged updates than one read of the state
+/// resends gets every one of them, in its new subscription, while live events still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p2_a_returning_framework_gets_thousands_of_unacknowledged_updates() {
+    // More than one read of the state resends (1,024 tasks), and than the resend channel
+    // holds.
+    const AGENTS: usize = 6;
+    const PER_AGENT: usize = 200;
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+    // Simulated agents: tasks report RUNNING and stay so.
+    let fleet = corral_tests::sim::Fleet::start(&masters, AGENTS, "cpus:8;mem:8192", false);
+    cluster.wait_agents(AGENTS, T).await;
+    let mut fw = cluster.framework("unacked", "").await;
+    fw.ack = false;
+    let mut launched = BTreeSet::new();
+    let mut seen_agents = BTreeSet::new();
+    while seen_agents.len() < AGENTS {
+        for offer in fw.next_offers(T).await {
+            if !seen_agents.insert(offer.agent_id.clone()) {
+                continue;
+            }
+            let tasks: Vec<v1::TaskInfo> = (0..PER_AGENT)
+                .map(|i| {
+                    let id = format!("{}-{i}", offer.agent_id);
+                    launched.insert(id.clone());
+                    Framework::task(&id, &offer.agent_id, 0.01, 1.0, &["true"])
+                })
+                .collect();
+            fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
+        }
+    }
+    let running = |fw: &Framework| -> BTreeSet<String> {
+        fw.updates
+            .iter()
+            .filter(|s| s.state == TaskState::TaskRunning as i32)
+            .map(|s| s.task_id.clone())
+            .collect()
+    };
+    watch_until(&mut fw, "RUNNING of every task, unacknowledged", |fw| {
+        running(fw) == launched
+    })
+    .await;
+    // The framework fails over to a new subscription: every update comes again, and this
+    // time it acknowledges them.
+    fw.updates.clear();
+    fw.ack = true;
+    fw.resubscribe().await.unwrap();
+    watch_until(&mut fw, "every unacknowledged update resent", |fw| {
+        running(fw) == launched
+    })
+    .await;
+    // Every one was acknowledged (pump waits for each Acknowledge): a new subscription gets
+    // none again. The resend starts with the subscription, so a second is plenty.
+    fw.updates.clear();
+    fw.resubscribe().await.unwrap();
+    fw.watch(Duration::from_secs(1)).await;
+    assert_eq!(running(&fw), BTreeSet::new(), "acknowledged updates are not resent");
+    fleet.stop().await;
+}

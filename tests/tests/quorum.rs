@@ -302,3 +302,57 @@ async fn quorum_p2_invalid_weights_are_rejected_and_the_master_keeps_serving() {
     .await;
     assert_eq!(weights.get("prod"), Some(&2.0));
 }
+
+/// While no leader is known, a follower holds a leader-only call until one is elected
+/// (then answers with the redirect, or serves it if it won) instead of refusing at once:
+/// clients that lost their leader learn the next one with one call, not a retry storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p2_a_follower_holds_leader_only_calls_through_an_election() {
+    use corral_proto::v1;
+    use corral_proto::v1::operator_client::OperatorClient;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    let survivor = (1..=3).find(|&i| i != leader && i != other).unwrap();
+    // No quorum: the survivor stands for election again and again, and knows no leader.
+    cluster.kill(leader);
+    cluster.kill(other);
+    wait_for(Duration::from_secs(10), "the survivor to know no leader", || async {
+        let s = cluster.status_of(survivor).await?;
+        s.leader.is_none().then_some(())
+    })
+    .await;
+    let channel = corral_proto::client::channel(cluster.address(survivor), Duration::from_secs(5)).unwrap();
+    let ask = || {
+        let mut client = OperatorClient::new(channel.clone());
+        async move { client.list_members(v1::ListMembersRequest {}).await }
+    };
+    // Held for the whole hold, then refused without a leader to name.
+    let started = Instant::now();
+    let err = ask().await.unwrap_err();
+    let held = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(corral_proto::client::leader_hint(&err), None);
+    assert!(held >= Duration::from_millis(1400), "refused after only {held:?}");
+    // The quorum comes back during a held call: that call gets the outcome of the election.
+    cluster.restart(other);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = Instant::now();
+        let answer = ask().await;
+        let waited = started.elapsed();
+        let elected = match &answer {
+            Ok(_) => true,
+            Err(e) => corral_proto::client::leader_hint(e).is_some(),
+        };
+        if elected {
+            // Calls follow each other without a pause, so the election ended during one.
+            assert!(
+                waited >= Duration::from_millis(20),
+                "answered after {waited:?}: {answer:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < give_up, "no leader elected: {answer:?}");
+    }
+}

@@ -7,30 +7,43 @@
 //! acknowledged to the agent and forwarded to the framework (at-least-once end to end).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral_proto::v1;
 use corral_proto::v1::agents_server::Agents;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::leader::{event, AgentSession, AGENT_PING_INTERVAL, STREAM_CAPACITY};
 use crate::node::Shared;
+use crate::state::AgentState;
 use crate::types::Outcome;
 use crate::validate;
 
 /// How long an agent has to send Register after opening the stream.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most registrations handled at once. After a failover every agent of the cluster
+/// re-registers within a second; the rest wait their turn (their Register message stays
+/// in the connection's flow-control window), so the storm costs bounded memory and the
+/// leader keeps answering everything else, its own heartbeats included. Each registration
+/// is one group-committed write, so this many share a few Raft entries.
+pub const MAX_REGISTRATIONS_IN_FLIGHT: usize = 1024;
+
 pub struct AgentsService {
     shared: Shared,
+    registering: Arc<Semaphore>,
 }
 
 impl AgentsService {
     pub fn new(shared: Shared) -> Self {
-        AgentsService { shared }
+        AgentsService {
+            shared,
+            registering: Arc::new(Semaphore::new(MAX_REGISTRATIONS_IN_FLIGHT)),
+        }
     }
 }
 
@@ -42,7 +55,12 @@ impl Agents for AgentsService {
 
     async fn attach(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<MasterStream>, Status> {
         let shared = &self.shared;
-        shared.require_leader()?;
+        shared.leader_or_hold().await?;
+        let _turn = self
+            .registering
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("this master is shutting down"))?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.next())
             .await
@@ -55,8 +73,9 @@ impl Agents for AgentsService {
             .info
             .clone()
             .ok_or_else(|| Status::invalid_argument("register.info: missing"))?;
-        validate::agent_info("register.info", &info).map_err(Status::invalid_argument)?;
-        let known = !register.agent_id.is_empty() && shared.state.read().app.agents.contains_key(&register.agent_id);
+        let resources = validate::agent_info("register.info", &info).map_err(Status::invalid_argument)?;
+        let prior = shared.state.read().app.agents.get(&register.agent_id).map(|a| a.state);
+        let known = !register.agent_id.is_empty() && prior.is_some();
         let agent_id = if register.agent_id.is_empty() {
             format!("agent-{:016x}", rand::random::<u64>())
         } else {
@@ -67,7 +86,7 @@ impl Agents for AgentsService {
             v1::command::Kind::ReregisterAgent(v1::ReregisterAgent {
                 agent_id: agent_id.clone(),
                 info: Some(info),
-                tasks: register.tasks.clone(),
+                tasks: inventory_for_log(&register.tasks),
             })
         } else {
             v1::command::Kind::RegisterAgent(v1::RegisterAgent {
@@ -78,7 +97,7 @@ impl Agents for AgentsService {
         if let Outcome::Rejected(why) = shared.write(kind).await? {
             return Err(Status::failed_precondition(why));
         }
-        if known {
+        if prior == Some(AgentState::Unreachable) {
             // Tasks reconciled back from UNREACHABLE: tell their frameworks.
             crate::leader::forward_task_updates(shared, &agent_id);
         }
@@ -89,15 +108,7 @@ impl Agents for AgentsService {
             let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
             let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
             let session = soft.next_session();
-            if soft
-                .agents
-                .insert(agent_id.clone(), AgentSession { session, tx })
-                .is_some()
-            {
-                tracing::info!(%agent_id, "agent reconnected; replacing its old stream");
-            }
-            soft.agents_changed();
-            soft.touch_agent(&agent_id);
+            soft.add_agent(&agent_id, AgentSession { session, tx, resources });
             soft.send_agent(
                 &agent_id,
                 v1::master_message::Message::Registered(v1::Registered {
@@ -150,6 +161,25 @@ impl Agents for AgentsService {
         tokio::spawn(serve_agent(shared.clone(), agent_id, session, inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The inventory as the log needs it: apply reconciles a returning agent's tasks by id,
+/// state and exit code, so the rest of each TaskInfo (command, resources, ...) stays out
+/// of the Raft entry. After a failover every agent re-registers at once; this keeps those
+/// entries, and the work of replicating and applying them, a fraction of the size.
+fn inventory_for_log(tasks: &[v1::TaskRecord]) -> Vec<v1::TaskRecord> {
+    tasks
+        .iter()
+        .map(|t| v1::TaskRecord {
+            framework_id: t.framework_id.clone(),
+            task: t.task.as_ref().map(|info| v1::TaskInfo {
+                task_id: info.task_id.clone(),
+                ..Default::default()
+            }),
+            state: t.state,
+            exit_code: t.exit_code,
+        })
+        .collect()
 }
 
 /// Most status updates of one agent being committed at once. Further messages wait in the
@@ -229,8 +259,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(soft) = guard.as_mut() {
         if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
-            soft.agents.remove(&agent_id);
-            soft.agents_changed();
+            soft.remove_agent(&agent_id);
             soft.agent_gone_at.insert(agent_id.clone(), std::time::Instant::now());
             soft.rescind_agent_offers(&agent_id);
             tracing::info!(%agent_id, "agent disconnected");

@@ -139,14 +139,14 @@ impl Operator for OperatorService {
         &self,
         _: Request<v1::ListMembersRequest>,
     ) -> Result<Response<v1::ListMembersResponse>, Status> {
-        self.shared.require_leader()?;
+        self.shared.leader_or_hold().await?;
         Ok(Response::new(v1::ListMembersResponse {
             members: self.members().await,
         }))
     }
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::AddMemberResponse>, Status> {
-        self.shared.require_leader()?;
+        self.shared.leader_or_hold().await?;
         let req = req.into_inner();
         if req.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
@@ -202,7 +202,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
-        self.shared.require_leader()?;
+        self.shared.leader_or_hold().await?;
         let id = req.into_inner().id;
         let membership = self.shared.membership();
         if membership.get_node(&id).is_none() {
@@ -340,7 +340,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::SetWeightsRequest>,
     ) -> Result<Response<v1::SetWeightsResponse>, Status> {
-        self.shared.require_leader()?;
+        self.shared.leader_or_hold().await?;
         let req = req.into_inner();
         if req.weights.is_empty() {
             return Err(Status::invalid_argument(

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use corral_proto::resources::Resources;
 use corral_proto::v1;
 use corral_proto::v1::scheduler_server::Scheduler;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::leader::{event, resend_unacked, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT, FRAMEWORK_STREAM_CAPACITY};
+use crate::leader::{event, start_resend, FrameworkEvents, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT};
 use crate::node::Shared;
 use crate::state::FrameworkState;
 use crate::types::Outcome;
@@ -29,8 +27,8 @@ impl SchedulerService {
     }
 
     /// The header names a subscribed framework and its current stream.
-    fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<String, Status> {
-        self.shared.require_leader()?;
+    async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<String, Status> {
+        self.shared.leader_or_hold().await?;
         let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
         validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
         let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,7 +52,7 @@ impl SchedulerService {
     }
 }
 
-type EventStream = ReceiverStream<Result<v1::Event, Status>>;
+type EventStream = FrameworkEvents;
 
 fn filter_until(refuse_seconds: f64) -> Option<Instant> {
     (refuse_seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(refuse_seconds))
@@ -66,7 +64,7 @@ impl Scheduler for SchedulerService {
 
     async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
         let shared = &self.shared;
-        shared.require_leader()?;
+        shared.leader_or_hold().await?;
         let req = req.into_inner();
         let mut info = req
             .framework
@@ -104,10 +102,8 @@ impl Scheduler for SchedulerService {
         }
         let framework_id = info.framework_id.clone();
         let stream_id = format!("{:032x}", rand::random::<u128>());
-        let (tx, rx) = mpsc::channel(FRAMEWORK_STREAM_CAPACITY);
-        let watch_tx = tx.clone();
+        let (session, events, gone) = FrameworkSession::new(stream_id.clone());
         {
-            let state = shared.state.read();
             let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
             let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
             if let Some(old) = soft.frameworks.remove(&framework_id) {
@@ -116,13 +112,7 @@ impl Scheduler for SchedulerService {
                 }))));
                 soft.drop_framework_offers(&framework_id);
             }
-            soft.frameworks.insert(
-                framework_id.clone(),
-                FrameworkSession {
-                    stream_id: stream_id.clone(),
-                    tx,
-                },
-            );
+            soft.frameworks.insert(framework_id.clone(), session);
             if req.suppressed {
                 soft.suppressed.insert(framework_id.clone());
             }
@@ -139,17 +129,19 @@ impl Scheduler for SchedulerService {
             };
             soft.send_framework(&framework_id, event(v1::event::Event::Subscribed(subscribed)));
             // Updates the framework has not acknowledged, from before a failover too.
-            resend_unacked(&state.app, soft, Some(&framework_id));
+            if let Some(session) = soft.frameworks.get(&framework_id) {
+                start_resend(shared, &framework_id, session);
+            }
         }
         tracing::info!(%framework_id, name = %info.name, role = %info.role, failover, "framework subscribed");
         shared.allocate_now.notify_one();
-        tokio::spawn(watch_framework(shared.clone(), framework_id, stream_id, watch_tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(watch_framework(shared.clone(), framework_id, stream_id, gone));
+        Ok(Response::new(events))
     }
 
     async fn accept(&self, req: Request<v1::AcceptRequest>) -> Result<Response<v1::AcceptResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref())?;
+        let framework_id = self.check_header(req.header.as_ref()).await?;
         if req.offer_ids.is_empty() {
             return Err(Status::invalid_argument("offer_ids: at least one offer is required"));
         }
@@ -269,7 +261,7 @@ impl Scheduler for SchedulerService {
 
     async fn decline(&self, req: Request<v1::DeclineRequest>) -> Result<Response<v1::DeclineResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref())?;
+        let framework_id = self.check_header(req.header.as_ref()).await?;
         let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
         self.with_soft(|soft| {
             for id in &req.offer_ids {
@@ -288,7 +280,7 @@ impl Scheduler for SchedulerService {
     }
 
     async fn revive(&self, req: Request<v1::ReviveRequest>) -> Result<Response<v1::ReviveResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
         self.with_soft(|soft| {
             soft.suppressed.remove(&framework_id);
             soft.filters.remove(&framework_id);
@@ -299,14 +291,14 @@ impl Scheduler for SchedulerService {
     }
 
     async fn suppress(&self, req: Request<v1::SuppressRequest>) -> Result<Response<v1::SuppressResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
         self.with_soft(|soft| soft.suppressed.insert(framework_id))?;
         Ok(Response::new(v1::SuppressResponse {}))
     }
 
     async fn kill(&self, req: Request<v1::KillRequest>) -> Result<Response<v1::KillResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref())?;
+        let framework_id = self.check_header(req.header.as_ref()).await?;
         validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
         let (agent_id, terminal) = {
             let state = self.shared.state.read();
@@ -339,7 +331,7 @@ impl Scheduler for SchedulerService {
         req: Request<v1::AcknowledgeRequest>,
     ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref())?;
+        let framework_id = self.check_header(req.header.as_ref()).await?;
         validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
         if req.uuid.is_empty() || req.uuid.len() > 64 {
             return Err(Status::invalid_argument(
@@ -360,7 +352,7 @@ impl Scheduler for SchedulerService {
 
     async fn reconcile(&self, req: Request<v1::ReconcileRequest>) -> Result<Response<v1::ReconcileResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref())?;
+        let framework_id = self.check_header(req.header.as_ref()).await?;
         for (i, t) in req.tasks.iter().enumerate() {
             validate::id(&format!("tasks[{i}].task_id"), &t.task_id).map_err(Status::invalid_argument)?;
         }
@@ -418,7 +410,7 @@ impl Scheduler for SchedulerService {
     }
 
     async fn teardown(&self, req: Request<v1::TeardownRequest>) -> Result<Response<v1::TeardownResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref())?;
+        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
         teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?;
         Ok(Response::new(v1::TeardownResponse {}))
     }
@@ -437,9 +429,10 @@ pub async fn teardown(shared: &Shared, framework_id: &str, why: &str) -> Result<
         state
             .app
             .tasks
-            .values()
-            .filter(|t| t.framework_id == framework_id && !t.is_terminal())
-            .map(|t| (t.agent_id.clone(), t.task_id.clone()))
+            .range((framework_id.to_string(), String::new())..)
+            .take_while(|((f, _), _)| f == framework_id)
+            .filter(|(_, t)| !t.is_terminal())
+            .map(|(_, t)| (t.agent_id.clone(), t.task_id.clone()))
             .collect()
     };
     let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
@@ -475,13 +468,13 @@ async fn watch_framework(
     shared: Shared,
     framework_id: String,
     stream_id: String,
-    tx: mpsc::Sender<Result<v1::Event, Status>>,
+    mut gone: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut beat = tokio::time::interval(FRAMEWORK_HEARTBEAT);
     beat.tick().await;
     loop {
         tokio::select! {
-            _ = tx.closed() => break,
+            _ = &mut gone => break,
             _ = beat.tick() => {
                 let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(soft) = guard.as_mut() else { return };
