@@ -130,7 +130,6 @@ struct SimAgent {
 }
 
 struct SimTask {
-    info: v1::TaskInfo,
     state: v1::TaskState,
 }
 
@@ -156,11 +155,15 @@ impl SimAgent {
                         version: "sim".into(),
                         isolation: false,
                     }),
+                    // As real agents do: the master needs only the task ids.
                     tasks: tasks
                         .iter()
-                        .map(|((f, _), t)| v1::TaskRecord {
+                        .map(|((f, id), t)| v1::TaskRecord {
                             framework_id: f.clone(),
-                            task: Some(t.info.clone()),
+                            task: Some(v1::TaskInfo {
+                                task_id: id.clone(),
+                                ..Default::default()
+                            }),
                             state: t.state as i32,
                             exit_code: None,
                         })
@@ -216,7 +219,7 @@ impl SimAgent {
                             unacked.push(done);
                             state = v1::TaskState::TaskFinished;
                         }
-                        tasks.insert(key, SimTask { info, state });
+                        tasks.insert(key, SimTask { state });
                         self.fleet.tasks.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(v1::master_message::Message::KillTask(k)) => {
@@ -292,6 +295,8 @@ struct FrameworkState {
     finished: AtomicU64,
     /// Accepts the master refused.
     refused: AtomicU64,
+    /// Acknowledgements sent and not answered yet.
+    acks_pending: AtomicU64,
 }
 
 /// A simulated framework.
@@ -308,6 +313,8 @@ pub struct Counts {
     pub running: u64,
     pub finished: u64,
     pub refused: u64,
+    /// Acknowledgements in flight.
+    pub acks_pending: u64,
 }
 
 impl SimFramework {
@@ -341,6 +348,7 @@ impl SimFramework {
             running: self.state.running.load(Ordering::Relaxed),
             finished: self.state.finished.load(Ordering::Relaxed),
             refused: self.state.refused.load(Ordering::Relaxed),
+            acks_pending: self.state.acks_pending.load(Ordering::Relaxed),
         }
     }
 
@@ -576,17 +584,18 @@ impl FrameworkRun {
             uuid: s.uuid,
         };
         let this = self.clone();
+        this.state.acks_pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let Ok(_permit) = this.calls.clone().acquire_owned().await else {
-                return;
-            };
-            let _ = this
-                .masters
-                .on_leader(Duration::from_secs(5), |ch| {
-                    let r = request.clone();
-                    async move { SchedulerClient::new(ch).acknowledge(r).await }
-                })
-                .await;
+            if let Ok(_permit) = this.calls.clone().acquire_owned().await {
+                let _ = this
+                    .masters
+                    .on_leader(Duration::from_secs(5), |ch| {
+                        let r = request.clone();
+                        async move { SchedulerClient::new(ch).acknowledge(r).await }
+                    })
+                    .await;
+            }
+            this.state.acks_pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

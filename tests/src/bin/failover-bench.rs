@@ -13,6 +13,11 @@ use corral_proto::v1;
 use corral_proto::v1::operator_client::OperatorClient;
 use corral_tests::Cluster;
 
+/// The simulated fleet allocates like a server does; the system allocator would make the
+/// simulator, not the masters, the bottleneck on a small machine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     rounds: usize,
     masters: u64,

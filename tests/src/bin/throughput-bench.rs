@@ -19,6 +19,11 @@ use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The simulated fleet allocates like a server does; the system allocator would make the
+/// simulator, not the masters, the bottleneck on a small machine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     masters: u64,
     seconds: u64,
