@@ -159,6 +159,8 @@ pub struct Soft {
     pub framework_gone_at: HashMap<String, Instant>,
     /// Timeouts being committed, so that each fires once.
     pub firing: HashSet<String>,
+    /// Whether "every active agent is attached" was logged in this term.
+    all_agents_back: bool,
     next_offer: u64,
     next_session: u64,
     last_resend: Instant,
@@ -183,6 +185,7 @@ impl Soft {
             agent_gone_at: HashMap::new(),
             framework_gone_at: HashMap::new(),
             firing: HashSet::new(),
+            all_agents_back: false,
             next_offer: 0,
             next_session: 0,
             last_resend: Instant::now(),
@@ -511,11 +514,13 @@ enum Timeout {
 /// the session ended, or from the start of the term for ones that never came back to it.
 fn due_timeouts(state: &ClusterState, soft: &mut Soft, config: &crate::config::Config, now: Instant) -> Vec<Timeout> {
     let mut due = Vec::new();
+    let mut away = 0;
     for a in state
         .agents
         .values()
         .filter(|a| a.state == AgentState::Active && !soft.agents.contains_key(&a.id))
     {
+        away += 1;
         let (since, limit) = match soft.agent_gone_at.get(&a.id) {
             Some(t) => (*t, config.agent_ping_timeout),
             None => (soft.since, config.agent_reregister_timeout),
@@ -523,6 +528,14 @@ fn due_timeouts(state: &ClusterState, soft: &mut Soft, config: &crate::config::C
         if now.duration_since(since) > limit && soft.firing.insert(format!("agent/{}", a.id)) {
             due.push(Timeout::AgentUnreachable(a.id.clone()));
         }
+    }
+    if away == 0 && !soft.all_agents_back {
+        soft.all_agents_back = true;
+        tracing::info!(
+            agents = soft.agents.len(),
+            after = ?soft.since.elapsed(),
+            "every active agent is attached to this leader"
+        );
     }
     for f in state
         .frameworks

@@ -303,6 +303,27 @@ pub struct RaftService {
     pub raft: Raft,
     pub cluster: String,
     pub id: NodeId,
+    pub contact: LeaderContact,
+}
+
+/// When this master last accepted an AppendEntries (heartbeats included), and from which
+/// leader. openraft's metrics name the leader a follower last followed, even one that died
+/// a moment ago; this tells whether that leader is still heard from. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LeaderContact(Arc<Mutex<Option<(NodeId, std::time::Instant)>>>);
+
+impl LeaderContact {
+    fn heard(&self, leader: NodeId) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, std::time::Instant::now()));
+    }
+
+    /// How long ago `leader` was last heard from, if it ever was.
+    pub fn silence(&self, leader: NodeId) -> Option<Duration> {
+        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((id, at)) if id == leader => Some(at.elapsed()),
+            _ => None,
+        }
+    }
 }
 
 impl RaftService {
@@ -335,7 +356,14 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<v1
 impl v1::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
         let rpc: AppendEntriesRequest<CorralRaft> = self.open(req.into_inner())?;
-        reply(self.raft.append_entries(rpc).await)
+        let from = rpc.vote.leader_id().voted_for();
+        let answer = self.raft.append_entries(rpc).await;
+        if let (Some(leader), Ok(r)) = (from, &answer) {
+            if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                self.contact.heard(leader);
+            }
+        }
+        reply(answer)
     }
 
     async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {

@@ -96,6 +96,8 @@ pub struct Shared {
     pub allocate_now: Arc<tokio::sync::Notify>,
     /// The state hash at an applied index, computed once per index.
     hash_cache: Arc<Mutex<Option<(u64, String)>>>,
+    /// When the leader was last heard from (see [`Shared::leader_or_hold`]).
+    contact: crate::network::LeaderContact,
     /// Writes waiting for group commit.
     commits: crate::commit::Queue,
 }
@@ -141,7 +143,8 @@ impl Shared {
         }
     }
 
-    /// Like [`Shared::require_leader`], but while no leader is known (an election is on)
+    /// Like [`Shared::require_leader`], but while no leader is known (an election is on),
+    /// or the known one has gone silent (it just died; the election has not started yet),
     /// wait up to [`LEADER_HOLD`] for one before answering: then the caller goes on here
     /// if this master won, or gets the redirect to the winner. Clients that lost their
     /// leader thus learn the next one the moment it is elected, with one call per master
@@ -151,22 +154,36 @@ impl Shared {
         let mut metrics = self.raft.metrics();
         let hold = tokio::time::sleep(LEADER_HOLD);
         tokio::pin!(hold);
+        // A leader silent for this long has probably died; its followers will notice at
+        // their election timeout, and until then keep naming it.
+        let silent = self.config.heartbeat_interval * 3;
         loop {
-            {
+            let stale_hint = {
                 let m = metrics.borrow_and_update();
                 if m.state == ServerState::Leader {
                     return Ok(());
                 }
-                if let Some(id) = m.current_leader.filter(|id| *id != self.config.id) {
-                    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
-                    return Err(corral_proto::client::not_leader(addr.as_deref()));
+                match m.current_leader.filter(|id| *id != self.config.id) {
+                    Some(id) => {
+                        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+                        let redirect = corral_proto::client::not_leader(addr.as_deref());
+                        if self.contact.silence(id).is_some_and(|s| s <= silent) {
+                            return Err(redirect);
+                        }
+                        Some(redirect)
+                    }
+                    None => None,
                 }
-            }
+            };
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() {
                     return Err(Status::unavailable("this master's raft node stopped"));
                 },
-                _ = &mut hold => return Err(corral_proto::client::not_leader(None)),
+                // A known but silent leader: look again when it might have been heard from.
+                _ = tokio::time::sleep(silent), if stale_hint.is_some() => {}
+                _ = &mut hold => {
+                    return Err(stale_hint.unwrap_or_else(|| corral_proto::client::not_leader(None)));
+                }
             }
         }
     }
@@ -415,6 +432,7 @@ impl Master {
             leader: Arc::default(),
             allocate_now: Arc::default(),
             hash_cache: Arc::default(),
+            contact: Default::default(),
             commits,
         };
         let (stop, stopped) = watch::channel(false);
@@ -477,6 +495,7 @@ async fn serve(
         raft: shared.raft.clone(),
         cluster: shared.config.cluster.clone(),
         id: shared.config.id,
+        contact: shared.contact.clone(),
     })
     .max_decoding_message_size(max * 4)
     .max_encoding_message_size(max * 4);

@@ -201,8 +201,10 @@ impl ClusterState {
             Some(Kind::SetWeights(set)) => self.apply_set_weights(set),
             Some(Kind::RegisterAgent(c)) => self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, true),
             Some(Kind::ReregisterAgent(c)) => {
+                let was = self.agents.get(&c.agent_id).map(|a| a.state);
                 let outcome = self.apply_register_agent(&c.agent_id, c.info.as_ref(), now, false);
-                if outcome == Outcome::Applied {
+                // Only an agent that was marked unreachable has tasks to reconcile.
+                if outcome == Outcome::Applied && was == Some(AgentState::Unreachable) {
                     self.reconcile_returning_agent(&c.agent_id, &c.tasks, now);
                 }
                 outcome
@@ -526,6 +528,22 @@ impl ClusterState {
         if new_state == v1::TaskState::Unspecified {
             return Err("state: unspecified".into());
         }
+        // Only the master decides that a task is unreachable, gone or unknown (a task an
+        // agent could park in UNREACHABLE would never be reconciled).
+        if s.source == v1::Source::Agent as i32
+            && matches!(
+                new_state,
+                v1::TaskState::TaskUnreachable
+                    | v1::TaskState::TaskGone
+                    | v1::TaskState::TaskUnknown
+                    | v1::TaskState::TaskStaging
+            )
+        {
+            return Err(format!(
+                "state: {} is decided by the master, not reported by agents",
+                new_state.as_str_name()
+            ));
+        }
         if !s.uuid.is_empty() && (task.status.uuid == s.uuid || task.unacked.iter().any(|u| u.uuid == s.uuid)) {
             return Ok(()); // a retry of an update already applied
         }
@@ -844,14 +862,8 @@ impl StateMachine<CorralRaft> for ClusterState {
         let outcomes = batch.commands.iter().map(|c| self.apply_command(c)).collect();
         // Debug and test builds check every invariant after each entry (it walks the whole
         // state, so not after each command: a test cluster must keep its heartbeats).
-        #[cfg(debug_assertions)]
-        if let Err(e) = self.validate() {
-            let kinds: Vec<_> = batch
-                .commands
-                .iter()
-                .filter_map(|c| c.kind.as_ref().map(kind_name))
-                .collect();
-            panic!("cluster state invariant broken by entry {log_id} ({kinds:?}): {e}");
+        if cfg!(debug_assertions) {
+            self.check_after(log_id, &batch);
         }
         ApplyResult { outcomes }
     }
@@ -862,6 +874,21 @@ impl StateMachine<CorralRaft> for ClusterState {
 
     fn restore(bytes: &[u8]) -> Result<Self, String> {
         Self::decode(bytes)
+    }
+}
+
+impl ClusterState {
+    /// Panic if an invariant is broken after applying `batch` (a bug: replicas must stop
+    /// rather than diverge further).
+    fn check_after(&self, log_id: &LogId<u64>, batch: &v1::CommandBatch) {
+        if let Err(e) = self.validate() {
+            let kinds: Vec<_> = batch
+                .commands
+                .iter()
+                .filter_map(|c| c.kind.as_ref().map(kind_name))
+                .collect();
+            panic!("cluster state invariant broken by entry {log_id} ({kinds:?}): {e}");
+        }
     }
 }
 

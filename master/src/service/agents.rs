@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::leader::{event, AgentSession, AGENT_PING_INTERVAL, STREAM_CAPACITY};
 use crate::node::Shared;
-use crate::state::AgentState;
+use crate::state::{AgentState, ClusterState};
 use crate::types::Outcome;
 use crate::validate;
 
@@ -117,50 +117,73 @@ impl Agents for AgentsService {
                 }),
             );
             // Reconcile the inventory with the replicated tasks.
-            let inventory: HashSet<(String, String)> = register
-                .tasks
-                .iter()
-                .filter_map(|t| t.task.as_ref().map(|i| (t.framework_id.clone(), i.task_id.clone())))
-                .collect();
-            let mut resent = 0;
-            for task in state.app.tasks_on(&agent_id) {
-                let key = (task.framework_id.clone(), task.task_id.clone());
-                if !task.is_terminal() && !inventory.contains(&key) {
-                    if let Some(info) = task.task_info() {
-                        resent += 1;
-                        soft.send_agent(
-                            &agent_id,
-                            v1::master_message::Message::RunTask(v1::RunTask {
-                                framework_id: task.framework_id.clone(),
-                                task: Some(info),
-                                framework: None,
-                            }),
-                        );
-                    }
-                }
+            let (run, kill) = reconcile(&state.app, &agent_id, &register.tasks);
+            let (resent, killed) = (run.len(), kill.len());
+            for r in run {
+                soft.send_agent(&agent_id, v1::master_message::Message::RunTask(r));
             }
-            let mut killed = 0;
-            for (framework_id, task_id) in &inventory {
-                let known = state.app.tasks.get(&(framework_id.clone(), task_id.clone()));
-                if known.is_none_or(|t| t.agent_id != agent_id) {
-                    killed += 1;
-                    soft.send_agent(
-                        &agent_id,
-                        v1::master_message::Message::KillTask(v1::KillTask {
-                            framework_id: framework_id.clone(),
-                            task_id: task_id.clone(),
-                            kill_grace_period_ms: 0,
-                        }),
-                    );
-                }
+            for k in kill {
+                soft.send_agent(&agent_id, v1::master_message::Message::KillTask(k));
             }
-            tracing::info!(%agent_id, session, reregistered = known, inventory = inventory.len(), resent, killed, "agent registered");
+            let inventory = register.tasks.len();
+            if known {
+                // After a failover every agent of the cluster comes back within a second or
+                // two: one line each would be thousands; the leader logs when all are back.
+                tracing::debug!(%agent_id, session, inventory, resent, killed, "agent re-registered");
+            } else {
+                tracing::info!(%agent_id, session, inventory, resent, killed, "agent registered");
+            }
             session
         };
         shared.allocate_now.notify_one();
         tokio::spawn(serve_agent(shared.clone(), agent_id, session, inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// What a (re-)registering agent must be told so that it runs exactly the committed tasks
+/// of its own: the launches it never received (sent again; launches are idempotent by
+/// task id on the agent), and a kill for each task it runs that the master does not know
+/// as this agent's. Looks up a task record only for a task missing from the inventory.
+fn reconcile(
+    state: &ClusterState,
+    agent_id: &str,
+    inventory: &[v1::TaskRecord],
+) -> (Vec<v1::RunTask>, Vec<v1::KillTask>) {
+    let reported: HashSet<(&str, &str)> = inventory
+        .iter()
+        .filter_map(|t| t.task.as_ref().map(|i| (t.framework_id.as_str(), i.task_id.as_str())))
+        .collect();
+    let ours: HashSet<(&str, &str)> = state
+        .agent_tasks
+        .get(agent_id)
+        .into_iter()
+        .flatten()
+        .map(|(f, t)| (f.as_str(), t.as_str()))
+        .collect();
+    let run = ours
+        .iter()
+        .filter(|key| !reported.contains(*key))
+        .filter_map(|(f, t)| state.tasks.get(&(f.to_string(), t.to_string())))
+        .filter(|task| !task.is_terminal())
+        .filter_map(|task| {
+            Some(v1::RunTask {
+                framework_id: task.framework_id.clone(),
+                task: Some(task.task_info()?),
+                framework: None,
+            })
+        })
+        .collect();
+    let kill = reported
+        .iter()
+        .filter(|key| !ours.contains(*key))
+        .map(|(f, t)| v1::KillTask {
+            framework_id: f.to_string(),
+            task_id: t.to_string(),
+            kill_grace_period_ms: 0,
+        })
+        .collect();
+    (run, kill)
 }
 
 /// The inventory as the log needs it: apply reconciles a returning agent's tasks by id,
@@ -327,5 +350,115 @@ pub fn forward_status(shared: &Shared, status: &v1::TaskStatus) {
             &status.framework_id,
             event(v1::event::Event::Update(v1::Update { status: Some(wire) })),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Outcome;
+
+    fn apply(s: &mut ClusterState, kind: v1::command::Kind) {
+        let outcome = s.apply_command(&v1::Command {
+            timestamp_ms: 1,
+            kind: Some(kind),
+        });
+        assert_eq!(outcome, Outcome::Applied);
+    }
+
+    fn cpus(v: f64) -> Vec<v1::Resource> {
+        vec![v1::Resource {
+            name: "cpus".into(),
+            value: Some(v1::resource::Value::Scalar(v)),
+        }]
+    }
+
+    fn record(framework_id: &str, task_id: &str) -> v1::TaskRecord {
+        v1::TaskRecord {
+            framework_id: framework_id.into(),
+            task: Some(v1::TaskInfo {
+                task_id: task_id.into(),
+                ..Default::default()
+            }),
+            state: v1::TaskState::TaskRunning as i32,
+            exit_code: None,
+        }
+    }
+
+    #[test]
+    fn reconcile_resends_missing_launches_and_kills_unknown_tasks() {
+        let mut s = ClusterState::default();
+        for agent in ["a1", "a2"] {
+            apply(
+                &mut s,
+                v1::command::Kind::RegisterAgent(v1::RegisterAgent {
+                    agent_id: agent.into(),
+                    info: Some(v1::AgentInfo {
+                        hostname: agent.into(),
+                        resources: cpus(4.0),
+                        ..Default::default()
+                    }),
+                }),
+            );
+        }
+        apply(
+            &mut s,
+            v1::command::Kind::RegisterFramework(v1::RegisterFramework {
+                framework_id: "f1".into(),
+                info: Some(v1::FrameworkInfo {
+                    name: "f".into(),
+                    ..Default::default()
+                }),
+            }),
+        );
+        let launch = |agent: &str, ids: &[&str]| {
+            v1::command::Kind::LaunchTasks(v1::LaunchTasks {
+                framework_id: "f1".into(),
+                agent_id: agent.into(),
+                tasks: ids
+                    .iter()
+                    .map(|id| v1::TaskInfo {
+                        task_id: id.to_string(),
+                        agent_id: agent.into(),
+                        resources: cpus(0.5),
+                        command: Some(v1::CommandInfo {
+                            argv: vec!["true".into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+        };
+        apply(&mut s, launch("a1", &["kept", "missing", "ended"]));
+        apply(&mut s, launch("a2", &["elsewhere"]));
+        apply(
+            &mut s,
+            v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
+                statuses: vec![v1::TaskStatus {
+                    task_id: "ended".into(),
+                    framework_id: "f1".into(),
+                    agent_id: "a1".into(),
+                    state: v1::TaskState::TaskFinished as i32,
+                    uuid: vec![1],
+                    ..Default::default()
+                }],
+            }),
+        );
+        let inventory = [
+            record("f1", "kept"),
+            record("f1", "stranger"),
+            record("f1", "elsewhere"),
+        ];
+        let (run, kill) = reconcile(&s, "a1", &inventory);
+        let run: Vec<_> = run.iter().map(|r| r.task.as_ref().unwrap().task_id.as_str()).collect();
+        assert_eq!(run, ["missing"], "a finished task is not launched again");
+        assert_eq!(run.len(), 1);
+        let mut kill: Vec<_> = kill.iter().map(|k| k.task_id.as_str()).collect();
+        kill.sort();
+        assert_eq!(kill, ["elsewhere", "stranger"], "tasks that are not this agent's");
+        // An agent that has exactly its tasks is told nothing.
+        let (run, kill) = reconcile(&s, "a2", &[record("f1", "elsewhere")]);
+        assert!(run.is_empty() && kill.is_empty());
     }
 }
