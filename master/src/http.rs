@@ -84,6 +84,24 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             ack as f64 / 1000.0,
         );
     }
+    let launches = shared
+        .leader
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|soft| (soft.launches.len(), soft.launches.limit()));
+    if let Some((in_flight, limit)) = launches {
+        gauge(
+            "corral_launches_in_flight",
+            "Tasks accepted and not yet reported on by their agent (leader only).",
+            in_flight as f64,
+        );
+        gauge(
+            "corral_launch_limit",
+            "Launches allowed in flight before offers wait; adapts to the commit latency (leader only).",
+            limit as f64,
+        );
+    }
     if let Some(replication) = &m.replication {
         let last = m.last_log_index.unwrap_or(0);
         let _ = writeln!(

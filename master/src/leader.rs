@@ -125,6 +125,148 @@ pub struct OfferRecord {
     pub created: Instant,
 }
 
+/// How long committing a launch should take (an Accept call, from the check of its offers
+/// to the launch committed): the commit pipeline's latency, which every write of the
+/// cluster shares. The number of launches allowed in flight adapts to keep it this short
+/// (see [`Launches`]).
+pub const LAUNCH_COMMIT_TARGET: Duration = Duration::from_millis(40);
+/// Bounds of the adaptive limit on launches in flight (tasks).
+pub const MIN_LAUNCHES_IN_FLIGHT: usize = 32;
+pub const MAX_LAUNCHES_IN_FLIGHT: usize = 16_384;
+/// The limit a new leader starts from.
+const INITIAL_LAUNCHES_IN_FLIGHT: usize = 256;
+/// The limit is reconsidered at most this often, and only on this many launches.
+const LIMIT_WINDOW: Duration = Duration::from_millis(250);
+const LIMIT_WINDOW_SAMPLES: usize = 16;
+/// Launch latencies kept per window (a longer window keeps every other one).
+const LIMIT_WINDOW_CAP: usize = 4096;
+/// A launch whose first status has not come within this time stops counting towards the
+/// limit (its agent may have died; the agent timeouts deal with it), so that lost agents
+/// cannot hold back every other launch.
+pub const LAUNCH_TTL: Duration = Duration::from_secs(5);
+
+/// Launches in flight (accepted, not yet reported on by their agent) and the adaptive
+/// limit on them: offers wait while the limit is reached. Every launch turns into Raft
+/// commits (the launch, its status updates, their acknowledgements); offering faster than
+/// they complete only lengthens the queues, which under load is all of a launch's latency.
+///
+/// The limit follows the latency of committing launches, additive increase and
+/// multiplicative decrease, as a TCP sender follows its round-trip time: while the 90th
+/// percentile stays under [`LAUNCH_COMMIT_TARGET`] and the limit is what holds offers
+/// back, it grows by an eighth; when the percentile is over the target it shrinks by a
+/// quarter. The cluster so runs at the rate it commits, with each launch waiting a few
+/// commit rounds, on a small machine or a large one. The signal is the master's own
+/// pipeline, not how long agents take to start tasks: slow-starting tasks only keep their
+/// place in flight (for [`LAUNCH_TTL`] at most), and the limit grows to make room.
+pub struct Launches {
+    started: HashMap<(String, String), Instant>,
+    /// Average tasks per Accept (exponentially weighted), to turn the room left into a
+    /// number of agents to offer.
+    per_accept: f64,
+    limit: usize,
+    /// Launch commit latencies (µs) since the window began.
+    window: Vec<u32>,
+    window_began: Instant,
+    /// Whether the limit held offers back during the window.
+    limited: bool,
+}
+
+impl Default for Launches {
+    fn default() -> Self {
+        Launches {
+            started: HashMap::new(),
+            per_accept: 0.0,
+            limit: INITIAL_LAUNCHES_IN_FLIGHT,
+            window: Vec::new(),
+            window_began: Instant::now(),
+            limited: false,
+        }
+    }
+}
+
+impl Launches {
+    /// Tasks `task_ids` of `framework_id` were accepted.
+    pub fn start<'a>(&mut self, framework_id: &str, task_ids: impl Iterator<Item = &'a str>, now: Instant) {
+        let mut n = 0;
+        for id in task_ids {
+            self.started.insert((framework_id.to_string(), id.to_string()), now);
+            n += 1;
+        }
+        if n > 0 {
+            self.per_accept = if self.per_accept == 0.0 {
+                n as f64
+            } else {
+                0.9 * self.per_accept + 0.1 * n as f64
+            };
+        }
+    }
+
+    /// The task's launch is over: its agent reported on it, or it was not committed.
+    pub fn done(&mut self, framework_id: &str, task_id: &str) {
+        self.started.remove(&(framework_id.to_string(), task_id.to_string()));
+    }
+
+    /// An Accept's launch was committed `took` after its offers were checked.
+    pub fn committed(&mut self, took: Duration) {
+        if self.window.len() == LIMIT_WINDOW_CAP {
+            // Keep every other sample: the percentile stays, the memory is bounded.
+            let mut i = 0;
+            self.window.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+        }
+        self.window.push(took.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    /// Forget launches older than [`LAUNCH_TTL`].
+    fn expire(&mut self, now: Instant) {
+        self.started.retain(|_, at| now.duration_since(*at) < LAUNCH_TTL);
+    }
+
+    pub fn len(&self) -> usize {
+        self.started.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty()
+    }
+
+    /// The current limit on launches in flight.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Reconsider the limit from the window's latencies (see [`Launches`]).
+    fn adapt(&mut self, now: Instant) {
+        if now.duration_since(self.window_began) < LIMIT_WINDOW || self.window.len() < LIMIT_WINDOW_SAMPLES {
+            return;
+        }
+        let rank = self.window.len() * 9 / 10;
+        let (_, p90, _) = self.window.select_nth_unstable(rank);
+        let p90 = Duration::from_micros(u64::from(*p90));
+        if p90 > LAUNCH_COMMIT_TARGET {
+            self.limit = (self.limit * 3 / 4).max(MIN_LAUNCHES_IN_FLIGHT);
+        } else if self.limited {
+            self.limit = (self.limit + (self.limit / 8).max(8)).min(MAX_LAUNCHES_IN_FLIGHT);
+        }
+        self.window.clear();
+        self.window_began = now;
+        self.limited = false;
+    }
+
+    /// How many agents one pass may offer: as many as the room left would take if each
+    /// offer is accepted as the average one was (at least one while there is room).
+    fn agents_to_offer(&mut self) -> usize {
+        let room = self.limit.saturating_sub(self.started.len());
+        if room == 0 {
+            self.limited = true;
+            return 0;
+        }
+        ((room as f64 / self.per_accept.max(1.0)) as usize).max(1)
+    }
+}
+
 /// The leader's soft state for one term.
 pub struct Soft {
     pub term: u64,
@@ -159,6 +301,8 @@ pub struct Soft {
     pub framework_gone_at: HashMap<String, Instant>,
     /// Timeouts being committed, so that each fires once.
     pub firing: HashSet<String>,
+    /// Launches accepted and not yet reported on (the bound on offers).
+    pub launches: Launches,
     /// Whether "every active agent is attached" was logged in this term.
     all_agents_back: bool,
     next_offer: u64,
@@ -185,6 +329,7 @@ impl Soft {
             agent_gone_at: HashMap::new(),
             framework_gone_at: HashMap::new(),
             firing: HashSet::new(),
+            launches: Launches::default(),
             all_agents_back: false,
             next_offer: 0,
             next_session: 0,
@@ -436,7 +581,7 @@ async fn run_allocator(shared: Shared, term: u64, mut stop: watch::Receiver<bool
     }
 }
 
-/// Offers wait while more writes than this are queued for commit. Every offer turns into
+/// Offers also wait while more writes than this are queued for commit. Every offer turns into
 /// launches, status updates and acknowledgements to commit; offering faster than they
 /// commit only lengthens the queue, and with it every launch's latency. Waiting keeps the
 /// queue short: the cluster runs at the rate it commits, with launches taking a few commit
@@ -466,11 +611,11 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
     let Some(soft) = guard.as_mut().filter(|s| s.term == term) else {
         return Pass::Ended;
     };
-    let held = shared.commit_backlog() > OFFER_HOLD_BACKLOG;
     let now = Instant::now();
     let full = full || std::mem::take(&mut soft.full_pass);
     let mut due = Vec::new();
     if full {
+        soft.launches.expire(now);
         soft.filters.retain(|_, agents| {
             agents.retain(|_, until| *until > now);
             !agents.is_empty()
@@ -486,11 +631,14 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
         }
         due = due_timeouts(&state.app, soft, &shared.config, now);
     }
+    soft.launches.adapt(now);
+    let room = soft.launches.agents_to_offer();
+    let held = room == 0 || shared.commit_backlog() > OFFER_HOLD_BACKLOG;
     if held {
         // A full pass held back looks at every agent next time too.
         soft.full_pass |= full;
     } else {
-        offer(&state.app, soft, full, now);
+        offer(&state.app, soft, full, now, room);
     }
     drop(guard);
     drop(state);
@@ -683,7 +831,9 @@ fn offer_events(offers: Vec<v1::Offer>) -> Vec<Vec<v1::Offer>> {
     events
 }
 
-fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
+/// Offer the free resources of at most `room` agents (the touched ones, or all on a full
+/// pass); agents left over wait for the next pass.
+fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant, room: usize) {
     let dirty = std::mem::take(&mut soft.dirty);
     if soft.frameworks.is_empty() || soft.agents.is_empty() {
         return;
@@ -700,7 +850,7 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
         soft.total = Some(total);
     }
     let total = soft.total.clone().unwrap_or_default();
-    let candidates: Vec<&crate::state::AgentRecord> = if full {
+    let mut candidates: Vec<&crate::state::AgentRecord> = if full {
         soft.agents.keys().filter_map(active).collect()
     } else {
         dirty
@@ -709,12 +859,18 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
             .filter_map(active)
             .collect()
     };
-    if candidates.is_empty() {
-        return;
-    }
-    let mut agents: Vec<AgentView> = candidates
-        .iter()
-        .filter_map(|a| {
+    // Agents in random order, as Mesos does, so no agent is always first in line; the
+    // free resources of only as many as the pass may offer are worked out, the others
+    // wait for the next pass.
+    candidates.shuffle(&mut rand::rng());
+    let mut candidates = candidates.into_iter();
+    let mut agents: Vec<AgentView> = Vec::new();
+    for a in candidates.by_ref() {
+        if agents.len() == room {
+            soft.dirty.insert(a.id.clone());
+            break;
+        }
+        let free = (|| {
             let mut free = a.resources.checked_sub(&a.used).ok()?;
             if let Some(o) = soft.offered.get(&a.id) {
                 free = free.checked_sub(o).ok()?;
@@ -722,14 +878,18 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant) {
             if let Some(l) = soft.launching.get(&a.id) {
                 free = free.checked_sub(l).ok()?;
             }
-            crate::allocator::offerable(&free).then(|| AgentView { id: a.id.clone(), free })
-        })
-        .collect();
+            crate::allocator::offerable(&free).then_some(free)
+        })();
+        if let Some(free) = free {
+            agents.push(AgentView { id: a.id.clone(), free });
+        }
+    }
+    for left in candidates {
+        soft.dirty.insert(left.id.clone());
+    }
     if agents.is_empty() {
         return;
     }
-    // Agents in random order, as Mesos does, so no agent is always first in line.
-    agents.shuffle(&mut rand::rng());
     let frameworks: Vec<FrameworkView> = soft
         .frameworks
         .keys()
@@ -814,6 +974,51 @@ mod tests {
         assert_eq!(Soft::offer_term(&id), Some(7));
         assert_eq!(Soft::offer_term("garbage"), None);
         assert_eq!(Soft::offer_term("O-1"), None);
+    }
+
+    #[test]
+    fn the_launch_limit_follows_the_commit_latency() {
+        let t0 = Instant::now();
+        let mut l = Launches::default();
+        let start = l.limit();
+        // Room for the limit's worth of tasks, in offers of the average accept's size.
+        l.start("f", ["a", "b", "c", "d"].into_iter(), t0);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l.agents_to_offer(), (start - 4) / 4);
+        // Fast commits, but the limit held nothing back: it stays.
+        let fast = LAUNCH_COMMIT_TARGET / 4;
+        for _ in 0..LIMIT_WINDOW_SAMPLES {
+            l.committed(fast);
+        }
+        l.adapt(t0 + LIMIT_WINDOW);
+        assert_eq!(l.limit(), start);
+        // Fast commits while the limit held offers back: it grows.
+        let ids: Vec<String> = (0..start).map(|i| format!("t{i}")).collect();
+        l.start("f", ids.iter().map(String::as_str), t0);
+        assert_eq!(l.agents_to_offer(), 0, "the limit is reached");
+        for _ in 0..LIMIT_WINDOW_SAMPLES {
+            l.committed(fast);
+        }
+        l.adapt(t0 + LIMIT_WINDOW * 2);
+        let grown = l.limit();
+        assert!(grown > start, "{grown} > {start}");
+        // Too few samples or too soon: nothing changes.
+        l.committed(LAUNCH_COMMIT_TARGET * 10);
+        l.adapt(t0 + LIMIT_WINDOW * 3);
+        assert_eq!(l.limit(), grown);
+        // Slow commits (the 90th percentile over the target): it shrinks, down to the floor.
+        for round in 4..40 {
+            for _ in 0..LIMIT_WINDOW_SAMPLES {
+                l.committed(LAUNCH_COMMIT_TARGET * 2);
+            }
+            l.adapt(t0 + LIMIT_WINDOW * round);
+        }
+        assert_eq!(l.limit(), MIN_LAUNCHES_IN_FLIGHT);
+        // A launch reported on, or never committed, leaves; a stale one expires.
+        l.done("f", "a");
+        assert_eq!(l.len(), start + 3);
+        l.expire(t0 + LAUNCH_TTL);
+        assert!(l.is_empty(), "launches older than the TTL do not hold the limit");
     }
 
     fn heartbeat() -> v1::Event {

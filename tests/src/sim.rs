@@ -290,6 +290,8 @@ struct FrameworkState {
     accepted_at: Mutex<HashMap<String, Instant>>,
     /// Accept-to-RUNNING latencies, in microseconds.
     latencies: Mutex<Vec<u64>>,
+    /// Accept call latencies (until the launch is committed), in microseconds.
+    accept_latencies: Mutex<Vec<u64>>,
     launched: AtomicU64,
     running: AtomicU64,
     finished: AtomicU64,
@@ -355,6 +357,12 @@ impl SimFramework {
     /// Take the accept-to-RUNNING latencies recorded so far (microseconds).
     pub fn take_latencies(&self) -> Vec<u64> {
         std::mem::take(&mut *lock(&self.state.latencies))
+    }
+
+    /// Take the latencies of Accept calls (until the launch was committed) recorded so far
+    /// (microseconds).
+    pub fn take_accept_latencies(&self) -> Vec<u64> {
+        std::mem::take(&mut *lock(&self.state.accept_latencies))
     }
 
     pub async fn stop(self) {
@@ -543,6 +551,7 @@ impl FrameworkRun {
                 .await;
             match result {
                 Ok(_) => {
+                    lock(&this.state.accept_latencies).push(started.elapsed().as_micros() as u64);
                     this.state.launched.fetch_add(tasks.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {

@@ -208,19 +208,23 @@ fn inventory_for_log(tasks: &[v1::TaskRecord]) -> Vec<v1::TaskRecord> {
 /// Most status updates of one agent being committed at once. Further messages wait in the
 /// stream (HTTP/2 flow control pushes back on the agent).
 pub const MAX_STATUS_IN_FLIGHT: usize = 1024;
+/// Most status updates in one command: updates that have already arrived when one is read
+/// (a task's RUNNING and FINISHED, a burst after a reconnection) are committed together.
+pub const MAX_STATUS_BATCH: usize = 64;
 
-/// A status update queued for commit, waiting for its outcome.
+/// Status updates queued for commit as one command, waiting for its outcome.
 struct InFlight {
-    status: v1::TaskStatus,
+    statuses: Vec<v1::TaskStatus>,
     answer: tokio::sync::oneshot::Receiver<Result<Outcome, Status>>,
 }
 
 /// Read one agent's messages until its stream ends; ping it meanwhile.
 ///
-/// Status updates are pipelined: each is queued for commit as it arrives, without waiting
-/// for the ones before it, and the outcomes are handled in arrival order. Commits apply in
-/// queue order, so a task's RUNNING is applied, acknowledged and forwarded before its
-/// FINISHED, and an agent's updates share group commits instead of taking one each.
+/// Status updates are pipelined: they are queued for commit as they arrive (those already
+/// waiting in the stream as one command), without waiting for the ones before them, and
+/// the outcomes are handled in arrival order. Commits apply in queue order, so a task's
+/// RUNNING is applied, acknowledged and forwarded before its FINISHED, and an agent's
+/// updates share group commits instead of taking one each.
 async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound: Streaming<v1::AgentMessage>) {
     // Ping often enough that a silent agent is noticed within its ping timeout.
     let timeout = shared.config.agent_ping_timeout;
@@ -232,36 +236,60 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     let mut nonce = 0u64;
     let mut last_heard = std::time::Instant::now();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut statuses_in_flight = 0;
     loop {
         tokio::select! {
-            msg = inbound.next(), if in_flight.len() < MAX_STATUS_IN_FLIGHT => {
+            msg = inbound.next(), if statuses_in_flight < MAX_STATUS_IN_FLIGHT => {
                 let Some(Ok(msg)) = msg else { break };
                 last_heard = std::time::Instant::now();
-                match msg.message {
-                    Some(v1::agent_message::Message::StatusUpdate(u)) => {
-                        if let Some(status) = u.status {
-                            match submit_status(&shared, &agent_id, status).await {
-                                Ok(f) => in_flight.push_back(f),
-                                // Not the leader any more: the agent sends it to the next one.
-                                Err(e) => {
-                                    tracing::warn!(%agent_id, error = %e.message(), "status update not queued");
-                                    break;
-                                }
-                            }
+                // This message and those already waiting behind it.
+                let mut statuses = Vec::new();
+                let mut next = Some(msg);
+                let mut ended = false;
+                while let Some(msg) = next.take() {
+                    match msg.message {
+                        Some(v1::agent_message::Message::StatusUpdate(u)) => statuses.extend(u.status),
+                        Some(v1::agent_message::Message::Pong(_)) => {}
+                        Some(v1::agent_message::Message::Register(_)) | None => {
+                            tracing::warn!(%agent_id, "unexpected message on an attached agent stream");
                         }
                     }
-                    Some(v1::agent_message::Message::Pong(_)) => {}
-                    Some(v1::agent_message::Message::Register(_)) | None => {
-                        tracing::warn!(%agent_id, "unexpected message on an attached agent stream");
+                    if statuses.len() < MAX_STATUS_BATCH {
+                        next = match already_arrived(&mut inbound).await {
+                            Some(Some(Ok(m))) => Some(m),
+                            Some(_) => {
+                                ended = true;
+                                None
+                            }
+                            None => None,
+                        };
                     }
+                }
+                if !statuses.is_empty() {
+                    let n = statuses.len();
+                    match submit_statuses(&shared, &agent_id, statuses).await {
+                        Ok(f) => {
+                            statuses_in_flight += n;
+                            in_flight.push_back(f);
+                        }
+                        // Not the leader any more: the agent sends them to the next one.
+                        Err(e) => {
+                            tracing::warn!(%agent_id, error = %e.message(), "status updates not queued");
+                            break;
+                        }
+                    }
+                }
+                if ended {
+                    break;
                 }
             }
             answer = async { (&mut in_flight.front_mut().expect("guarded by the condition").answer).await },
                 if !in_flight.is_empty() =>
             {
                 let done = in_flight.pop_front().expect("guarded by the condition");
+                statuses_in_flight -= done.statuses.len();
                 let outcome = answer.unwrap_or_else(|_| Err(Status::unavailable("this master is shutting down")));
-                finish_status(&shared, &agent_id, done.status, outcome);
+                finish_statuses(&shared, &agent_id, done.statuses, outcome);
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > timeout {
@@ -290,42 +318,68 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     }
 }
 
-/// Queue one status update for commit. Nothing is acknowledged yet: see [`finish_status`].
-async fn submit_status(shared: &Shared, agent_id: &str, mut status: v1::TaskStatus) -> Result<InFlight, Status> {
-    // The agent speaks for its own tasks only.
-    status.agent_id = agent_id.to_string();
-    status.source = v1::Source::Agent as i32;
-    let kind = v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
-        statuses: vec![status.clone()],
-    });
-    let answer = shared.submit(kind).await?;
-    Ok(InFlight { status, answer })
+/// The next message of `inbound` if it has already arrived; `None` if none is waiting.
+async fn already_arrived(
+    inbound: &mut Streaming<v1::AgentMessage>,
+) -> Option<Option<Result<v1::AgentMessage, Status>>> {
+    tokio::select! {
+        biased;
+        msg = inbound.next() => Some(msg),
+        _ = std::future::ready(()) => None,
+    }
 }
 
-/// Once a status update is committed, acknowledge it to the agent and forward it to the
-/// framework. If the commit failed (leadership lost) nothing is acknowledged: the agent
-/// sends it again to the next leader.
-fn finish_status(shared: &Shared, agent_id: &str, status: v1::TaskStatus, outcome: Result<Outcome, Status>) {
+/// Queue status updates for commit, as one command. Nothing is acknowledged yet: see
+/// [`finish_statuses`].
+async fn submit_statuses(
+    shared: &Shared,
+    agent_id: &str,
+    mut statuses: Vec<v1::TaskStatus>,
+) -> Result<InFlight, Status> {
+    for status in &mut statuses {
+        // The agent speaks for its own tasks only.
+        status.agent_id = agent_id.to_string();
+        status.source = v1::Source::Agent as i32;
+    }
+    let kind = v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
+        statuses: statuses.clone(),
+    });
+    let answer = shared.submit(kind).await?;
+    Ok(InFlight { statuses, answer })
+}
+
+/// Once status updates are committed, acknowledge them to the agent and forward them to
+/// the frameworks. If the commit failed (leadership lost) nothing is acknowledged: the
+/// agent sends them again to the next leader.
+fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus>, outcome: Result<Outcome, Status>) {
     match outcome {
         Ok(outcome) => {
             if let Outcome::Rejected(why) = &outcome {
-                tracing::warn!(agent_id, task_id = %status.task_id, why, "status update refused; acknowledging it anyway");
+                tracing::warn!(
+                    agent_id,
+                    updates = statuses.len(),
+                    why,
+                    "status updates refused; acknowledging them anyway"
+                );
             }
-            forward_status(shared, &status);
-            let ack = v1::AckUpdate {
-                framework_id: status.framework_id,
-                task_id: status.task_id,
-                uuid: status.uuid,
-            };
-            let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(soft) = guard.as_mut() {
-                soft.send_agent(agent_id, v1::master_message::Message::AckUpdate(ack));
-                soft.touch_agent(agent_id);
+            for status in statuses {
+                forward_status(shared, &status);
+                let ack = v1::AckUpdate {
+                    framework_id: status.framework_id,
+                    task_id: status.task_id,
+                    uuid: status.uuid,
+                };
+                let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(soft) = guard.as_mut() {
+                    soft.launches.done(&ack.framework_id, &ack.task_id);
+                    soft.send_agent(agent_id, v1::master_message::Message::AckUpdate(ack));
+                    soft.touch_agent(agent_id);
+                }
             }
             shared.allocate_now.notify_one();
         }
         Err(e) => {
-            tracing::warn!(agent_id, task_id = %status.task_id, error = %e.message(), "status update not committed")
+            tracing::warn!(agent_id, updates = statuses.len(), error = %e.message(), "status updates not committed")
         }
     }
 }

@@ -198,12 +198,24 @@ impl Scheduler for SchedulerService {
                 soft.add_filter(&framework_id, &agent, until);
             }
             soft.reserve_launch(&agent, &asked);
+            soft.launches
+                .start(&framework_id, tasks.iter().map(|t| t.task_id.as_str()), Instant::now());
             Ok((agent, soft.term, asked))
         })??;
-        let release = |this: &Self| {
+        // Once committed (or refused), the reservation becomes `used` (or is freed); a
+        // launch that was not committed is no longer in flight.
+        let checked = Instant::now();
+        let release = |this: &Self, committed: bool| {
             let _ = this.with_soft(|soft| {
                 if soft.term == term {
                     soft.release_launch(&agent_id, &asked);
+                    if committed {
+                        soft.launches.committed(checked.elapsed());
+                    } else {
+                        for t in &tasks {
+                            soft.launches.done(&framework_id, &t.task_id);
+                        }
+                    }
                 }
             });
         };
@@ -213,7 +225,7 @@ impl Scheduler for SchedulerService {
             for (i, t) in tasks.iter().enumerate() {
                 if state.app.tasks.contains_key(&(framework_id.clone(), t.task_id.clone())) {
                     drop(state);
-                    release(self);
+                    release(self, false);
                     self.shared.allocate_now.notify_one();
                     return Err(Status::invalid_argument(format!(
                         "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
@@ -234,7 +246,7 @@ impl Scheduler for SchedulerService {
             tasks: tasks.clone(),
         };
         let written = self.shared.write(v1::command::Kind::LaunchTasks(launch)).await;
-        release(self);
+        release(self, matches!(written, Ok(Outcome::Applied)));
         match written? {
             Outcome::Rejected(why) => return Err(Status::failed_precondition(why)),
             Outcome::Applied => {}

@@ -111,6 +111,8 @@ struct Row {
     tasks_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    accept_p50_ms: f64,
+    accept_p99_ms: f64,
     entries_per_s: f64,
     commands_per_s: f64,
     bytes_per_s: f64,
@@ -153,6 +155,7 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
     tokio::time::sleep(Duration::from_secs(3)).await;
     for f in &fws {
         f.take_latencies();
+        f.take_accept_latencies();
     }
     let leader = leader_address(&cluster, &ids).await;
     let before = write_counters(&leader).await.ok_or("no /metrics from the leader")?;
@@ -177,6 +180,8 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
     }
     let mut lat: Vec<u64> = fws.iter().flat_map(|f| f.take_latencies()).collect();
     lat.sort_unstable();
+    let mut accept: Vec<u64> = fws.iter().flat_map(|f| f.take_accept_latencies()).collect();
+    accept.sort_unstable();
     for f in fws {
         f.stop().await;
     }
@@ -188,6 +193,8 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
         tasks_per_s: (f1 - f0) as f64 / dt,
         p50_ms: percentile_ms(&lat, 50.0),
         p99_ms: percentile_ms(&lat, 99.0),
+        accept_p50_ms: percentile_ms(&accept, 50.0),
+        accept_p99_ms: percentile_ms(&accept, 99.0),
         entries_per_s: after.0.saturating_sub(before.0) as f64 / dt,
         commands_per_s: after.1.saturating_sub(before.1) as f64 / dt,
         bytes_per_s: after.2.saturating_sub(before.2) as f64 / dt,
@@ -219,18 +226,32 @@ async fn main() {
         "{} masters, {} s window, tasks of 0.01 cpu / 1 MiB; lifecycle = accept -> launch committed -> RUNNING -> FINISHED (acked)",
         args.masters, args.seconds
     );
+    println!("latency: accept call to RUNNING received (p50, p99); accept: the Accept call alone (launch committed)");
     println!(
-        "{:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
-        "agents", "fws", "tasks/s", "p50 ms", "p99 ms", "entries/s", "commands/s", "KiB/s", "RSS MiB", "refused"
+        "{:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>10} {:>10} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
+        "agents",
+        "fws",
+        "tasks/s",
+        "p50 ms",
+        "p99 ms",
+        "accept p50",
+        "accept p99",
+        "entries/s",
+        "commands/s",
+        "KiB/s",
+        "RSS MiB",
+        "refused"
     );
     for r in rows {
         println!(
-            "{:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
+            "{:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>10.1} {:>10.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
             r.agents,
             r.frameworks,
             r.tasks_per_s,
             r.p50_ms,
             r.p99_ms,
+            r.accept_p50_ms,
+            r.accept_p99_ms,
             r.entries_per_s,
             r.commands_per_s,
             r.bytes_per_s / 1024.0,
