@@ -440,6 +440,11 @@ impl Master {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::commit::run(shared.clone(), commit_rx, stopped.clone()));
         tokio::spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
+        tokio::spawn(break_split_votes(
+            shared.raft.clone(),
+            shared.config.election_timeout,
+            stopped.clone(),
+        ));
         let server = tokio::spawn(serve(shared.clone(), listener, stopped));
 
         if fresh {
@@ -471,6 +476,52 @@ impl Master {
             tracing::warn!(error = %e, "raft shutdown");
         }
         tracing::info!(id = self.shared.config.id, "master stopped");
+    }
+}
+
+/// Break a split vote that would otherwise repeat.
+///
+/// openraft 0.9 draws a node's election timeout once, when the node starts, not for each
+/// election. Two masters that happened to draw timeouts within a vote's round trip of each
+/// other stand for election at the same moments, split the vote, and do it again one
+/// timeout later, round after round (seen: eight rounds, 1.9 s without a leader). When an
+/// election of this master's has not ended after a fresh random wait, it stands once more
+/// at that random moment, which puts its timer out of step with the other candidate's;
+/// once per leaderless period, so that a master with a short log (which cannot win) does
+/// not keep outbidding the ones that can.
+async fn break_split_votes(raft: Raft, election_timeout: Duration, mut stop: watch::Receiver<bool>) {
+    use rand::Rng;
+    let mut metrics = raft.metrics();
+    // Whether this leaderless period already had its extra election.
+    let mut used = false;
+    loop {
+        let (state, term, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term, m.current_leader)
+        };
+        if leader.is_some() {
+            used = false;
+        }
+        if state == ServerState::Candidate && !used {
+            let wait = election_timeout.mul_f64(rand::rng().random_range(0.25..1.0));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let m = raft.metrics().borrow().clone();
+            if m.state == ServerState::Candidate && m.current_term == term && m.current_leader.is_none() {
+                used = true;
+                tracing::info!(term, after = ?wait, "election undecided; standing again at a random moment");
+                if raft.trigger().elect().await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 
