@@ -7,7 +7,11 @@
 //! so agents and frameworks go and find the new leader.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use corral_proto::convert::resources_to_wire;
@@ -15,11 +19,6 @@ use corral_proto::resources::Resources;
 use corral_proto::v1;
 use openraft::ServerState;
 use rand::seq::SliceRandom;
-use std::ops::Bound;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tonic::Status;
 
@@ -41,6 +40,12 @@ pub const FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const AGENT_PING_INTERVAL: Duration = Duration::from_secs(5);
 /// How often unacknowledged status updates are sent to frameworks again.
 pub const STATUS_RESEND_INTERVAL: Duration = Duration::from_secs(10);
+/// A task still STAGING this long after its launch was committed is sent to its agent
+/// again (launches are idempotent by task id on the agent), and then at this interval.
+/// This delivers a committed launch whatever happened to its first RunTask: the Accept
+/// that committed it timed out (the entry committed later), the agent's stream was full
+/// or broke, the leader changed in between.
+pub const STAGING_RESEND_AFTER: Duration = Duration::from_secs(5);
 
 pub type AgentTx = mpsc::Sender<Result<v1::MasterMessage, Status>>;
 pub type FrameworkTx = mpsc::Sender<Result<v1::Event, Status>>;
@@ -138,7 +143,7 @@ const INITIAL_LAUNCHES_IN_FLIGHT: usize = 256;
 /// The limit is reconsidered at most this often, and only on this many launches.
 const LIMIT_WINDOW: Duration = Duration::from_millis(250);
 const LIMIT_WINDOW_SAMPLES: usize = 16;
-/// Launch latencies kept per window (a longer window keeps every other one).
+/// Commit latencies kept per window (a longer window keeps every other one).
 const LIMIT_WINDOW_CAP: usize = 4096;
 /// A launch whose first status has not come within this time stops counting towards the
 /// limit (its agent may have died; the agent timeouts deal with it), so that lost agents
@@ -308,6 +313,7 @@ pub struct Soft {
     next_offer: u64,
     next_session: u64,
     last_resend: Instant,
+    last_staging_resend: Instant,
 }
 
 impl Soft {
@@ -334,6 +340,7 @@ impl Soft {
             next_offer: 0,
             next_session: 0,
             last_resend: Instant::now(),
+            last_staging_resend: Instant::now(),
         }
     }
 
@@ -514,6 +521,13 @@ pub fn event(e: v1::event::Event) -> v1::Event {
 }
 
 /// Watch Raft and keep [`Soft`] in step with leadership. Runs for the life of the master.
+///
+/// Leadership is established only after a barrier: an empty entry of the new term,
+/// committed and applied. Before it, the applied state may lack entries that were
+/// committed under the previous leader (a restarted master can even resume its old term
+/// at once from its stored vote, with its commit index behind); with it, the leader-only
+/// subsystems and every read see everything acknowledged before (Raft's rule that a leader
+/// commits an entry of its own term before it serves; Nomad's barrier on leadership).
 pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut metrics = shared.raft.metrics();
     loop {
@@ -531,9 +545,25 @@ pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
             .as_ref()
             .map(|s| s.term);
         if leading && current != Some(term) {
-            *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(Soft::new(term));
-            tracing::info!(term, "leadership established: leader-only subsystems started");
-            tokio::spawn(run_allocator(shared.clone(), term, stop.clone()));
+            if current.is_some() {
+                *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            match barrier(&shared).await {
+                Ok(()) if shared.is_leader() && shared.raft.metrics().borrow().current_term == term => {
+                    *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(Soft::new(term));
+                    tracing::info!(term, "leadership established: leader-only subsystems started");
+                    tokio::spawn(run_allocator(shared.clone(), term, stop.clone()));
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::info!(term, error = %e, "leadership barrier not committed; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(BARRIER_RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+            continue;
         } else if !leading && current.is_some() {
             *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::info!(term, "leadership lost: leader-only subsystems stopped");
@@ -544,6 +574,19 @@ pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
         }
     }
     *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// Pause before trying a leadership barrier again (no quorum yet).
+const BARRIER_RETRY: Duration = Duration::from_millis(50);
+
+/// Commit and apply an empty entry of the current term.
+async fn barrier(shared: &Shared) -> Result<(), String> {
+    let write = shared.raft.client_write(crate::types::Proposal::of(Vec::new()));
+    match tokio::time::timeout(crate::node::WRITE_TIMEOUT, write).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("not committed within {:?}", crate::node::WRITE_TIMEOUT)),
+    }
 }
 
 /// The allocation loop of one leader term. A pass runs on every relevant event, events
@@ -628,6 +671,10 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
             for (framework_id, session) in &soft.frameworks {
                 start_resend(shared, framework_id, session);
             }
+        }
+        if now - soft.last_staging_resend >= STAGING_RESEND_AFTER {
+            soft.last_staging_resend = now;
+            resend_stale_launches(&state.app, soft, crate::node::now_ms());
         }
         due = due_timeouts(&state.app, soft, &shared.config, now);
     }
@@ -724,6 +771,35 @@ async fn fire_timeout(shared: Shared, t: Timeout) {
         soft.full_pass = true;
     }
     shared.allocate_now.notify_one();
+}
+
+/// Send again the launches committed at least [`STAGING_RESEND_AFTER`] ago whose agent has
+/// reported nothing on them, if the agent is connected.
+fn resend_stale_launches(state: &ClusterState, soft: &mut Soft, now_ms: i64) {
+    let before = now_ms - STAGING_RESEND_AFTER.as_millis() as i64;
+    let stale: Vec<(String, v1::RunTask)> = state
+        .staging
+        .iter()
+        .filter_map(|key| state.tasks.get(key))
+        .filter(|t| t.launched_at_ms <= before && soft.agents.contains_key(&t.agent_id))
+        .filter_map(|t| {
+            let run = v1::RunTask {
+                framework_id: t.framework_id.clone(),
+                task: Some(t.task_info()?),
+                framework: None,
+            };
+            Some((t.agent_id.clone(), run))
+        })
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(
+            launches = stale.len(),
+            "sending launches still STAGING to their agents again"
+        );
+    }
+    for (agent_id, run) in stale {
+        soft.send_agent(&agent_id, v1::master_message::Message::RunTask(run));
+    }
 }
 
 /// Send the frameworks the latest unacknowledged update of each task on `agent_id`.

@@ -160,21 +160,26 @@ impl Shared {
         // their election timeout, and until then keep naming it.
         let silent = self.config.heartbeat_interval * 3;
         loop {
+            // What to answer if the hold runs out: the leader named, though silent.
             let stale_hint = {
                 let m = metrics.borrow_and_update();
+                let other = m.current_leader.filter(|id| *id != self.config.id);
                 if m.state == ServerState::Leader {
-                    return Ok(());
-                }
-                match m.current_leader.filter(|id| *id != self.config.id) {
-                    Some(id) => {
-                        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
-                        let redirect = corral_proto::client::not_leader(addr.as_deref());
-                        if self.contact.silence(id).is_some_and(|s| s <= silent) {
-                            return Err(redirect);
-                        }
-                        Some(redirect)
+                    if self.leading_term() == Some(m.current_term) {
+                        return Ok(());
                     }
-                    None => None,
+                    // Elected, its barrier not applied yet (`leader::run_leadership`); the
+                    // apply changes the metrics.
+                    None
+                } else if let Some(id) = other {
+                    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
+                    let redirect = corral_proto::client::not_leader(addr.as_deref());
+                    if self.contact.silence(id).is_some_and(|s| s <= silent) {
+                        return Err(redirect);
+                    }
+                    Some(redirect)
+                } else {
+                    None
                 }
             };
             tokio::select! {
@@ -188,6 +193,16 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The term this master leads with its leader-only subsystems running (its leadership
+    /// barrier applied), if any.
+    pub fn leading_term(&self) -> Option<u64> {
+        self.leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.term)
     }
 
     /// The current state hash and the applied index it belongs to.
@@ -285,6 +300,9 @@ impl Shared {
     /// Wait until this master is the leader and has applied everything committed before
     /// the call (a linearizable read point), or answer with the redirect.
     pub async fn linearizable(&self) -> Result<(), Status> {
+        // A leader serves reads once its barrier is applied: before that its state may lack
+        // entries committed under the previous leader.
+        self.leader_or_hold().await?;
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
             Err(_) => Err(Status::unavailable(
                 "could not confirm leadership with a quorum in time",

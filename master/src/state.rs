@@ -55,6 +55,9 @@ pub struct ClusterState {
     /// Derived: resources of each framework's non-terminal tasks (its DRF allocation).
     #[serde(skip)]
     pub framework_used: BTreeMap<String, Resources>,
+    /// Derived index: tasks still in TASK_STAGING (launched, nothing heard from their agent).
+    #[serde(skip)]
+    pub staging: BTreeSet<(String, String)>,
     /// Derived: the records' digests behind the state hash, kept current by apply.
     #[serde(skip)]
     digests: Digests,
@@ -273,6 +276,15 @@ impl ClusterState {
                 ));
             }
         }
+        let staging: BTreeSet<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state() == v1::TaskState::TaskStaging)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if staging != self.staging {
+            return Err("the index of STAGING tasks does not match the tasks".into());
+        }
         let mut by_framework: BTreeMap<&str, Resources> = BTreeMap::new();
         for t in self.tasks.values().filter(|t| !t.is_terminal()) {
             let u = by_framework.entry(&t.framework_id).or_default();
@@ -480,6 +492,7 @@ impl ClusterState {
         for (t, resources) in c.tasks.iter().zip(each) {
             let key = (c.framework_id.clone(), t.task_id.clone());
             index.insert(key.clone());
+            self.staging.insert(key.clone());
             let status = StatusRecord {
                 state: v1::TaskState::TaskStaging as i32,
                 message: String::new(),
@@ -591,6 +604,8 @@ impl ClusterState {
                 *u = u.checked_sub(&resources).unwrap_or_default();
             }
         }
+        // Agents never report STAGING, and the master's own updates are not STAGING either.
+        self.staging.remove(&key);
         Ok(())
     }
 
@@ -709,7 +724,11 @@ impl ClusterState {
         self.rebuild_digests();
         self.agent_tasks.clear();
         self.framework_used.clear();
+        self.staging.clear();
         for (key, t) in &self.tasks {
+            if t.state() == v1::TaskState::TaskStaging {
+                self.staging.insert(key.clone());
+            }
             self.agent_tasks
                 .entry(t.agent_id.clone())
                 .or_default()

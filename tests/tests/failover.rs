@@ -714,3 +714,53 @@ async fn failover_p2_a_returning_framework_gets_thousands_of_unacknowledged_upda
     assert_eq!(running(&fw), BTreeSet::new(), "acknowledged updates are not resent");
     fleet.stop().await;
 }
+
+/// A launch whose Accept gave up before it committed (no quorum for longer than a write
+/// may wait) still commits once the quorum is back, and the leader then delivers it to its
+/// agent: no task is left in STAGING, launched in the log but never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p2_a_launch_committed_after_its_accept_gave_up_still_runs() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("late", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let mut fw = cluster.framework("late", "").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    let task = Framework::task("late-launch", &offer.agent_id, 0.1, 16.0, &["sleep", "60"]);
+    // Both followers go: the leader appends the launch but cannot commit it.
+    let followers: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    for &f in &followers {
+        cluster.kill(f);
+    }
+    let mut client = corral_proto::v1::scheduler_client::SchedulerClient::new(
+        corral_proto::client::channel(cluster.address(leader), Duration::from_secs(10)).unwrap(),
+    );
+    let answer = client
+        .accept(v1::AcceptRequest {
+            header: Some(fw.header.clone()),
+            offer_ids: vec![offer.offer_id],
+            operations: vec![v1::Operation {
+                operation: Some(v1::operation::Operation::Launch(v1::LaunchOperation {
+                    tasks: vec![task],
+                })),
+            }],
+            filters: None,
+        })
+        .await;
+    let err = answer.expect_err("no quorum: the launch cannot be committed in time");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // The quorum returns, the leader stays (its log is the longest) and the entry commits
+    // after all, long after the Accept gave up on it.
+    for &f in &followers {
+        cluster.restart(f);
+    }
+    assert_eq!(
+        cluster.wait_leader(&[1, 2, 3], T).await,
+        leader,
+        "the leader kept its place"
+    );
+    wait_for(T, "the late launch to run on its agent", || async {
+        (running(&cluster, "late-launch").await == 1).then_some(())
+    })
+    .await;
+}

@@ -202,37 +202,23 @@ impl Scheduler for SchedulerService {
                 .start(&framework_id, tasks.iter().map(|t| t.task_id.as_str()), Instant::now());
             Ok((agent, soft.term, asked))
         })??;
-        // Once committed (or refused), the reservation becomes `used` (or is freed); a
-        // launch that was not committed is no longer in flight.
         let checked = Instant::now();
-        let release = |this: &Self, committed: bool| {
-            let _ = this.with_soft(|soft| {
-                if soft.term == term {
-                    soft.release_launch(&agent_id, &asked);
-                    if committed {
-                        soft.launches.committed(checked.elapsed());
-                    } else {
-                        for t in &tasks {
-                            soft.launches.done(&framework_id, &t.task_id);
-                        }
-                    }
-                }
-            });
-        };
         // S2 pre-check against the replicated state (apply checks again).
-        {
+        let reused = {
             let state = self.shared.state.read();
-            for (i, t) in tasks.iter().enumerate() {
-                if state.app.tasks.contains_key(&(framework_id.clone(), t.task_id.clone())) {
-                    drop(state);
-                    release(self, false);
-                    self.shared.allocate_now.notify_one();
-                    return Err(Status::invalid_argument(format!(
-                        "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
-                        t.task_id
-                    )));
-                }
-            }
+            tasks
+                .iter()
+                .enumerate()
+                .find(|(_, t)| state.app.tasks.contains_key(&(framework_id.clone(), t.task_id.clone())))
+        };
+        if let Some((i, t)) = reused {
+            let message = format!(
+                "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
+                t.task_id
+            );
+            release_launch(&self.shared, term, &framework_id, &agent_id, &asked, &tasks, None);
+            self.shared.allocate_now.notify_one();
+            return Err(Status::invalid_argument(message));
         }
         self.shared.allocate_now.notify_one();
         if tasks.is_empty() {
@@ -240,34 +226,21 @@ impl Scheduler for SchedulerService {
                 launched_task_ids: Vec::new(),
             }));
         }
-        let launch = v1::LaunchTasks {
-            framework_id: framework_id.clone(),
-            agent_id: agent_id.clone(),
-            tasks: tasks.clone(),
+        // From here on the launch runs to its end even if the caller goes away: a launch
+        // committed but never sent to its agent would sit in STAGING, and its reservation
+        // would never be released.
+        let launch = Launch {
+            shared: self.shared.clone(),
+            term,
+            framework_id,
+            agent_id,
+            asked,
+            tasks,
+            checked,
         };
-        let written = self.shared.write(v1::command::Kind::LaunchTasks(launch)).await;
-        release(self, matches!(written, Ok(Outcome::Applied)));
-        match written? {
-            Outcome::Rejected(why) => return Err(Status::failed_precondition(why)),
-            Outcome::Applied => {}
-        }
-        let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
-        self.with_soft(|soft| {
-            if soft.term != term {
-                return;
-            }
-            for task in tasks {
-                soft.send_agent(
-                    &agent_id,
-                    v1::master_message::Message::RunTask(v1::RunTask {
-                        framework_id: framework_id.clone(),
-                        task: Some(task),
-                        framework: None,
-                    }),
-                );
-            }
-        })?;
-        tracing::debug!(%framework_id, %agent_id, tasks = ids.len(), "tasks launched");
+        let ids = tokio::spawn(launch.run())
+            .await
+            .map_err(|e| Status::internal(format!("the launch did not complete: {e}")))??;
         Ok(Response::new(v1::AcceptResponse { launched_task_ids: ids }))
     }
 
@@ -425,6 +398,88 @@ impl Scheduler for SchedulerService {
         let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
         teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?;
         Ok(Response::new(v1::TeardownResponse {}))
+    }
+}
+
+/// An accepted launch on its way: committed through Raft, then sent to its agent.
+struct Launch {
+    shared: Shared,
+    term: u64,
+    framework_id: String,
+    agent_id: String,
+    /// The resources reserved for it on the agent.
+    asked: Resources,
+    tasks: Vec<v1::TaskInfo>,
+    /// When its offers were checked (the start of its commit latency).
+    checked: Instant,
+}
+
+impl Launch {
+    async fn run(self) -> Result<Vec<String>, Status> {
+        let command = v1::LaunchTasks {
+            framework_id: self.framework_id.clone(),
+            agent_id: self.agent_id.clone(),
+            tasks: self.tasks.clone(),
+        };
+        let written = self.shared.write(v1::command::Kind::LaunchTasks(command)).await;
+        let committed = matches!(written, Ok(Outcome::Applied)).then(|| self.checked.elapsed());
+        release_launch(
+            &self.shared,
+            self.term,
+            &self.framework_id,
+            &self.agent_id,
+            &self.asked,
+            &self.tasks,
+            committed,
+        );
+        if let Outcome::Rejected(why) = written? {
+            return Err(Status::failed_precondition(why));
+        }
+        let ids: Vec<String> = self.tasks.iter().map(|t| t.task_id.clone()).collect();
+        let mut guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+        let soft = guard
+            .as_mut()
+            .filter(|soft| soft.term == self.term)
+            .ok_or_else(|| corral_proto::client::not_leader(None))?;
+        for task in self.tasks {
+            soft.send_agent(
+                &self.agent_id,
+                v1::master_message::Message::RunTask(v1::RunTask {
+                    framework_id: self.framework_id.clone(),
+                    task: Some(task),
+                    framework: None,
+                }),
+            );
+        }
+        tracing::debug!(framework_id = %self.framework_id, agent_id = %self.agent_id, tasks = ids.len(), "tasks launched");
+        Ok(ids)
+    }
+}
+
+/// A launch was committed (`committed`: how long it took) or refused: its reservation on
+/// the agent ends (committed, the resources are in the agent's `used`), and a launch that
+/// was not committed is no longer in flight.
+fn release_launch(
+    shared: &Shared,
+    term: u64,
+    framework_id: &str,
+    agent_id: &str,
+    asked: &Resources,
+    tasks: &[v1::TaskInfo],
+    committed: Option<Duration>,
+) {
+    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(soft) = guard.as_mut().filter(|soft| soft.term == term) else {
+        return;
+    };
+    soft.release_launch(agent_id, asked);
+    match committed {
+        Some(took) => soft.launches.committed(took),
+        None => {
+            for t in tasks {
+                soft.launches.done(framework_id, &t.task_id);
+            }
+        }
     }
 }
 
