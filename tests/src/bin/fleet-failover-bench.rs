@@ -115,15 +115,42 @@ fn probes(cluster: &Cluster) -> Probes {
         .collect()
 }
 
+/// A cluster, its simulated fleet and framework, and the probes of its masters.
+struct Bench {
+    cluster: Cluster,
+    probes: Probes,
+    fleet: Fleet,
+    framework: SimFramework,
+    agents: usize,
+}
+
+impl Bench {
+    /// Kill the leader `rounds` times, printing each round as `label N`.
+    async fn series(&mut self, rounds: usize, patience: Duration, label: &str) -> Rounds {
+        let mut out = Rounds::default();
+        for round in 0..rounds {
+            let r = failover(self, patience).await;
+            out.push(&format!("{label} {round:>2}"), &r);
+        }
+        out
+    }
+
+    async fn stop(self) {
+        self.framework.stop().await;
+        self.fleet.stop().await;
+    }
+}
+
 /// Kill the leader once and time (a), (b) and (c).
-async fn failover(
-    cluster: &mut Cluster,
-    probes: &Probes,
-    fleet: &Fleet,
-    framework: &SimFramework,
-    n: usize,
-    patience: Duration,
-) -> Round {
+async fn failover(bench: &mut Bench, patience: Duration) -> Round {
+    let Bench {
+        cluster,
+        probes,
+        fleet,
+        framework,
+        agents: n,
+    } = bench;
+    let n = *n;
     let ids = [1, 2, 3];
     let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
     // Fail over a cluster at rest: every update acknowledged and the masters caught up.
@@ -137,10 +164,6 @@ async fn failover(
     let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
     let killed = Instant::now();
     cluster.kill(leader);
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!("killed master {leader} at unix {:.3}", unix.as_secs_f64());
     // (a) a surviving master says it leads. Asked over connections opened before the kill,
     // all survivors at once: a fresh connection per probe to a master busy with thousands
     // of re-registering agents measured the probe, not the election.
@@ -235,7 +258,7 @@ async fn main() {
         }
     };
     if args.rounds > 0 {
-        let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
+        let cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
         cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
         let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
         let probes = probes(&cluster);
@@ -249,29 +272,22 @@ async fn main() {
             framework.first_offer_after_term(0)
         })
         .await;
-        let mut rounds = Rounds::default();
-        for round in 0..args.rounds {
-            let r = failover(
-                &mut cluster,
-                &probes,
-                &fleet,
-                &framework,
-                args.agents,
-                Duration::from_secs(30),
-            )
-            .await;
-            rounds.push(&format!("round {round:>2}"), &r);
-        }
+        let mut bench = Bench {
+            cluster,
+            probes,
+            fleet,
+            framework,
+            agents: args.agents,
+        };
+        let rounds = bench.series(args.rounds, Duration::from_secs(30), "round").await;
         rounds.print(&format!(
             "3 masters, {} simulated agents, {} failovers:",
             args.agents, args.rounds
         ));
-        framework.stop().await;
-        fleet.stop().await;
-        drop(cluster);
+        bench.stop().await;
     }
     if args.big_rounds > 0 && args.big_agents > 0 {
-        let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
+        let cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
         cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30)).await;
         let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
         let probes = probes(&cluster);
@@ -317,24 +333,20 @@ async fn main() {
                 println!("master {id} resident memory: {rss:.0} MiB");
             }
         }
-        let mut rounds = Rounds::default();
-        for round in 0..args.big_rounds {
-            let r = failover(
-                &mut cluster,
-                &probes,
-                &fleet,
-                &framework,
-                args.big_agents,
-                Duration::from_secs(120),
-            )
+        let mut bench = Bench {
+            cluster,
+            probes,
+            fleet,
+            framework,
+            agents: args.big_agents,
+        };
+        let rounds = bench
+            .series(args.big_rounds, Duration::from_secs(120), "big round")
             .await;
-            rounds.push(&format!("big round {round}"), &r);
-        }
         rounds.print(&format!(
             "3 masters, {} simulated agents holding {want} tasks, {} failovers:",
             args.big_agents, args.big_rounds
         ));
-        framework.stop().await;
-        fleet.stop().await;
+        bench.stop().await;
     }
 }
