@@ -18,7 +18,6 @@ use corral_proto::convert::resources_to_wire;
 use corral_proto::resources::Resources;
 use corral_proto::v1;
 use openraft::ServerState;
-use rand::seq::SliceRandom;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tonic::Status;
 
@@ -272,6 +271,58 @@ impl Launches {
     }
 }
 
+/// The agents touched since they were last looked at, handed out in random order one at a
+/// time in O(1). A pass that may offer a few agents draws a few, however many thousands
+/// are waiting (while agents register, or on a full pass, every agent is).
+#[derive(Debug, Default)]
+pub struct Touched {
+    ids: Vec<String>,
+    /// Agent id → its place in `ids`.
+    index: HashMap<String, usize>,
+}
+
+impl Touched {
+    pub fn insert(&mut self, agent_id: &str) {
+        if !self.index.contains_key(agent_id) {
+            self.index.insert(agent_id.to_string(), self.ids.len());
+            self.ids.push(agent_id.to_string());
+        }
+    }
+
+    pub fn contains(&self, agent_id: &str) -> bool {
+        self.index.contains_key(agent_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.index.clear();
+    }
+
+    /// Remove and return a member chosen uniformly at random.
+    pub fn draw(&mut self, rng: &mut impl rand::Rng) -> Option<String> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let at = rng.random_range(0..self.ids.len());
+        let id = self.ids.swap_remove(at);
+        self.index.remove(&id);
+        if let Some(moved) = self.ids.get(at) {
+            if let Some(slot) = self.index.get_mut(moved) {
+                *slot = at;
+            }
+        }
+        Some(id)
+    }
+}
+
 /// The leader's soft state for one term.
 pub struct Soft {
     pub term: u64,
@@ -290,7 +341,7 @@ pub struct Soft {
     pub offered_to: HashMap<String, Resources>,
     /// Agents whose free resources may have grown since the last pass: the candidates of
     /// the next incremental pass.
-    pub dirty: HashSet<String>,
+    pub dirty: Touched,
     /// Set when something other than an agent's free resources changed (a framework came or
     /// revived, tasks were killed in bulk): the next pass looks at every agent.
     pub full_pass: bool,
@@ -327,7 +378,7 @@ impl Soft {
             launching: HashMap::new(),
             filters: HashMap::new(),
             offered_to: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: Touched::default(),
             full_pass: true,
             total: None,
             suppressed: HashSet::new(),
@@ -358,7 +409,7 @@ impl Soft {
         if let Some(o) = self.offered_to.get_mut(&offer.framework_id) {
             *o = o.checked_sub(&offer.resources).unwrap_or_default();
         }
-        self.dirty.insert(offer.agent_id.clone());
+        self.dirty.insert(&offer.agent_id);
         Some(offer)
     }
 
@@ -373,9 +424,7 @@ impl Soft {
 
     /// The agent's free resources may have grown (a task ended, an offer came back).
     pub fn touch_agent(&mut self, agent_id: &str) {
-        if !self.dirty.contains(agent_id) {
-            self.dirty.insert(agent_id.to_string());
-        }
+        self.dirty.insert(agent_id);
     }
 
     /// Attach an agent's session (replacing an older one of the same agent).
@@ -910,42 +959,42 @@ fn offer_events(offers: Vec<v1::Offer>) -> Vec<Vec<v1::Offer>> {
 /// Offer the free resources of at most `room` agents (the touched ones, or all on a full
 /// pass); agents left over wait for the next pass.
 fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant, room: usize) {
-    let dirty = std::mem::take(&mut soft.dirty);
     if soft.frameworks.is_empty() || soft.agents.is_empty() {
+        soft.dirty.clear();
         return;
     }
-    let active = |id: &String| state.agents.get(id).filter(|a| a.state == AgentState::Active);
+    let active = |id: &str| state.agents.get(id).filter(|a| a.state == AgentState::Active);
     if full || soft.total.is_none() {
         // Summed from scratch: also catches an agent that is connected but no longer
         // active in the replicated state.
         let total = soft
             .agents
             .keys()
-            .filter_map(active)
+            .filter_map(|id| active(id))
             .fold(Resources::new(), |t, a| t.checked_add(&a.resources).unwrap_or(t));
         soft.total = Some(total);
     }
-    let total = soft.total.clone().unwrap_or_default();
-    let mut candidates: Vec<&crate::state::AgentRecord> = if full {
-        soft.agents.keys().filter_map(active).collect()
-    } else {
-        dirty
-            .iter()
-            .filter(|id| soft.agents.contains_key(*id))
-            .filter_map(active)
-            .collect()
-    };
-    // Agents in random order, as Mesos does, so no agent is always first in line; the
-    // free resources of only as many as the pass may offer are worked out, the others
-    // wait for the next pass.
-    candidates.shuffle(&mut rand::rng());
-    let mut candidates = candidates.into_iter();
-    let mut agents: Vec<AgentView> = Vec::new();
-    for a in candidates.by_ref() {
-        if agents.len() == room {
-            soft.dirty.insert(a.id.clone());
-            break;
+    if full {
+        for id in soft.agents.keys() {
+            soft.dirty.insert(id);
         }
+    }
+    let total = soft.total.clone().unwrap_or_default();
+    // Touched agents drawn at random, as Mesos orders them, so no agent is always first in
+    // line; only as many as the pass may offer are drawn and worked out, the others wait
+    // for the next pass at no cost to this one.
+    let mut rng = rand::rng();
+    let mut agents: Vec<AgentView> = Vec::new();
+    while agents.len() < room {
+        let Some(id) = soft.dirty.draw(&mut rng) else {
+            break;
+        };
+        if !soft.agents.contains_key(&id) {
+            continue;
+        }
+        let Some(a) = active(&id) else {
+            continue;
+        };
         let free = (|| {
             let mut free = a.resources.checked_sub(&a.used).ok()?;
             if let Some(o) = soft.offered.get(&a.id) {
@@ -957,11 +1006,8 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant, room: 
             crate::allocator::offerable(&free).then_some(free)
         })();
         if let Some(free) = free {
-            agents.push(AgentView { id: a.id.clone(), free });
+            agents.push(AgentView { id, free });
         }
-    }
-    for left in candidates {
-        soft.dirty.insert(left.id.clone());
     }
     if agents.is_empty() {
         return;
@@ -1050,6 +1096,39 @@ mod tests {
         assert_eq!(Soft::offer_term(&id), Some(7));
         assert_eq!(Soft::offer_term("garbage"), None);
         assert_eq!(Soft::offer_term("O-1"), None);
+    }
+
+    #[test]
+    fn touched_agents_are_drawn_once_each_in_varying_order() {
+        let mut t = Touched::default();
+        for id in ["a", "b", "c", "b", "d", "a"] {
+            t.insert(id);
+        }
+        assert_eq!(t.len(), 4);
+        assert!(t.contains("c"));
+        let mut rng = rand::rng();
+        let mut drawn = Vec::new();
+        while let Some(id) = t.draw(&mut rng) {
+            assert!(!t.contains(&id), "{id} drawn but still a member");
+            drawn.push(id);
+        }
+        assert!(t.is_empty());
+        drawn.sort();
+        assert_eq!(drawn, ["a", "b", "c", "d"]);
+        // Touched again after being drawn: a member again.
+        t.insert("b");
+        assert!(t.contains("b"));
+
+        // Every agent comes first sometimes: the order is random, not insertion order.
+        let mut first = HashSet::new();
+        for _ in 0..200 {
+            let mut t = Touched::default();
+            for id in ["a", "b", "c", "d"] {
+                t.insert(id);
+            }
+            first.extend(t.draw(&mut rng));
+        }
+        assert_eq!(first.len(), 4, "first drawn: {first:?}");
     }
 
     #[test]
