@@ -14,6 +14,8 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Most tasks in one accept.
 pub const MAX_TASKS_PER_ACCEPT: usize = 1024;
+/// Most status updates acknowledged in one Acknowledge call.
+pub const MAX_ACKS_PER_CALL: usize = 1024;
 /// Most argv entries of a command, and most environment variables.
 pub const MAX_ARGV: usize = 1024;
 /// Longest total of a command's argv and environment, in bytes.

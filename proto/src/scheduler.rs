@@ -2,11 +2,12 @@
 //!
 //! [`run`] subscribes the framework to the leader (following redirects), calls the
 //! scheduler's callbacks as events arrive, acknowledges every status update after its
-//! callback returns, and when the stream breaks (leader failover) re-subscribes with the
+//! callback returns (off the event loop, many per call when they queue up), and when the stream breaks (leader failover) re-subscribes with the
 //! same framework id: that is a failover of the framework, and its tasks are kept. The
 //! [`Driver`] handed to every callback queues calls (accept, decline, kill, ...); they are
 //! sent in order by the run loop, and failures come back through [`Scheduler::error`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -21,6 +22,8 @@ use crate::v1::scheduler_client::SchedulerClient;
 const FIND_LEADER: Duration = Duration::from_secs(10);
 /// Missing this many heartbeat intervals means the stream is dead.
 const HEARTBEATS_MISSED: u32 = 3;
+/// Most acknowledgements sent in one call (the master takes up to 1,024).
+const ACKS_PER_CALL: usize = 256;
 
 /// What a framework does with events. Every method gets the [`Driver`] to act with.
 pub trait Scheduler: Send {
@@ -30,7 +33,7 @@ pub trait Scheduler: Send {
     fn reregistered(&mut self, _driver: &Driver, _master: &v1::MasterInfo) {}
     fn offers(&mut self, driver: &Driver, offers: Vec<v1::Offer>);
     fn rescinded(&mut self, _driver: &Driver, _offer_id: &str) {}
-    /// A status update; it is acknowledged when this returns.
+    /// A status update; it is acknowledged after this returns.
     fn status_update(&mut self, driver: &Driver, status: &v1::TaskStatus);
     /// A call failed, or the master reported an error.
     fn error(&mut self, _driver: &Driver, _message: &str) {}
@@ -130,7 +133,7 @@ pub async fn run<S: Scheduler>(
     mut info: v1::FrameworkInfo,
     mut scheduler: S,
 ) -> Result<S, DriverError> {
-    let client = Masters::new(masters, Duration::from_secs(10));
+    let client = Arc::new(Masters::new(masters, Duration::from_secs(10)));
     let (tx, mut calls) = mpsc::unbounded_channel();
     let driver = Driver { tx };
     let mut subscribed_once = false;
@@ -162,6 +165,9 @@ pub async fn run<S: Scheduler>(
             }
         };
         let mut header = v1::CallHeader::default();
+        // Acknowledgements of this subscription; dropped with it (updates left
+        // unacknowledged are resent to the next one).
+        let mut acks: Option<mpsc::UnboundedSender<v1::Acknowledgement>> = None;
         let mut silence = Duration::from_secs(30);
         let ended = loop {
             tokio::select! {
@@ -176,6 +182,7 @@ pub async fn run<S: Scheduler>(
                         Some(v1::event::Event::Subscribed(s)) => {
                             info.framework_id = s.framework_id.clone();
                             header = v1::CallHeader { framework_id: s.framework_id.clone(), stream_id: s.stream_id };
+                            acks = Some(spawn_acker(client.clone(), header.clone()));
                             silence = Duration::from_secs_f64(s.heartbeat_interval_seconds.max(1.0)) * HEARTBEATS_MISSED;
                             let master = s.master.unwrap_or_default();
                             if subscribed_once {
@@ -190,17 +197,12 @@ pub async fn run<S: Scheduler>(
                         Some(v1::event::Event::Update(u)) => {
                             if let Some(status) = u.status {
                                 scheduler.status_update(&driver, &status);
-                                if !status.uuid.is_empty() {
-                                    let ack = v1::AcknowledgeRequest {
-                                        header: Some(header.clone()),
+                                if let (false, Some(acks)) = (status.uuid.is_empty(), &acks) {
+                                    let _ = acks.send(v1::Acknowledgement {
                                         agent_id: status.agent_id.clone(),
                                         task_id: status.task_id.clone(),
                                         uuid: status.uuid.clone(),
-                                    };
-                                    // Unacknowledged updates are resent, so a lost ack only costs a duplicate.
-                                    if let Err(e) = call(&client, |mut c| { let ack = ack.clone(); async move { c.acknowledge(ack).await.map(|_| ()) } }).await {
-                                        tracing::debug!(error = %e.message(), "acknowledgement not delivered");
-                                    }
+                                    });
                                 }
                             }
                         }
@@ -223,6 +225,39 @@ pub async fn run<S: Scheduler>(
         tracing::info!(reason = %ended, "disconnected from the leader; re-subscribing");
         scheduler.disconnected(&driver);
     }
+}
+
+/// Acknowledge status updates of the subscription `header` as they are queued, without
+/// holding up the event loop: one call at a time, carrying every acknowledgement queued
+/// while the previous one was in flight. Ends when the queue's sender is dropped.
+fn spawn_acker(client: Arc<Masters>, header: v1::CallHeader) -> mpsc::UnboundedSender<v1::Acknowledgement> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < ACKS_PER_CALL {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            let req = v1::AcknowledgeRequest {
+                header: Some(header.clone()),
+                acks: batch,
+                ..Default::default()
+            };
+            // Unacknowledged updates are resent, so a lost ack only costs a duplicate.
+            let sent = call(&client, |mut c| {
+                let req = req.clone();
+                async move { c.acknowledge(req).await.map(|_| ()) }
+            })
+            .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e.message(), acks = req.acks.len(), "acknowledgements not delivered");
+            }
+        }
+    });
+    tx
 }
 
 async fn call<F, Fut>(client: &Masters, f: F) -> Result<(), Status>

@@ -726,6 +726,7 @@ impl Framework {
                             agent_id: s.agent_id.clone(),
                             task_id: s.task_id.clone(),
                             uuid: s.uuid.clone(),
+                            acks: Vec::new(),
                         };
                         let _ = self
                             .call(|mut c| {

@@ -23,6 +23,8 @@ use tokio_stream::StreamExt;
 const AGENTS_PER_CONNECTION: usize = 100;
 /// A leader silent this long is gone (as for real agents).
 const LEADER_SILENCE: Duration = Duration::from_secs(12);
+/// Most acknowledgements in one Acknowledge call (the master takes up to 1,024).
+const ACKS_PER_CALL: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -426,6 +428,7 @@ impl FrameworkRun {
             let Ok(events) = subscribed else { continue };
             let mut events = events.into_inner();
             let mut header = None;
+            let mut acks = None;
             loop {
                 let next = tokio::select! {
                     e = tokio::time::timeout(LEADER_SILENCE, events.next()) => e,
@@ -449,10 +452,12 @@ impl FrameworkRun {
                 match ev.event {
                     Some(v1::event::Event::Subscribed(s)) => {
                         framework_id = s.framework_id.clone();
-                        header = Some(v1::CallHeader {
+                        let h = v1::CallHeader {
                             framework_id: s.framework_id,
                             stream_id: s.stream_id,
-                        });
+                        };
+                        acks = Some(self.spawn_acker(h.clone()));
+                        header = Some(h);
                     }
                     Some(v1::event::Event::Offers(o)) => {
                         let now = Instant::now();
@@ -464,8 +469,8 @@ impl FrameworkRun {
                         }
                     }
                     Some(v1::event::Event::Update(u)) => {
-                        if let (Some(s), Some(h)) = (u.status, &header) {
-                            self.on_update(h, s);
+                        if let (Some(s), Some(acks)) = (u.status, &acks) {
+                            self.on_update(acks, s);
                         }
                     }
                     _ => {}
@@ -571,7 +576,7 @@ impl FrameworkRun {
         });
     }
 
-    fn on_update(&self, header: &v1::CallHeader, s: v1::TaskStatus) {
+    fn on_update(&self, acks: &mpsc::UnboundedSender<v1::Acknowledgement>, s: v1::TaskStatus) {
         let now = Instant::now();
         if s.state == v1::TaskState::TaskRunning as i32 {
             self.state.running.fetch_add(1, Ordering::Relaxed);
@@ -586,16 +591,34 @@ impl FrameworkRun {
         if s.uuid.is_empty() {
             return;
         }
-        let request = v1::AcknowledgeRequest {
-            header: Some(header.clone()),
+        self.state.acks_pending.fetch_add(1, Ordering::Relaxed);
+        let _ = acks.send(v1::Acknowledgement {
             agent_id: s.agent_id,
             task_id: s.task_id,
             uuid: s.uuid,
-        };
+        });
+    }
+
+    /// Acknowledge the updates of subscription `header` as they are queued, as the SDK
+    /// does: one call at a time, each carrying what queued up while the last was in flight.
+    fn spawn_acker(&self, header: v1::CallHeader) -> mpsc::UnboundedSender<v1::Acknowledgement> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
         let this = self.clone();
-        this.state.acks_pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Ok(_permit) = this.calls.clone().acquire_owned().await {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ACKS_PER_CALL {
+                    match rx.try_recv() {
+                        Ok(a) => batch.push(a),
+                        Err(_) => break,
+                    }
+                }
+                let n = batch.len() as u64;
+                let request = v1::AcknowledgeRequest {
+                    header: Some(header.clone()),
+                    acks: batch,
+                    ..Default::default()
+                };
                 let _ = this
                     .masters
                     .on_leader(Duration::from_secs(5), |ch| {
@@ -603,9 +626,10 @@ impl FrameworkRun {
                         async move { SchedulerClient::new(ch).acknowledge(r).await }
                     })
                     .await;
+                this.state.acks_pending.fetch_sub(n, Ordering::Relaxed);
             }
-            this.state.acks_pending.fetch_sub(1, Ordering::Relaxed);
         });
+        tx
     }
 }
 

@@ -715,6 +715,98 @@ async fn failover_p2_a_returning_framework_gets_thousands_of_unacknowledged_upda
     fleet.stop().await;
 }
 
+/// One Acknowledge call carrying `acks`.
+async fn acknowledge(fw: &Framework, acks: Vec<v1::Acknowledgement>) -> Result<(), tonic::Status> {
+    let req = v1::AcknowledgeRequest {
+        header: Some(fw.header.clone()),
+        acks,
+        ..Default::default()
+    };
+    fw.call(|mut c| {
+        let req = req.clone();
+        async move { c.acknowledge(req).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// Many updates acknowledged in one call stop being resent, repeated and unknown
+/// acknowledgements in the batch are harmless, and a malformed batch is refused naming the
+/// acknowledgement at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_p2_updates_acknowledged_in_one_call_are_not_resent() {
+    const TASKS: usize = 40;
+    let cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], T).await;
+    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+    let fleet = corral_tests::sim::Fleet::start(&masters, 1, "cpus:8;mem:8192", false);
+    cluster.wait_agents(1, T).await;
+    let mut fw = cluster.framework("batched", "").await;
+    fw.ack = false;
+    let offer = fw.next_offers(T).await.remove(0);
+    let tasks: Vec<v1::TaskInfo> = (0..TASKS)
+        .map(|i| Framework::task(&format!("b-{i}"), &offer.agent_id, 0.01, 1.0, &["true"]))
+        .collect();
+    fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
+    let running = |fw: &Framework| -> Vec<v1::TaskStatus> {
+        fw.updates
+            .iter()
+            .filter(|s| s.state == TaskState::TaskRunning as i32)
+            .cloned()
+            .collect()
+    };
+    watch_until(&mut fw, "RUNNING of every task", |fw| running(fw).len() == TASKS).await;
+    let ack = |s: &v1::TaskStatus| v1::Acknowledgement {
+        agent_id: s.agent_id.clone(),
+        task_id: s.task_id.clone(),
+        uuid: s.uuid.clone(),
+    };
+    let updates = running(&fw);
+    // Malformed batches: refused whole, naming the acknowledgement.
+    let cases = [
+        (
+            vec![
+                ack(&updates[0]),
+                v1::Acknowledgement {
+                    task_id: String::new(),
+                    ..ack(&updates[1])
+                },
+            ],
+            "acks[1].task_id",
+        ),
+        (
+            vec![v1::Acknowledgement {
+                uuid: Vec::new(),
+                ..ack(&updates[0])
+            }],
+            "acks[0].uuid",
+        ),
+        (vec![ack(&updates[0]); 1025], "acks"),
+        (Vec::new(), "task_id"),
+    ];
+    for (acks, field) in cases {
+        let err = acknowledge(&fw, acks).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+    }
+    // Nothing was acknowledged by them: a new subscription gets every update again.
+    fw.updates.clear();
+    fw.resubscribe().await.unwrap();
+    watch_until(&mut fw, "every update resent", |fw| running(fw).len() == TASKS).await;
+    // One call acknowledges them all, with a repeat and an unknown uuid among them.
+    let mut acks: Vec<v1::Acknowledgement> = running(&fw).iter().map(ack).collect();
+    acks.push(acks[0].clone());
+    acks.push(v1::Acknowledgement {
+        uuid: b"no-such-update".to_vec(),
+        ..acks[1].clone()
+    });
+    acknowledge(&fw, acks).await.unwrap();
+    fw.updates.clear();
+    fw.resubscribe().await.unwrap();
+    fw.watch(Duration::from_secs(1)).await;
+    assert_eq!(running(&fw), Vec::new(), "acknowledged updates are not resent");
+    fleet.stop().await;
+}
+
 /// A launch whose Accept gave up before it committed (no quorum for longer than a write
 /// may wait) still commits once the quorum is back, and the leader then delivers it to its
 /// agent: no task is left in STAGING, launched in the log but never started.

@@ -54,6 +54,50 @@ impl SchedulerService {
 
 type EventStream = FrameworkEvents;
 
+/// The acknowledgements of one Acknowledge call (the one in its own fields, if any, and its
+/// list), each checked, as replicated acks of `framework_id`.
+fn acknowledgements(framework_id: &str, req: v1::AcknowledgeRequest) -> Result<Vec<v1::StatusAck>, Status> {
+    if req.acks.len() > validate::MAX_ACKS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "acks: {} acknowledgements, at most {} per call",
+            req.acks.len(),
+            validate::MAX_ACKS_PER_CALL
+        )));
+    }
+    let single = (!req.task_id.is_empty() || !req.uuid.is_empty() || req.acks.is_empty()).then(|| {
+        (
+            String::new(),
+            v1::Acknowledgement {
+                agent_id: req.agent_id,
+                task_id: req.task_id,
+                uuid: req.uuid,
+            },
+        )
+    });
+    let listed = req
+        .acks
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (format!("acks[{i}]."), a));
+    single
+        .into_iter()
+        .chain(listed)
+        .map(|(at, a)| {
+            validate::id(&format!("{at}task_id"), &a.task_id).map_err(Status::invalid_argument)?;
+            if a.uuid.is_empty() || a.uuid.len() > 64 {
+                return Err(Status::invalid_argument(format!(
+                    "{at}uuid: must be the 1 to 64 byte uuid of a status update"
+                )));
+            }
+            Ok(v1::StatusAck {
+                framework_id: framework_id.to_string(),
+                task_id: a.task_id,
+                uuid: a.uuid,
+            })
+        })
+        .collect()
+}
+
 fn filter_until(refuse_seconds: f64) -> Option<Instant> {
     (refuse_seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(refuse_seconds))
 }
@@ -317,18 +361,8 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
         let req = req.into_inner();
         let framework_id = self.check_header(req.header.as_ref()).await?;
-        validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
-        if req.uuid.is_empty() || req.uuid.len() > 64 {
-            return Err(Status::invalid_argument(
-                "uuid: must be the 1 to 64 byte uuid of a status update",
-            ));
-        }
-        let ack = v1::StatusAck {
-            framework_id,
-            task_id: req.task_id,
-            uuid: req.uuid,
-        };
-        let kind = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses { acks: vec![ack] });
+        let acks = acknowledgements(&framework_id, req)?;
+        let kind = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses { acks });
         if let Outcome::Rejected(why) = self.shared.write(kind).await? {
             return Err(Status::failed_precondition(why));
         }
