@@ -23,7 +23,7 @@ const FIND_LEADER: Duration = Duration::from_secs(10);
 /// Missing this many heartbeat intervals means the stream is dead.
 const HEARTBEATS_MISSED: u32 = 3;
 /// Most acknowledgements sent in one call (the master takes up to 1,024).
-const ACKS_PER_CALL: usize = 256;
+pub const ACKS_PER_CALL: usize = 256;
 
 /// What a framework does with events. Every method gets the [`Driver`] to act with.
 pub trait Scheduler: Send {
@@ -227,20 +227,27 @@ pub async fn run<S: Scheduler>(
     }
 }
 
+/// Wait for the next item of `rx`, then take whatever else is already queued, up to `most`
+/// in all: a batch as large as what arrived during the caller's last call. `None` once the
+/// senders are gone and the queue is empty.
+pub async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, most: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < most {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Acknowledge status updates of the subscription `header` as they are queued, without
 /// holding up the event loop: one call at a time, carrying every acknowledgement queued
 /// while the previous one was in flight. Ends when the queue's sender is dropped.
 fn spawn_acker(client: Arc<Masters>, header: v1::CallHeader) -> mpsc::UnboundedSender<v1::Acknowledgement> {
     let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < ACKS_PER_CALL {
-                match rx.try_recv() {
-                    Ok(a) => batch.push(a),
-                    Err(_) => break,
-                }
-            }
+        while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {
             let req = v1::AcknowledgeRequest {
                 header: Some(header.clone()),
                 acks: batch,
@@ -486,5 +493,29 @@ pub mod placement {
             assert!(d.take(true, t0 + Duration::from_secs(3)));
             assert!(!d.take(false, t0 + Duration::from_secs(3)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_is_what_queued_up_to_the_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..5 {
+            tx.send(i).unwrap();
+        }
+        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![0, 1, 2]));
+        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![3, 4]));
+        // Waits for the next item rather than returning an empty batch.
+        let sender = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(5).unwrap();
+        });
+        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![5]));
+        sender.await.unwrap();
+        // Every sender gone and nothing queued: the end.
+        assert_eq!(next_batch(&mut rx, 3).await, None);
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use corral_proto::client::Masters;
 use corral_proto::resources::Resources;
+use corral_proto::scheduler::{next_batch, ACKS_PER_CALL};
 use corral_proto::v1;
 use corral_proto::v1::agents_client::AgentsClient;
 use corral_proto::v1::scheduler_client::SchedulerClient;
@@ -23,8 +24,6 @@ use tokio_stream::StreamExt;
 const AGENTS_PER_CONNECTION: usize = 100;
 /// A leader silent this long is gone (as for real agents).
 const LEADER_SILENCE: Duration = Duration::from_secs(12);
-/// Most acknowledgements in one Acknowledge call (the master takes up to 1,024).
-const ACKS_PER_CALL: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -605,14 +604,7 @@ impl FrameworkRun {
         let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
         let this = self.clone();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < ACKS_PER_CALL {
-                    match rx.try_recv() {
-                        Ok(a) => batch.push(a),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {
                 let n = batch.len() as u64;
                 let request = v1::AcknowledgeRequest {
                     header: Some(header.clone()),
