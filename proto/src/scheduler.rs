@@ -167,7 +167,7 @@ pub async fn run<S: Scheduler>(
         let mut header = v1::CallHeader::default();
         // Acknowledgements of this subscription; dropped with it (updates left
         // unacknowledged are resent to the next one).
-        let mut acks: Option<mpsc::UnboundedSender<v1::Acknowledgement>> = None;
+        let mut acks: Option<Acker> = None;
         let mut silence = Duration::from_secs(30);
         let ended = loop {
             tokio::select! {
@@ -182,7 +182,7 @@ pub async fn run<S: Scheduler>(
                         Some(v1::event::Event::Subscribed(s)) => {
                             info.framework_id = s.framework_id.clone();
                             header = v1::CallHeader { framework_id: s.framework_id.clone(), stream_id: s.stream_id };
-                            acks = Some(spawn_acker(client.clone(), header.clone()));
+                            acks = Some(Acker::spawn(client.clone(), header.clone()));
                             silence = Duration::from_secs_f64(s.heartbeat_interval_seconds.max(1.0)) * HEARTBEATS_MISSED;
                             let master = s.master.unwrap_or_default();
                             if subscribed_once {
@@ -198,7 +198,7 @@ pub async fn run<S: Scheduler>(
                             if let Some(status) = u.status {
                                 scheduler.status_update(&driver, &status);
                                 if let (false, Some(acks)) = (status.uuid.is_empty(), &acks) {
-                                    let _ = acks.send(v1::Acknowledgement {
+                                    acks.queue(v1::Acknowledgement {
                                         agent_id: status.agent_id.clone(),
                                         task_id: status.task_id.clone(),
                                         uuid: status.uuid.clone(),
@@ -216,6 +216,13 @@ pub async fn run<S: Scheduler>(
                     }
                 }
                 Some(c) = calls.recv() => {
+                    if matches!(c, Call::Stop { .. }) {
+                        // Acknowledge what the callbacks have seen before leaving (and
+                        // before a teardown, which would refuse them).
+                        if let Some(acks) = acks.take() {
+                            acks.flush().await;
+                        }
+                    }
                     if perform(&client, &header, c, &mut scheduler, &driver).await {
                         return Ok(scheduler);
                     }
@@ -241,30 +248,51 @@ pub async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, most: usize) -> 
     Some(batch)
 }
 
-/// Acknowledge status updates of the subscription `header` as they are queued, without
-/// holding up the event loop: one call at a time, carrying every acknowledgement queued
-/// while the previous one was in flight. Ends when the queue's sender is dropped.
-fn spawn_acker(client: Arc<Masters>, header: v1::CallHeader) -> mpsc::UnboundedSender<v1::Acknowledgement> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
-    tokio::spawn(async move {
-        while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {
-            let req = v1::AcknowledgeRequest {
-                header: Some(header.clone()),
-                acks: batch,
-                ..Default::default()
-            };
-            // Unacknowledged updates are resent, so a lost ack only costs a duplicate.
-            let sent = call(&client, |mut c| {
-                let req = req.clone();
-                async move { c.acknowledge(req).await.map(|_| ()) }
-            })
-            .await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e.message(), acks = req.acks.len(), "acknowledgements not delivered");
+/// Acknowledges status updates of one subscription as they are queued, without holding up
+/// the event loop: one call at a time, carrying every acknowledgement queued while the
+/// previous one was in flight. Dropped with its subscription (what it still holds is sent,
+/// or resent to the next subscription by the master).
+struct Acker {
+    tx: mpsc::UnboundedSender<v1::Acknowledgement>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Acker {
+    fn spawn(client: Arc<Masters>, header: v1::CallHeader) -> Acker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
+        let task = tokio::spawn(async move {
+            while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {
+                let req = v1::AcknowledgeRequest {
+                    header: Some(header.clone()),
+                    acks: batch,
+                    ..Default::default()
+                };
+                // Unacknowledged updates are resent, so a lost ack only costs a duplicate.
+                let sent = call(&client, |mut c| {
+                    let req = req.clone();
+                    async move { c.acknowledge(req).await.map(|_| ()) }
+                })
+                .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e.message(), acks = req.acks.len(), "acknowledgements not delivered");
+                }
             }
+        });
+        Acker { tx, task }
+    }
+
+    fn queue(&self, ack: v1::Acknowledgement) {
+        let _ = self.tx.send(ack);
+    }
+
+    /// Send everything queued and wait for it, for [`FIND_LEADER`] at most.
+    async fn flush(self) {
+        drop(self.tx);
+        let mut task = self.task;
+        if tokio::time::timeout(FIND_LEADER, &mut task).await.is_err() {
+            task.abort();
         }
-    });
-    tx
+    }
 }
 
 async fn call<F, Fut>(client: &Masters, f: F) -> Result<(), Status>

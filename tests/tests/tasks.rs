@@ -75,6 +75,72 @@ async fn tasks_p1_drf_paper_example_end_to_end() {
     assert_eq!(tasks.len(), 5);
 }
 
+/// The SDK acknowledges updates off its event loop, yet by the time `run` returns after a
+/// stop every update its callbacks saw is acknowledged: the same framework subscribing
+/// again is sent none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_p1_sdk_acknowledges_every_update_before_it_stops() {
+    use corral_proto::scheduler::{self, Driver, Scheduler};
+    const TASKS: usize = 5;
+    #[derive(Default)]
+    struct Batch {
+        framework_id: String,
+        launched: bool,
+        finished: usize,
+    }
+    impl Scheduler for Batch {
+        fn registered(&mut self, _driver: &Driver, framework_id: &str, _master: &v1::MasterInfo) {
+            self.framework_id = framework_id.to_string();
+        }
+        fn offers(&mut self, driver: &Driver, offers: Vec<v1::Offer>) {
+            for offer in offers {
+                if self.launched {
+                    driver.decline(vec![offer.offer_id], None);
+                    continue;
+                }
+                self.launched = true;
+                let tasks = (0..TASKS)
+                    .map(|i| Framework::task(&format!("sdk-{i}"), &offer.agent_id, 0.1, 16.0, &["true"]))
+                    .collect();
+                driver.accept(vec![offer.offer_id], tasks, Some(0.0));
+            }
+        }
+        fn status_update(&mut self, driver: &Driver, status: &v1::TaskStatus) {
+            if status.state == TaskState::TaskFinished as i32 {
+                self.finished += 1;
+                if self.finished == TASKS {
+                    driver.stop(false);
+                }
+            }
+        }
+    }
+    let cluster = cluster_with_agents(&[("sdk", "cpus:2;mem:1024", "")]).await;
+    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+    let info = v1::FrameworkInfo {
+        name: "sdk".into(),
+        failover_timeout_seconds: 60.0,
+        ..Default::default()
+    };
+    let done = tokio::time::timeout(T, scheduler::run(masters, info.clone(), Batch::default()))
+        .await
+        .expect("every task finishes within the deadline")
+        .expect("the driver runs");
+    assert_eq!(done.finished, TASKS);
+    // The same framework again (its failover): nothing is left to resend.
+    let mut again = Framework::subscribe(
+        cluster.client(),
+        v1::FrameworkInfo {
+            framework_id: done.framework_id.clone(),
+            ..info
+        },
+    )
+    .await
+    .unwrap();
+    again.watch(Duration::from_secs(1)).await;
+    let resent: Vec<_> = again.updates.iter().map(|s| (&s.task_id, s.state)).collect();
+    assert!(resent.is_empty(), "acknowledged updates resent: {resent:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_p1_corral_run_prints_states_and_exits_with_the_task_code() {
     let cluster = cluster_with_agents(&[("runner", "cpus:2;mem:1024", "")]).await;
