@@ -54,6 +54,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Run `work` until it ends or the process gets SIGINT or SIGTERM; on a signal `work` is
+/// dropped, and with it the clusters it started (their masters and agents are killed on
+/// drop), rather than left running as orphans.
+pub async fn until_interrupted(work: impl std::future::Future<Output = ()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        work.await;
+        return;
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = int.recv() => eprintln!("interrupted: stopping the masters"),
+        _ = term.recv() => eprintln!("terminated: stopping the masters"),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the child to take).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

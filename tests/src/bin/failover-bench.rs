@@ -91,6 +91,11 @@ fn summary(name: &str, mut ms: Vec<f64>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Interrupted, the benchmark drops its clusters, and with them their masters.
+    corral_tests::until_interrupted(bench()).await;
+}
+
+async fn bench() {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -249,6 +249,11 @@ impl Rounds {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Interrupted, the benchmark drops its clusters, and with them their masters.
+    corral_tests::until_interrupted(bench()).await;
+}
+
+async fn bench() {
     corral_tests::sim::init_logging();
     let args = match parse_args() {
         Ok(a) => a,
