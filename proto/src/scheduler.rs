@@ -2,10 +2,11 @@
 //!
 //! [`run`] subscribes the framework to the leader (following redirects), calls the
 //! scheduler's callbacks as events arrive, acknowledges every status update after its
-//! callback returns (off the event loop, many per call when they queue up), and when the stream breaks (leader failover) re-subscribes with the
-//! same framework id: that is a failover of the framework, and its tasks are kept. The
-//! [`Driver`] handed to every callback queues calls (accept, decline, kill, ...); they are
-//! sent in order by the run loop, and failures come back through [`Scheduler::error`].
+//! callback returns (off the event loop, many per call when they queue up), and when the
+//! stream breaks (leader failover) re-subscribes with the same framework id: that is a
+//! failover of the framework, and its tasks are kept. The [`Driver`] handed to every
+//! callback queues calls (accept, decline, kill, ...); they are sent in order by the run
+//! loop, and failures come back through [`Scheduler::error`].
 
 use std::sync::Arc;
 use std::time::Duration;
