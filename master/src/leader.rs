@@ -289,14 +289,17 @@ impl Touched {
         }
     }
 
+    #[cfg(test)]
     pub fn contains(&self, agent_id: &str) -> bool {
         self.index.contains_key(agent_id)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
