@@ -16,6 +16,10 @@ use crate::StoreError;
 /// Version 1 stores (two leaders could share a term) are refused, not misread.
 pub const FORMAT_VERSION: u8 = 2;
 
+/// How many format versions beyond ours a record may carry and still be taken for the
+/// work of a newer build rather than damage.
+const NEWER_FORMATS: u8 = 16;
+
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_VERSION];
     postcard::to_io(value, &mut out).map_err(|source| StoreError::Codec { what, source })?;
@@ -27,11 +31,23 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
         Some((&FORMAT_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|source| StoreError::Codec { what, source })
         }
-        Some((&version, _)) => Err(StoreError::UnsupportedFormat {
+        // A version a little ahead was written by a newer build; anything else is no
+        // version any build wrote: a damaged record, not an upgrade to wait for.
+        Some((&version, _)) if version > FORMAT_VERSION && version <= FORMAT_VERSION + NEWER_FORMATS => {
+            Err(StoreError::UnsupportedFormat {
+                what,
+                version,
+                supported: FORMAT_VERSION,
+            })
+        }
+        Some((&version, _)) if version < FORMAT_VERSION && version > 0 => Err(StoreError::UnsupportedFormat {
             what,
             version,
             supported: FORMAT_VERSION,
         }),
+        Some((&version, _)) => Err(StoreError::Corrupt(format!(
+            "{what}: format byte {version} is no format any version writes: the record is damaged"
+        ))),
         None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
     }
 }

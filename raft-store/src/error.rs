@@ -68,6 +68,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the data dir is damaged (a missing or corrupt snapshot, a log that breaks
+    /// its invariants or does not decode): the node cannot start from it, and the operator
+    /// restores it from the other members.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt(_)
+                | StoreError::Codec { .. }
+                | StoreError::Snapshot(_)
+                | StoreError::Sled(sled::Error::Corruption { .. })
+        )
+    }
+
     /// True when the data dir belongs to another node or cluster, or was written by a newer
     /// format: the process must not use it and should exit rather than retry.
     pub fn is_fatal_environment(&self) -> bool {

@@ -17,13 +17,14 @@
 //! been reported to deadlock (`corral local` runs three stores in one process).
 
 use std::fs::File;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use std::time::{Duration, Instant};
 
 use tracing::{error, trace, warn};
 
+use crate::watermark::Watermark;
 use crate::StoreError;
 
 /// A callback fired with the outcome of the flush that made its writes durable.
@@ -36,20 +37,25 @@ const MAX_CALLBACKS_PER_FLUSH: usize = 4096;
 /// A flush slower than this is logged: every Raft reply and vote behind it waits as long.
 const SLOW_FLUSH: Duration = Duration::from_millis(50);
 
+/// What waits for a flush: its callback, and the log index it makes durable, if any (for
+/// the watermark).
+type Waiter = (Durable, Option<u64>);
+
 /// Handle to the flusher thread. Dropping it closes the queue; the thread serves what is
 /// queued, then exits, and the drop waits for it.
 pub(crate) struct Flusher {
-    tx: Option<mpsc::Sender<Durable>>,
+    tx: Option<mpsc::Sender<Waiter>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Flusher {
-    /// Start the thread for `db`, whose data file is `data_file`.
-    pub(crate) fn start(db: sled::Db, data_file: File, name: String) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Durable>();
+    /// Start the thread for `db`, whose data file is `data_file`; after each flush it raises
+    /// `mark` to the highest log index the flush made durable.
+    pub(crate) fn start(db: sled::Db, data_file: File, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Waiter>();
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(db, data_file, rx))?;
+            .spawn(move || run(db, data_file, mark, rx))?;
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
@@ -59,8 +65,13 @@ impl Flusher {
     /// Queue `done` to fire after the next flush. Everything written to sled before this call
     /// is covered by that flush.
     pub(crate) fn after_next_flush(&self, done: Durable) -> Result<(), Durable> {
+        self.after_flush_of(done, None)
+    }
+
+    /// Like [`Flusher::after_next_flush`], for an append whose last entry is `index`.
+    pub(crate) fn after_flush_of(&self, done: Durable, index: Option<u64>) -> Result<(), Durable> {
         match &self.tx {
-            Some(tx) => tx.send(done).map_err(|e| e.0),
+            Some(tx) => tx.send((done, index)).map_err(|e| e.0 .0),
             None => Err(done),
         }
     }
@@ -90,8 +101,8 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, data_file: File, rx: mpsc::Receiver<Durable>) {
-    let mut batch: Vec<Durable> = Vec::new();
+fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Waiter>) {
+    let mut batch: Vec<Waiter> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_CALLBACKS_PER_FLUSH {
@@ -118,7 +129,14 @@ fn run(db: sled::Db, data_file: File, rx: mpsc::Receiver<Durable>) {
         if let Err(e) = &outcome {
             error!(error = %e, "log flush failed");
         }
-        for done in batch.drain(..) {
+        let durable = batch.iter().filter_map(|(_, index)| *index).max();
+        let outcome = match (outcome, durable) {
+            // The watermark is what lets a later open tell a lost log from a short one: an
+            // append is durable only once it is recorded.
+            (Ok(()), Some(index)) => mark.raise(index).map_err(|e| format!("durable watermark: {e}")),
+            (outcome, _) => outcome,
+        };
+        for (done, _) in batch.drain(..) {
             // io::Error is not Clone: every waiter gets its own copy of the message.
             done(outcome.clone().map_err(std::io::Error::other));
         }

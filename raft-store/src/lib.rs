@@ -11,7 +11,9 @@
 //! - `codec`: the versioned encoding of everything written.
 //!
 //! A data dir holds a sled `Db` in `sled/` with two trees, `log` (index → entry) and `meta`
-//! (identity, vote, committed, last purged), and the current snapshot in `snapshots/`.
+//! (identity, vote, committed, last purged), the current snapshot in `snapshots/`, and
+//! `durable.mark`, how far the log was durable (`watermark`: sled silently drops what
+//! follows a damaged record, and this is how open notices).
 //!
 //! ```text
 //!  openraft ──append──▶ LogStore ──insert──▶ sled `log` tree
@@ -27,6 +29,7 @@ mod error;
 mod flusher;
 mod log_store;
 mod state_machine;
+mod watermark;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -129,6 +132,8 @@ where
         .flush_every_ms(None)
         .open()?;
     let meta = db.open_tree("meta")?;
+    let (mark, durable) = watermark::Watermark::open(dir)?;
+    let had_snapshot = snapshot_dir.join(state_machine::SNAPSHOT_FILE).exists();
     match meta.get(KEY_IDENTITY)? {
         Some(bytes) => {
             let found: Identity = decode("identity", &bytes)?;
@@ -147,13 +152,26 @@ where
                 });
             }
         }
+        // A store that reached a snapshot or made entries durable had its identity: sled
+        // dropped it with the records after a damaged one (see `watermark`).
+        None if had_snapshot || durable.is_some() => {
+            return Err(StoreError::Corrupt(
+                "the log lost its first records (identity, vote): the sled files are damaged".into(),
+            ))
+        }
         None => {
             meta.insert(KEY_IDENTITY, encode("identity", identity)?)?;
         }
     }
     let log = db.open_tree("log")?;
     let data_file = std::fs::OpenOptions::new().read(true).open(sled_dir.join("db"))?;
-    let flusher = Flusher::start(db.clone(), data_file, format!("raft-flush-{}", identity.node_id))?;
+    let mark = Arc::new(mark);
+    let flusher = Flusher::start(
+        db.clone(),
+        data_file,
+        mark.clone(),
+        format!("raft-flush-{}", identity.node_id),
+    )?;
     db.flush()?;
     if fresh {
         // Make the new files' directory entries durable before anything is acknowledged.
@@ -161,13 +179,47 @@ where
             std::fs::File::open(d)?.sync_all()?;
         }
     }
-    let log_store = LogStore::<C>::new(Arc::new(LogInner { log, meta, flusher }));
+    let log_store = LogStore::<C>::new(Arc::new(LogInner {
+        log,
+        meta,
+        flusher,
+        mark,
+    }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {
         tracing::info!(entries = leftovers, "finished an interrupted log purge");
     }
     let summary = log_store.verify()?;
     tracing::debug!(?summary, "log store opened");
-    let sm = SmStore::open(snapshot_dir)?;
+    let end = summary.last_log_id.map(|l| l.index);
+    if let Some(durable) = durable {
+        if end.is_none_or(|end| end < durable) {
+            return Err(StoreError::Corrupt(format!(
+                "the log was durable up to entry {durable} but ends at {}: the sled files are damaged or truncated",
+                end.map_or("nothing".to_string(), |e| e.to_string())
+            )));
+        }
+    }
+    let sm = SmStore::<C, A>::open(snapshot_dir)?;
+    // The log holds only what follows the snapshot: without a snapshot that reaches the
+    // purge point, the state before it is gone (openraft would fail to read the entries).
+    if let Some(purged) = summary.last_purged {
+        match sm.snapshot_last_log_id() {
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "the log is purged up to {purged} but there is no snapshot: the snapshot file is missing"
+                )))
+            }
+            Some(snap) if snap.index < purged.index => {
+                return Err(StoreError::Corrupt(format!(
+                    "the log is purged up to {purged} but the snapshot ends at {snap}: entries in between are lost"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    // Every entry must decode now, not when openraft applies it: a bad entry found then
+    // stops the node in the middle of its start.
+    log_store.check_payloads::<A>()?;
     Ok((log_store, sm))
 }

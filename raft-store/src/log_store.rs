@@ -30,6 +30,8 @@ pub(crate) struct LogInner {
     pub(crate) log: sled::Tree,
     pub(crate) meta: sled::Tree,
     pub(crate) flusher: Flusher,
+    /// How far the log has been durable (see `watermark`).
+    pub(crate) mark: Arc<crate::watermark::Watermark>,
 }
 
 /// The Raft log, vote and committed index of one node. Cheap to clone; every clone is the
@@ -173,6 +175,21 @@ impl<C: StoreConfig> LogStore<C> {
         })
     }
 
+    /// Decode the application payload of every stored entry with `A`'s decoder: an entry
+    /// that does not decode is reported as corruption (with its log id) before the node
+    /// starts, instead of stopping it when openraft applies the entry.
+    pub(crate) fn check_payloads<A: crate::StateMachine<C>>(&self) -> Result<(), StoreError> {
+        for item in self.inner.log.iter() {
+            let (_, value) = item?;
+            let entry = Self::decode_entry(&value)?;
+            if let openraft::EntryPayload::Normal(data) = &entry.payload {
+                A::decode(&entry.log_id, data)
+                    .map_err(|e| StoreError::Corrupt(format!("log entry {} cannot be decoded: {e}", entry.log_id)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Delete entries at or below `last_purged` left behind by a purge interrupted by a crash.
     pub(crate) fn finish_interrupted_purge(&self) -> Result<u64, StoreError> {
         let Some(purged) = self.last_purged()? else {
@@ -273,7 +290,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut last = None;
         for entry in entries {
+            last = Some(entry.log_id.index);
             let bytes = encode("log entry", &entry).map_err(write_err)?;
             if bytes.len() > crate::MAX_ENTRY_BYTES {
                 return Err(write_err(StoreError::EntryTooLarge {
@@ -311,7 +330,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             }
             callback.log_io_completed(res)
         });
-        if let Err(done) = self.inner.flusher.after_next_flush(done) {
+        if let Err(done) = self.inner.flusher.after_flush_of(done, last) {
             done(Err(std::io::Error::other(StoreError::FlusherStopped)));
             return Err(write_err(StoreError::FlusherStopped));
         }
@@ -320,6 +339,11 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(%log_id, "truncate log");
+        // Lower the watermark first: see `watermark`.
+        self.inner
+            .mark
+            .lower(log_id.index)
+            .map_err(|e| write_err(StoreError::Io(e)))?;
         let mut batch = sled::Batch::default();
         for key in self.inner.log.range(index_key(log_id.index)..).keys() {
             batch.remove(key.map_err(|e| write_err(e.into()))?);

@@ -24,12 +24,18 @@ use openraft::{
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::codec::{decode, encode};
 use crate::{StoreConfig, StoreError};
 
-const SNAPSHOT_FILE: &str = "current.snap";
+pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_TMP: &str = "current.snap.tmp";
+
+/// The first bytes of a snapshot file: then the SHA-256 of the rest, then the encoded
+/// snapshot. Files written before the checksum (no magic) are still read.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CRLSNAP1";
+const CHECKSUM_LEN: usize = 32;
 
 /// The application state machine replicated by the store. Corral's cluster state implements
 /// this; the store knows nothing else about it.
@@ -136,7 +142,8 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
         let stored = read_snapshot_file(&dir)?;
         let stored_meta = stored.as_ref().map(|s| s.meta.clone());
         if let Some(stored) = stored {
-            applied.app = A::restore(&stored.data).map_err(StoreError::Snapshot)?;
+            applied.app = A::restore(&stored.data)
+                .map_err(|e| StoreError::Corrupt(format!("the snapshot does not decode: {e}")))?;
             applied.last_applied = stored.meta.last_log_id;
             applied.membership = stored.meta.last_membership;
         }
@@ -150,6 +157,16 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
             shared: Arc::new(shared),
             _c: std::marker::PhantomData,
         })
+    }
+
+    /// The last log id the stored snapshot covers (None without a snapshot).
+    pub(crate) fn snapshot_last_log_id(&self) -> Option<LogId<u64>> {
+        self.shared
+            .stored_meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|m| m.last_log_id)
     }
 
     /// A read handle on the applied state.
@@ -181,7 +198,10 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
         let dir = &self.shared.dir;
         let tmp = dir.join(SNAPSHOT_TMP);
         let mut file = File::create(&tmp)?;
-        file.write_all(&encode("snapshot", snap)?)?;
+        let body = encode("snapshot", snap)?;
+        file.write_all(SNAPSHOT_MAGIC)?;
+        file.write_all(&sha2::Sha256::digest(&body))?;
+        file.write_all(&body)?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
@@ -193,11 +213,30 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
 }
 
 fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
-    match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(bytes) => Ok(Some(decode("snapshot", &bytes)?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let damaged = |what: String| StoreError::Corrupt(format!("snapshot file {}: {what}", path.display()));
+    let body = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        Some(rest) => {
+            if rest.len() < CHECKSUM_LEN {
+                return Err(damaged(format!("truncated to {} bytes", bytes.len())));
+            }
+            let (sum, body) = rest.split_at(CHECKSUM_LEN);
+            if sha2::Sha256::digest(body).as_slice() != sum {
+                return Err(damaged("checksum mismatch: the file is damaged".into()));
+            }
+            body
+        }
+        // Written before snapshots carried a checksum.
+        None => bytes.as_slice(),
+    };
+    decode("snapshot", body)
+        .map(Some)
+        .map_err(|e| damaged(format!("cannot be decoded: {e}")))
 }
 
 /// Builds a snapshot from a copy of the state taken when the builder was made, so that

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::{open_node, TestConfig};
-use corral_raft_store::openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use corral_raft_store::openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use corral_raft_store::openraft::RaftSnapshotBuilder;
 use corral_raft_store::openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
 use rand::{Rng, SeedableRng};
 
@@ -44,7 +45,7 @@ fn crash_child() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (mut log, _sm) = open_node(dir.as_ref(), NODE).expect("open store");
+        let (mut log, mut sm) = open_node(dir.as_ref(), NODE).expect("open store");
         let mut out = std::io::stdout().lock();
         let term = log.read_vote().await.unwrap().map_or(0, |v| v.leader_id.term) + 1;
         log.save_vote(&Vote::new(term, NODE)).await.unwrap();
@@ -63,6 +64,13 @@ fn crash_child() {
             if seed_rng.random_ratio(1, 20) && next > 200 {
                 let upto = next - 100;
                 let id = log.try_get_log_entries(upto..=upto).await.unwrap()[0].log_id;
+                // As openraft does: purge only behind a durable snapshot (a store whose log
+                // is purged past its snapshot refuses to open).
+                let (applied, _) = sm.applied_state().await.unwrap();
+                let from = applied.map_or(0, |l| l.index + 1);
+                let entries = log.try_get_log_entries(from..=upto).await.unwrap();
+                sm.apply(entries).await.unwrap();
+                sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
                 log.purge(id).await.unwrap();
                 writeln!(out, "purged {upto}").unwrap();
                 out.flush().unwrap();
