@@ -12,6 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(&files, [&root])?;
     tonic_prost_build::configure()
+        // Maps as BTreeMap: prost encodes a map in its iteration order, and a HashMap's order
+        // differs between processes, so a TaskInfo with labels or environment variables
+        // would encode (and hash) differently on every master (S3).
+        .btree_map(".")
+        // Bodies that fail to decode are the client's fault: INVALID_ARGUMENT, not tonic's
+        // default INTERNAL (see `codec`).
+        .codec_path("crate::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)

@@ -74,6 +74,7 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             agent_reregister_timeout: Duration::from_secs(120),
             allocation_interval: Duration::from_secs(1),
             offer_timeout: None,
+            snapshot_every_entries: corral_master::node::SNAPSHOT_EVERY_ENTRIES,
         };
         running.push(Master::start(config).await.map_err(|e| format!("master {id}: {e}"))?);
     }
@@ -102,7 +103,22 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
     } else {
         println!("  try:     CORRAL_MASTERS={list} corral run -- echo hello");
     }
-    let _ = tokio::signal::ctrl_c().await;
+    // Until Ctrl-C, or until a master's Raft stops (a storage error): a local cluster with a
+    // dead master would look alive while it could no longer keep its promises.
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let failed = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = check.tick() => {
+                if let Some((id, why)) = running
+                    .iter()
+                    .find_map(|m| m.shared.raft_failure().map(|why| (m.shared.config.id, why)))
+                {
+                    break Some(format!("master {id}: raft stopped: {why}"));
+                }
+            }
+        }
+    };
     println!("stopping");
     for a in agent_handles {
         a.shutdown(true).await;
@@ -111,5 +127,8 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
         m.shutdown().await;
     }
     drop(temp);
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(why),
+    }
 }

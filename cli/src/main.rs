@@ -62,10 +62,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Tasks of every framework.
+    /// Tasks of every framework (paged from the leader: any number of them).
     Tasks {
         #[arg(long)]
         json: bool,
+        /// Only tasks in this state (`running`, `TASK_FINISHED`, ...); may be repeated.
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+        /// Only the tasks of this framework.
+        #[arg(long)]
+        framework: Option<String>,
+        /// Print at most this many tasks.
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// Run a command as a task (or several) on the cluster, print each status change, and
     /// exit with its exit code. `corral run -- sh -c 'echo hello'`.
@@ -88,6 +97,10 @@ enum Command {
         /// How long to wait for a preferred agent before taking any (delay scheduling), e.g. 2s.
         #[arg(long, default_value = "0s")]
         locality_wait: String,
+        /// Give up after this long without progress (no registration, launch or status
+        /// update), saying what was awaited, e.g. 60s, 5m.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -282,15 +295,10 @@ async fn run(cli: Cli) -> Result<i32, String> {
             }
         }
         Command::Agents { json } => {
-            let r = masters
-                .on_leader(deadline, |ch| async move {
-                    op(ch).list_agents(v1::ListAgentsRequest {}).await
-                })
+            let agents = corral_proto::client::all_agents(&masters, deadline)
                 .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            let rows: Vec<Value> = r
-                .agents
+                .map_err(|s| describe(&s))?;
+            let rows: Vec<Value> = agents
                 .iter()
                 .map(|a| {
                     json!({
@@ -312,15 +320,10 @@ async fn run(cli: Cli) -> Result<i32, String> {
             );
         }
         Command::Frameworks { json } => {
-            let r = masters
-                .on_leader(deadline, |ch| async move {
-                    op(ch).list_frameworks(v1::ListFrameworksRequest {}).await
-                })
+            let frameworks = corral_proto::client::all_frameworks(&masters, deadline)
                 .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            let rows: Vec<Value> = r
-                .frameworks
+                .map_err(|s| describe(&s))?;
+            let rows: Vec<Value> = frameworks
                 .iter()
                 .map(|f| {
                     json!({
@@ -347,8 +350,13 @@ async fn run(cli: Cli) -> Result<i32, String> {
             count,
             prefer,
             locality_wait,
+            timeout,
             command,
         } => {
+            let timeout = parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+            if timeout.is_zero() {
+                return Err("--timeout: must be longer than 0s".into());
+            }
             let prefer = prefer
                 .map(|p| Preference::parse(&p).map_err(|e| format!("--prefer: {e}")))
                 .transpose()?;
@@ -369,51 +377,121 @@ async fn run(cli: Cli) -> Result<i32, String> {
                 failover_timeout_seconds: 10.0,
                 ..Default::default()
             };
-            let done = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner)
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(done.exit_code());
+            let progress = runner.progress();
+            let work = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner);
+            tokio::pin!(work);
+            let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    done = &mut work => return Ok(done.map_err(|e| e.to_string())?.exit_code()),
+                    _ = watchdog.tick() => if let Some(what) = progress.stalled(timeout) {
+                        return Err(format!("gave up after {timeout:?} without progress, waiting for {what}"));
+                    }
+                }
+            }
         }
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
         Command::Health { address } => {
             http_health(&address, deadline).await?;
             println!("{address}: healthy");
         }
-        Command::Tasks { json } => {
-            let r = masters
-                .on_leader(deadline, |ch| async move {
-                    op(ch)
-                        .list_tasks(v1::ListTasksRequest {
-                            framework_id: String::new(),
-                        })
-                        .await
-                })
-                .await
-                .map_err(|s| describe(&s))?
-                .into_inner();
-            let rows: Vec<Value> = r
-                .tasks
+        Command::Tasks {
+            json,
+            states,
+            framework,
+            limit,
+        } => {
+            let states = states
                 .iter()
-                .map(|t| {
-                    json!({
-                        "framework_id": t.framework_id,
-                        "task_id": t.task_id,
-                        "name": t.name,
-                        "agent_id": t.agent_id,
-                        "state": v1::TaskState::try_from(t.state).map(|s| s.as_str_name()).unwrap_or("TASK_UNKNOWN"),
-                        "resources": resources_text(&t.resources),
-                        "exit_code": t.exit_code,
-                    })
-                })
-                .collect();
-            print_rows(
-                json,
-                rows,
-                &["framework_id", "task_id", "agent_id", "state", "resources"],
-            );
+                .map(|s| parse_task_state(s).map(|st| st as i32))
+                .collect::<Result<Vec<_>, _>>()?;
+            let filter = v1::ListTasksRequest {
+                framework_id: framework.unwrap_or_default(),
+                states,
+                ..Default::default()
+            };
+            print_tasks(&masters, deadline, filter, limit, json).await?;
         }
     }
     Ok(0)
+}
+
+/// A task state as the user writes it: `running`, `TASK_RUNNING`, `task_running`.
+fn parse_task_state(text: &str) -> Result<v1::TaskState, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("TASK_") {
+        upper
+    } else {
+        format!("TASK_{upper}")
+    };
+    v1::TaskState::from_str_name(&name)
+        .filter(|s| *s != v1::TaskState::Unspecified)
+        .ok_or_else(|| format!("--state: {text:?} is not a task state (running, finished, failed, ...)"))
+}
+
+/// Print the tasks `filter` selects, at most `limit`, page by page as they arrive: a JSON
+/// array (written as it goes, so any number of tasks fits), or a table.
+async fn print_tasks(
+    masters: &Masters,
+    deadline: Duration,
+    filter: v1::ListTasksRequest,
+    limit: Option<u64>,
+    json: bool,
+) -> Result<(), String> {
+    use std::io::Write;
+    let row = |t: &v1::TaskSummary| {
+        json!({
+            "framework_id": t.framework_id,
+            "task_id": t.task_id,
+            "name": t.name,
+            "agent_id": t.agent_id,
+            "state": v1::TaskState::try_from(t.state).map(|s| s.as_str_name()).unwrap_or("TASK_UNKNOWN"),
+            "resources": resources_text(&t.resources),
+            "exit_code": t.exit_code,
+        })
+    };
+    let limit = limit.unwrap_or(u64::MAX);
+    let columns = ["framework_id", "task_id", "agent_id", "state", "resources"];
+    let mut printed = 0u64;
+    if json {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut failed = None;
+        let _ = write!(out, "[");
+        let listed = corral_proto::client::for_each_task(masters, deadline, filter, |t| {
+            if printed >= limit {
+                return false;
+            }
+            let sep = if printed == 0 { "" } else { "," };
+            if let Err(e) = write!(out, "{sep}{}", row(&t)) {
+                failed = Some(e);
+                return false;
+            }
+            printed += 1;
+            printed < limit
+        })
+        .await;
+        let _ = writeln!(out, "]");
+        if let Some(e) = failed.or_else(|| out.flush().err()) {
+            return Err(format!("writing the output: {e}"));
+        }
+        listed.map_err(|s| describe(&s))
+    } else {
+        // A table needs its column widths: gather the rows first.
+        let mut rows = Vec::new();
+        corral_proto::client::for_each_task(masters, deadline, filter, |t| {
+            if printed >= limit {
+                return false;
+            }
+            rows.push(row(&t));
+            printed += 1;
+            printed < limit
+        })
+        .await
+        .map_err(|s| describe(&s))?;
+        print_rows(false, rows, &columns);
+        Ok(())
+    }
 }
 
 /// `GET /health` over plain HTTP/1.0; Ok on a 200.

@@ -1,7 +1,12 @@
 //! `corral run`: register a framework, wait for offers, launch, print each status change,
 //! exit with the task's exit code (several tasks: 0 only if all finished).
+//!
+//! It never hangs silently: a launch the leader did not confirm (an Accept cut by a
+//! failover) is reconciled and launched again if the master never made it, and the caller
+//! gives up after a time without progress, saying what it was waiting for ([`Progress`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corral_proto::convert::{resources_from_wire, resources_to_wire};
@@ -29,6 +34,33 @@ pub struct Run {
     /// task id → (state, exit code)
     tasks: BTreeMap<String, (TaskState, Option<i32>)>,
     suppressed: bool,
+    registered: bool,
+    /// Tasks whose Accept failed, until a reconciliation says whether they were launched.
+    unconfirmed: BTreeSet<String>,
+    /// Tasks to launch again: their Accept failed and the master never launched them.
+    relaunch: Vec<String>,
+    progress: Progress,
+}
+
+/// When `corral run` last made progress (registered, launched, heard of a task) and what it
+/// is waiting for now; shared with the watchdog that gives up after `--timeout`.
+#[derive(Clone)]
+pub struct Progress(Arc<Mutex<(Instant, String)>>);
+
+impl Progress {
+    fn new(waiting_for: String) -> Self {
+        Progress(Arc::new(Mutex::new((Instant::now(), waiting_for))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, String)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is awaited, if nothing moved for `timeout`.
+    pub fn stalled(&self, timeout: Duration) -> Option<String> {
+        let p = self.lock();
+        (p.0.elapsed() >= timeout).then(|| p.1.clone())
+    }
 }
 
 impl Run {
@@ -59,7 +91,59 @@ impl Run {
             next: 0,
             tasks: BTreeMap::new(),
             suppressed: false,
+            registered: false,
+            unconfirmed: BTreeSet::new(),
+            relaunch: Vec::new(),
+            progress: Progress::new("a leader to accept the framework's subscription".into()),
         })
+    }
+
+    /// The progress clock the watchdog reads.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// Tasks not launched yet (never tried, or to launch again).
+    fn to_launch(&self) -> u32 {
+        self.args.count - self.next + self.relaunch.len() as u32
+    }
+
+    /// What this run waits for now, in words.
+    fn waiting_for(&self) -> String {
+        if !self.registered {
+            return "a leader to accept the framework's subscription".into();
+        }
+        let launched = self.args.count - self.to_launch() - self.unconfirmed.len() as u32;
+        if self.to_launch() > 0 {
+            return format!(
+                "an offer with room for {} ({launched} of {} tasks launched; no agent may be large enough)",
+                self.per_task, self.args.count
+            );
+        }
+        if let Some(id) = self.unconfirmed.iter().next() {
+            return format!("the master to confirm whether task {id} was launched");
+        }
+        let open: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, (s, _))| !is_terminal(*s))
+            .map(|(id, (s, _))| format!("{id} is {}", s.as_str_name()))
+            .collect();
+        let silent = self.args.count as usize - self.tasks.len();
+        match (open.first(), silent) {
+            (Some(first), _) => format!("{} unfinished task(s) to end ({first})", open.len() + silent),
+            (None, n) => format!("the first status update of {n} launched task(s)"),
+        }
+    }
+
+    /// Something moved: restart the clock.
+    fn moved(&self) {
+        *self.progress.lock() = (Instant::now(), self.waiting_for());
+    }
+
+    /// Nothing moved, but what is awaited may be said better now.
+    fn still_waiting(&self) {
+        self.progress.lock().1 = self.waiting_for();
     }
 
     fn all_done(&self) -> bool {
@@ -98,6 +182,13 @@ impl Run {
     }
 }
 
+fn reconcile_task(task_id: &str) -> v1::ReconcileTask {
+    v1::ReconcileTask {
+        task_id: task_id.to_string(),
+        agent_id: String::new(),
+    }
+}
+
 fn is_terminal(s: TaskState) -> bool {
     use TaskState::*;
     matches!(
@@ -112,16 +203,23 @@ impl Scheduler for Run {
             "registered as framework {framework_id} with leader {}; waiting for offers",
             master.address
         );
+        self.registered = true;
+        self.moved();
     }
 
-    fn reregistered(&mut self, _d: &Driver, master: &v1::MasterInfo) {
+    fn reregistered(&mut self, driver: &Driver, master: &v1::MasterInfo) {
         println!("re-registered with the new leader {}", master.address);
+        if !self.unconfirmed.is_empty() {
+            // The reconciliation asked of the last leader may have been lost with it.
+            driver.reconcile(self.unconfirmed.iter().map(|id| reconcile_task(id)).collect());
+        }
+        self.moved();
     }
 
     fn offers(&mut self, driver: &Driver, offers: Vec<v1::Offer>) {
         let now = Instant::now();
         for offer in offers {
-            let remaining = self.args.count - self.next;
+            let remaining = self.to_launch();
             if remaining == 0 {
                 driver.decline(vec![offer.offer_id], Some(60.0));
                 continue;
@@ -143,12 +241,18 @@ impl Scheduler for Run {
             let mut tasks = Vec::new();
             while (tasks.len() as u32) < remaining && free.contains(&self.per_task) {
                 free = free.checked_sub(&self.per_task).unwrap_or_default();
-                let id = if self.args.count == 1 {
-                    self.args.name.clone()
-                } else {
-                    format!("{}-{}", self.args.name, self.next)
+                let id = match self.relaunch.pop() {
+                    Some(id) => id,
+                    None => {
+                        let id = if self.args.count == 1 {
+                            self.args.name.clone()
+                        } else {
+                            format!("{}-{}", self.args.name, self.next)
+                        };
+                        self.next += 1;
+                        id
+                    }
                 };
-                self.next += 1;
                 tasks.push(self.task_info(id, &offer.agent_id));
             }
             if tasks.is_empty() {
@@ -159,15 +263,46 @@ impl Scheduler for Run {
                 println!("launching {} on {} ({})", t.task_id, offer.hostname, offer.agent_id);
             }
             driver.accept(vec![offer.offer_id], tasks, Some(0.0));
+            self.moved();
         }
-        if self.next == self.args.count && !self.suppressed {
+        if self.to_launch() == 0 && !self.suppressed {
             self.suppressed = true;
             driver.suppress();
         }
+        self.still_waiting();
+    }
+
+    fn accept_failed(&mut self, driver: &Driver, tasks: &[v1::TaskInfo], message: &str) {
+        eprintln!("corral: the leader did not confirm a launch: {message}");
+        for t in tasks {
+            println!(
+                "{}: launch not confirmed; asking the master whether it was launched",
+                t.task_id
+            );
+            self.unconfirmed.insert(t.task_id.clone());
+        }
+        driver.reconcile(tasks.iter().map(|t| reconcile_task(&t.task_id)).collect());
+        self.still_waiting();
     }
 
     fn status_update(&mut self, driver: &Driver, status: &v1::TaskStatus) {
         let state = TaskState::try_from(status.state).unwrap_or(TaskState::TaskUnknown);
+        let was_unconfirmed = self.unconfirmed.remove(&status.task_id);
+        if was_unconfirmed && state == TaskState::TaskUnknown {
+            // The master never launched it: launch it again on the next offer.
+            println!("{} was not launched; launching it again", status.task_id);
+            self.relaunch.push(status.task_id.clone());
+            if self.suppressed {
+                self.suppressed = false;
+                driver.revive();
+            }
+            self.moved();
+            return;
+        }
+        if self.tasks.get(&status.task_id).map(|(s, _)| *s) == Some(state) {
+            // A reconciliation answer repeating what was already reported.
+            return;
+        }
         let code = status
             .exit_code
             .map(|c| format!(" (exit code {c})"))
@@ -179,6 +314,7 @@ impl Scheduler for Run {
         };
         println!("{} {}{code}{message}", status.task_id, state.as_str_name());
         self.tasks.insert(status.task_id.clone(), (state, status.exit_code));
+        self.moved();
         if self.all_done() {
             driver.stop(true);
         }

@@ -23,9 +23,24 @@ use crate::types::{CorralRaft, NodeId, Outcome, Proposal};
 
 /// Most commands in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 4096;
-/// Most encoded command bytes in one Raft entry (well under the store's 1 MiB entry limit;
-/// see `node::MAX_PAYLOAD_ENTRIES` for why entries stay small).
+/// Most encoded command bytes that other commands join in one Raft entry (see
+/// `node::MAX_PAYLOAD_ENTRIES` for why entries stay small). A command larger than this
+/// goes into an entry of its own.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Largest encoded command that may be proposed. Checked before a command is queued
+/// (`Shared::submit`), after validation has bounded every field of the request it came
+/// from: a log entry over the store's limit would stop this master's Raft.
+pub const MAX_COMMAND_BYTES: usize = 768 * 1024;
+/// Room for what wraps a batch in a log entry: the batch's own protobuf framing (a few bytes
+/// per command) and openraft's envelope (log id, payload tag).
+const ENTRY_OVERHEAD_BYTES: usize = 8 * MAX_BATCH_COMMANDS + 1024;
+
+// An entry is at most a batch that reached MAX_BATCH_BYTES plus one command of the largest
+// size (a batch takes a further command only while it is under MAX_BATCH_BYTES).
+const _: () = assert!(
+    MAX_BATCH_BYTES + MAX_COMMAND_BYTES + ENTRY_OVERHEAD_BYTES <= corral_raft_store::MAX_ENTRY_BYTES,
+    "a full batch must fit in one log entry"
+);
 /// Entries being committed at once.
 pub const MAX_IN_FLIGHT: usize = 8;
 /// Commands that may wait for a batch.

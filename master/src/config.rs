@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// Fewest entries between snapshots accepted (a snapshot per entry would rebuild the whole
+/// state on every write).
+pub const MIN_SNAPSHOT_EVERY_ENTRIES: u64 = 10;
+/// Most entries between snapshots accepted (the log, and a restart's replay, stay bounded).
+pub const MAX_SNAPSHOT_EVERY_ENTRIES: u64 = 1_000_000;
+
 /// Default cluster name recorded in every data dir.
 pub const DEFAULT_CLUSTER: &str = "corral";
 
@@ -65,6 +71,12 @@ pub struct MasterArgs {
     /// Rescind offers not used within this time (`0s`: never).
     #[arg(long, env = "CORRAL_OFFER_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
     pub offer_timeout: Duration,
+
+    /// Log entries between two snapshots; the log is purged behind each snapshot (keeping
+    /// up to 2,000 entries, and at most a fifth of this, for lagging followers). Lower means smaller data dirs and faster
+    /// restarts, higher means fewer snapshot builds.
+    #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_ENTRIES", default_value_t = crate::node::SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every_entries: u64,
 
     /// Name of the cluster, recorded in the data dir; a master refuses a data dir of another
     /// cluster, and masters refuse Raft traffic from another cluster.
@@ -144,6 +156,7 @@ pub struct Config {
     pub agent_reregister_timeout: Duration,
     pub allocation_interval: Duration,
     pub offer_timeout: Option<Duration>,
+    pub snapshot_every_entries: u64,
 }
 
 impl MasterArgs {
@@ -188,6 +201,11 @@ impl MasterArgs {
         if self.cluster_name.is_empty() || self.cluster_name.len() > 64 {
             return Err("--cluster-name: must be 1 to 64 characters".into());
         }
+        if !(MIN_SNAPSHOT_EVERY_ENTRIES..=MAX_SNAPSHOT_EVERY_ENTRIES).contains(&self.snapshot_every_entries) {
+            return Err(format!(
+                "--snapshot-every-entries: must be between {MIN_SNAPSHOT_EVERY_ENTRIES} and {MAX_SNAPSHOT_EVERY_ENTRIES}"
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err("--data-dir: must not be empty".into());
         }
@@ -204,6 +222,7 @@ impl MasterArgs {
             agent_reregister_timeout: self.agent_reregister_timeout,
             allocation_interval: self.allocation_interval,
             offer_timeout: (!self.offer_timeout.is_zero()).then_some(self.offer_timeout),
+            snapshot_every_entries: self.snapshot_every_entries,
         })
     }
 }

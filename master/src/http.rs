@@ -22,18 +22,28 @@ pub(crate) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// 200 while this master serves; says what it knows of the cluster.
+/// 200 while this master can take part in the quorum; 503, with the reason, when it cannot
+/// (its Raft core stopped, or it is not a voter), so that a health check replaces or
+/// flags it. Says what it knows of the cluster either way.
 ///
 /// Cheap enough to probe often: no state hash (that encodes the whole state).
-async fn health(State(shared): State<Shared>) -> Json<serde_json::Value> {
+async fn health(State(shared): State<Shared>) -> Response {
     let (role, term) = shared.role_and_term();
-    Json(json!({
-        "status": "ok",
+    let problem = shared.cannot_vote();
+    let body = Json(json!({
+        "status": if problem.is_some() { "unavailable" } else { "ok" },
+        "reason": problem,
         "id": shared.config.id,
         "role": role,
         "term": term,
         "leader": shared.leader().map(|(id, address)| json!({"id": id, "address": address})),
-    }))
+    }));
+    let code = if problem.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, body).into_response()
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {

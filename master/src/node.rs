@@ -10,6 +10,7 @@ use corral_raft_store::{Identity, LogStore, Options, StateReader, StoreError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -25,7 +26,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Shared::leader_or_hold`]). Well within the clients' request timeout (5 s), and longer
 /// than an election takes with the default timeouts (under half a second).
 pub const LEADER_HOLD: Duration = Duration::from_millis(1500);
-/// Entries between two snapshots; the log is purged behind each one.
+/// Entries between two snapshots by default (`--snapshot-every-entries`); the log is purged
+/// behind each one.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
 /// log instead of needing the whole snapshot.
@@ -46,6 +48,19 @@ pub enum StartError {
     /// operator must fix the configuration (exit code 2).
     #[error("{0}")]
     DataDir(StoreError),
+    /// The data dir is damaged (a missing or corrupt snapshot, a broken or undecodable log):
+    /// the operator restores this master from its peers (exit code 2).
+    #[error(
+        "data dir {dir} is damaged: {source}. Restore this master from its peers: stop it, \
+         move the data dir away, remove it with `corral members remove {id}`, start it on an \
+         empty data dir without --peers and add it again with `corral members add {id} <address>` \
+         (README, \"Recovering a damaged master\")"
+    )]
+    Damaged {
+        dir: std::path::PathBuf,
+        id: NodeId,
+        source: StoreError,
+    },
     #[error("opening the store: {0}")]
     Store(StoreError),
     #[error("binding {addr}: {source}")]
@@ -125,6 +140,28 @@ impl Shared {
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
+    }
+
+    /// Why this master's Raft core has stopped, if it has: it then cannot vote, append or
+    /// apply, and `/health` answers 503.
+    pub fn raft_failure(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match &m.running_state {
+            Err(fatal) => Some(fatal.to_string()),
+            Ok(()) if m.state == ServerState::Shutdown => Some("the raft core has shut down".into()),
+            Ok(()) => None,
+        }
+    }
+
+    /// Why this master cannot take part in the quorum right now, if it cannot: its Raft core
+    /// stopped, or it is not a voter (a learner catching up, or a master not yet added).
+    pub fn cannot_vote(&self) -> Option<String> {
+        if let Some(why) = self.raft_failure() {
+            return Some(format!("raft stopped: {why}"));
+        }
+        let voter = self.membership().voter_ids().any(|v| v == self.config.id);
+        (!voter).then(|| "not a voting member of the cluster".to_string())
     }
 
     /// The cluster membership as this master last applied it.
@@ -276,6 +313,17 @@ impl Shared {
             timestamp_ms: now_ms(),
             kind: Some(kind),
         };
+        // The last line of defence for R2: validation bounds every field of every request,
+        // so this refuses only what a new, unbounded field would let through.
+        let bytes = command.encoded_len();
+        if bytes > crate::commit::MAX_COMMAND_BYTES {
+            let kind = command.kind.as_ref().map_or("command", crate::state::kind_name);
+            tracing::warn!(kind, bytes, "refused a command over the size limit");
+            return Err(Status::invalid_argument(format!(
+                "request: the {kind} command it makes encodes to {bytes} bytes, over the limit of {}",
+                crate::commit::MAX_COMMAND_BYTES
+            )));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commits
             .send(crate::commit::Pending { command, reply })
@@ -351,14 +399,24 @@ pub struct Master {
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    /// The runtime openraft's tasks run on (see [`raft_runtime`]).
-    raft_runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime openraft's tasks run on (see [`raft_runtime`]); held for its drop.
+    _raft_runtime: RaftRuntime,
 }
 
-impl Drop for Master {
+/// The runtime of openraft's tasks, shut down without blocking when dropped: a master is
+/// started and dropped from async code (also when its start fails half-way), where dropping
+/// a runtime the ordinary way panics.
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for RaftRuntime {
     fn drop(&mut self) {
-        if let Some(rt) = self.raft_runtime.take() {
-            // Dropping a runtime from async code would block; this does not.
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
     }
@@ -389,6 +447,12 @@ impl Master {
                 .map_err(|e| {
                     if e.is_fatal_environment() {
                         StartError::DataDir(e)
+                    } else if e.is_damage() {
+                        StartError::Damaged {
+                            dir: config.data_dir.clone(),
+                            id: config.id,
+                            source: e,
+                        }
                     } else {
                         StartError::Store(e)
                     }
@@ -412,8 +476,8 @@ impl Master {
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT.min(config.snapshot_every_entries / 5),
             install_snapshot_timeout: 2_000,
             // A group-committed entry may reach MAX_BATCH_BYTES; this keeps one AppendEntries
             // to a lagging follower within the peer message limit.
@@ -423,10 +487,13 @@ impl Master {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = Network::new(config.cluster.clone(), config.heartbeat_interval);
-        let raft_runtime = raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?;
+        let raft_runtime = RaftRuntime(Some(
+            raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?,
+        ));
         // Created on its runtime, so that every task openraft spawns runs there.
         let id = config.id;
         let raft = raft_runtime
+            .handle()
             .spawn(async move { openraft::Raft::new(id, Arc::new(raft_config), network, log, sm).await })
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?
@@ -478,8 +545,28 @@ impl Master {
             local_addr,
             stop,
             server,
-            raft_runtime: Some(raft_runtime),
+            _raft_runtime: raft_runtime,
         })
+    }
+
+    /// Resolves if this master's Raft core stops while the master was not asked to stop (a
+    /// storage error: a full disk, an entry the store refuses, an entry that does not
+    /// decode): a master in that state can never vote or apply again, so the caller must
+    /// end the process rather than leave it up looking alive (R1). Returns why it stopped.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.shared.raft.metrics();
+        loop {
+            if let Some(why) = self.shared.raft_failure() {
+                return why;
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone and took its metrics with it.
+                return self
+                    .shared
+                    .raft_failure()
+                    .unwrap_or_else(|| "the raft core ended".to_string());
+            }
+        }
     }
 
     /// Stop serving and stop the Raft node.

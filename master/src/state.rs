@@ -186,7 +186,8 @@ pub fn is_terminal(state: v1::TaskState) -> bool {
 pub fn validate_weight(field: &str, role: &str, weight: f64) -> Result<u64, String> {
     if role.is_empty() || role.len() > MAX_ROLE_LEN || role.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!(
-            "{field}.role: {role:?} is not a valid role name (1 to {MAX_ROLE_LEN} printable characters, no spaces)"
+            "{field}.role: {} is not a valid role name (1 to {MAX_ROLE_LEN} printable characters, no spaces)",
+            corral_proto::quote(role)
         ));
     }
     if !weight.is_finite() || weight <= 0.0 {
@@ -900,7 +901,8 @@ impl ClusterState {
     }
 }
 
-fn kind_name(kind: &v1::command::Kind) -> &'static str {
+/// The name of a command kind, for logs and errors.
+pub fn kind_name(kind: &v1::command::Kind) -> &'static str {
     use v1::command::Kind;
     match kind {
         Kind::SetWeights(_) => "SetWeights",
@@ -1220,6 +1222,76 @@ mod tests {
         assert!(ClusterState::decode(&bytes).unwrap_err().contains("newer"));
     }
 
+    /// A launch of a task with 20 labels and 20 environment variables, built with the maps
+    /// filled in `order`.
+    fn launch_with_maps(order: &[usize]) -> v1::command::Kind {
+        let mut labels = BTreeMap::new();
+        let mut environment = BTreeMap::new();
+        for &i in order {
+            labels.insert(format!("label-{i}"), format!("value-{i}"));
+            environment.insert(format!("VAR_{i}"), format!("{i}"));
+        }
+        v1::command::Kind::LaunchTasks(v1::LaunchTasks {
+            framework_id: "f1".into(),
+            agent_id: "a1".into(),
+            tasks: vec![v1::TaskInfo {
+                task_id: "mapped".into(),
+                agent_id: "a1".into(),
+                resources: vec![scalar("cpus", 1.0)],
+                command: Some(v1::CommandInfo {
+                    argv: vec!["true".into()],
+                    environment,
+                    ..Default::default()
+                }),
+                labels,
+                ..Default::default()
+            }],
+        })
+    }
+
+    /// The state hash after launching the task of [`launch_with_maps`].
+    fn hash_with_maps(order: &[usize]) -> String {
+        let mut s = cluster_with_agent(4.0, 1024.0);
+        assert_eq!(s.apply_command(&cmd(launch_with_maps(order))), Outcome::Applied);
+        s.hash()
+    }
+
+    /// Set in the child process of `maps_hash_the_same_in_any_order_and_in_any_process`.
+    const HASH_CHILD_ENV: &str = "CORRAL_STATE_HASH_CHILD";
+
+    /// S3 for records with maps: a map's encoding (and so the state hash) depends neither
+    /// on the order its entries were inserted in nor on the process (a HashMap's iteration
+    /// order differs between processes; prost maps are BTreeMaps for this reason).
+    #[test]
+    fn maps_hash_the_same_in_any_order_and_in_any_process() {
+        let forward: Vec<usize> = (0..20).collect();
+        let backward: Vec<usize> = (0..20).rev().collect();
+        let shuffled: Vec<usize> = (0..20).map(|i| (i * 7) % 20).collect();
+        let here = hash_with_maps(&forward);
+        if std::env::var_os(HASH_CHILD_ENV).is_some() {
+            println!("hash={here}");
+            return;
+        }
+        assert_eq!(hash_with_maps(&backward), here);
+        assert_eq!(hash_with_maps(&shuffled), here);
+        // The same state built in another process: the test binary, run on this test.
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "state::tests::maps_hash_the_same_in_any_order_and_in_any_process",
+                "--nocapture",
+            ])
+            .env(HASH_CHILD_ENV, "1")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let theirs = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("hash="))
+            .unwrap_or_else(|| panic!("the child printed no hash: {stdout}"));
+        assert_eq!(theirs, here, "another process hashes the same state differently");
+    }
+
     /// Every kind of command, in a random order over a small universe of agents,
     /// frameworks and tasks: after each one the invariants hold (S1 and the indexes) and
     /// the incremental digest equals a recomputation from every record; a restored copy
@@ -1234,6 +1306,7 @@ mod tests {
         println!("CORRAL_TEST_SEED={seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut s = ClusterState::default();
+        let mut replica = ClusterState::default();
         let agents = ["a1", "a2", "a3"];
         let frameworks = ["f1", "f2", "f3"];
         let states = [
@@ -1302,8 +1375,14 @@ mod tests {
                         resources: vec![scalar("cpus", 0.5)],
                         command: Some(v1::CommandInfo {
                             argv: vec!["true".into()],
+                            environment: (0..rng.random_range(0..6))
+                                .map(|i| (format!("V{}", rng.random_range(0..20)), format!("{i}")))
+                                .collect(),
                             ..Default::default()
                         }),
+                        labels: (0..rng.random_range(0..6))
+                            .map(|i| (format!("l{}", rng.random_range(0..20)), format!("{i}")))
+                            .collect(),
                         ..Default::default()
                     }],
                     framework_id: framework,
@@ -1327,11 +1406,17 @@ mod tests {
                     }],
                 }),
             };
-            s.apply_command(&cmd(kind));
+            let c = cmd(kind);
+            // A replica fed the command after a trip through its wire encoding, as a follower
+            // gets it: it must reach the same state and hash.
+            let wire = v1::Command::decode(c.encode_to_vec().as_slice()).expect("decodes");
+            s.apply_command(&c);
+            replica.apply_command(&wire);
             assert_eq!(s.digests.sums(), s.full_digest_sums(), "step {step}");
             assert_eq!(s.validate(), Ok(()), "step {step}");
         }
         assert!(s.tasks.len() > 10, "the sequence launched tasks");
+        assert_eq!(replica.hash(), s.hash(), "a replica fed the encoded commands diverged");
         let back = ClusterState::decode(&s.encode()).unwrap();
         assert_eq!(back.hash(), s.hash());
     }

@@ -200,6 +200,78 @@ fn deadline_error(last: Status, deadline: Duration) -> Status {
 }
 
 /// The limits every Corral gRPC client applies to a generated client type.
+/// Every task the leader lists for `filter` (its framework and states), page by page, each
+/// handed to `each` as it arrives; `each` returns false to stop early. Each page is its own
+/// call, retried on another master within `deadline` like any call.
+pub async fn for_each_task(
+    masters: &Masters,
+    deadline: Duration,
+    mut filter: crate::v1::ListTasksRequest,
+    mut each: impl FnMut(crate::v1::TaskSummary) -> bool,
+) -> Result<(), Status> {
+    use crate::v1::operator_client::OperatorClient;
+    loop {
+        let page = masters
+            .on_leader(deadline, |ch| {
+                let req = filter.clone();
+                async move { crate::limit_client!(OperatorClient::new(ch)).list_tasks(req).await }
+            })
+            .await?
+            .into_inner();
+        for t in page.tasks {
+            if !each(t) {
+                return Ok(());
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        filter.page_token = page.next_page_token;
+    }
+}
+
+/// Every agent the leader knows, page by page.
+pub async fn all_agents(masters: &Masters, deadline: Duration) -> Result<Vec<crate::v1::AgentSummary>, Status> {
+    use crate::v1::operator_client::OperatorClient;
+    let mut out = Vec::new();
+    let mut req = crate::v1::ListAgentsRequest::default();
+    loop {
+        let page = masters
+            .on_leader(deadline, |ch| {
+                let req = req.clone();
+                async move { crate::limit_client!(OperatorClient::new(ch)).list_agents(req).await }
+            })
+            .await?
+            .into_inner();
+        out.extend(page.agents);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
+/// Every framework the leader knows, page by page.
+pub async fn all_frameworks(masters: &Masters, deadline: Duration) -> Result<Vec<crate::v1::FrameworkSummary>, Status> {
+    use crate::v1::operator_client::OperatorClient;
+    let mut out = Vec::new();
+    let mut req = crate::v1::ListFrameworksRequest::default();
+    loop {
+        let page = masters
+            .on_leader(deadline, |ch| {
+                let req = req.clone();
+                async move { crate::limit_client!(OperatorClient::new(ch)).list_frameworks(req).await }
+            })
+            .await?
+            .into_inner();
+        out.extend(page.frameworks);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        req.page_token = page.next_page_token;
+    }
+}
+
 #[macro_export]
 macro_rules! limit_client {
     ($client:expr) => {

@@ -25,8 +25,8 @@ pub fn resources_from_wire(field: &str, list: &[v1::Resource]) -> Result<Resourc
         source,
     };
     if list.len() > MAX_RESOURCE_ENTRIES {
-        let source = ResourceError::TooManyRanges {
-            name: format!("more than {MAX_RESOURCE_ENTRIES} entries"),
+        let source = ResourceError::TooManyEntries {
+            max: MAX_RESOURCE_ENTRIES,
         };
         return Err(FieldError {
             field: field.to_string(),

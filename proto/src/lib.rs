@@ -6,12 +6,14 @@
 //!   `Scheduler`, `Agents`, `Operator` and `Raft` services (from `proto/corral/v1/*.proto`);
 //! - [`resources`]: resources in exact milli-units and range sets; text form and checks;
 //!   [`convert`] maps them to and from the wire;
+//! - [`codec`]: the gRPC codec (prost, with malformed bodies as INVALID_ARGUMENT);
 //! - [`client`]: leader following (redirects, retry with backoff and jitter) for every client;
 //! - [`scheduler`]: the framework SDK (a `Scheduler` trait and its driver) and the
 //!   placement policies (data locality, delay scheduling);
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod resources;
 pub mod scheduler;
@@ -30,3 +32,16 @@ pub const LEADER_METADATA_KEY: &str = "corral-leader";
 /// Largest gRPC message any Corral service accepts or sends, in bytes. Bounds the memory a
 /// single request can claim on a master or an agent.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest prefix of a client's value quoted back in an error message or a log line.
+pub const QUOTE_CHARS: usize = 32;
+
+/// `value` as it may appear in an error or a log line: at most [`QUOTE_CHARS`] characters
+/// of it, escaped (`{:?}`), and its length when it was cut. Errors never echo a whole value
+/// back: a 1 MiB id would not fit in the response's metadata.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}

@@ -30,34 +30,36 @@ pub const MAX_RANGES: usize = 1024;
 pub enum ResourceError {
     #[error("resource entry {position} is empty")]
     EmptyEntry { position: usize },
-    #[error("resource entry {entry:?} is not of the form name:value")]
+    #[error("resource entry {} is not of the form name:value", crate::quote(.entry))]
     MissingColon { entry: String },
-    #[error("invalid resource name {name:?}: use lowercase letters, digits, '_', '-' or '.', starting with a letter, at most {MAX_NAME_LEN} characters")]
+    #[error("invalid resource name {}: use lowercase letters, digits, '_', '-' or '.', starting with a letter, at most {MAX_NAME_LEN} characters", crate::quote(.name))]
     InvalidName { name: String },
-    #[error("duplicate resource {name:?}")]
+    #[error("duplicate resource {}", crate::quote(.name))]
     Duplicate { name: String },
-    #[error("resource {name:?}: {value:?} is not a number")]
+    #[error("resource {}: {} is not a number", crate::quote(.name), crate::quote(.value))]
     NotANumber { name: String, value: String },
-    #[error("resource {name:?}: negative value {value}")]
+    #[error("resource {}: negative value {value}", crate::quote(.name))]
     Negative { name: String, value: String },
-    #[error("resource {name:?}: {value} has more than 3 decimal places")]
+    #[error("resource {}: {value} has more than 3 decimal places", crate::quote(.name))]
     TooPrecise { name: String, value: String },
-    #[error("resource {name:?}: {value} is too large (at most {max})", max = MAX_SCALAR_MILLI / MILLI)]
+    #[error("resource {}: {value} is too large (at most {max})", crate::quote(.name), max = MAX_SCALAR_MILLI / MILLI)]
     TooLarge { name: String, value: String },
-    #[error("resource {name:?}: malformed range set {value:?}, expected [begin-end,...]")]
+    #[error("resource {}: malformed range set {}, expected [begin-end,...]", crate::quote(.name), crate::quote(.value))]
     MalformedRanges { name: String, value: String },
-    #[error("resource {name:?}: range {begin}-{end} has begin after end")]
+    #[error("resource {}: range {begin}-{end} has begin after end", crate::quote(.name))]
     InvertedRange { name: String, begin: u64, end: u64 },
-    #[error("resource {name:?}: ranges overlap at {at}")]
+    #[error("resource {}: ranges overlap at {at}", crate::quote(.name))]
     OverlappingRanges { name: String, at: u64 },
-    #[error("resource {name:?}: more than {MAX_RANGES} ranges")]
+    #[error("resource {}: more than {MAX_RANGES} ranges", crate::quote(.name))]
     TooManyRanges { name: String },
-    #[error("resource {name:?} is a scalar in one operand and a range set in the other")]
+    #[error("resource {} is a scalar in one operand and a range set in the other", crate::quote(.name))]
     KindMismatch { name: String },
-    #[error("resource {name:?}: sum overflows")]
+    #[error("resource {}: sum overflows", crate::quote(.name))]
     Overflow { name: String },
-    #[error("resource {name:?}: not enough to subtract")]
+    #[error("resource {}: not enough to subtract", crate::quote(.name))]
     Insufficient { name: String },
+    #[error("more than {max} entries")]
+    TooManyEntries { max: usize },
 }
 
 /// A set of disjoint, non-adjacent, sorted inclusive ranges.

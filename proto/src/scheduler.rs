@@ -38,6 +38,13 @@ pub trait Scheduler: Send {
     fn status_update(&mut self, driver: &Driver, status: &v1::TaskStatus);
     /// A call failed, or the master reported an error.
     fn error(&mut self, _driver: &Driver, _message: &str) {}
+    /// An Accept failed: the leader did not confirm the launch of `tasks`. Across a leader
+    /// failover such a launch may still have been committed (and will run), or not: a
+    /// framework finds out with an explicit reconciliation of the tasks (the master answers
+    /// TASK_UNKNOWN for a task it never launched). By default reported as an error.
+    fn accept_failed(&mut self, driver: &Driver, _tasks: &[v1::TaskInfo], message: &str) {
+        self.error(driver, message)
+    }
     /// The stream to the leader broke; the driver is re-subscribing.
     fn disconnected(&mut self, _driver: &Driver) {}
 }
@@ -216,7 +223,8 @@ pub async fn run<S: Scheduler>(
                         Some(v1::event::Event::Message(_)) | Some(v1::event::Event::Failure(_)) | Some(v1::event::Event::Heartbeat(_)) | None => {}
                     }
                 }
-                Some(c) = calls.recv() => {
+                // Calls wait for SUBSCRIBED: every call names the framework and its stream.
+                Some(c) = calls.recv(), if !header.framework_id.is_empty() => {
                     if matches!(c, Call::Stop { .. }) {
                         // Acknowledge what the callbacks have seen before leaving (and
                         // before a teardown, which would refuse them).
@@ -334,11 +342,24 @@ async fn perform<S: Scheduler>(
                 }],
                 filters: filters(refuse_seconds),
             };
-            call(client, |mut c| {
+            let accepted = call(client, |mut c| {
                 let req = req.clone();
                 async move { c.accept(req).await.map(|_| ()) }
             })
-            .await
+            .await;
+            if let Err(e) = accepted {
+                let tasks: Vec<v1::TaskInfo> = req
+                    .operations
+                    .into_iter()
+                    .filter_map(|op| match op.operation {
+                        Some(v1::operation::Operation::Launch(l)) => Some(l.tasks),
+                        None => None,
+                    })
+                    .flatten()
+                    .collect();
+                scheduler.accept_failed(driver, &tasks, e.message());
+            }
+            Ok(())
         }
         Call::Decline {
             offer_ids,

@@ -437,32 +437,25 @@ impl Cluster {
     pub async fn wait_agents(&self, n: usize, deadline: Duration) -> Vec<v1::AgentSummary> {
         let client = self.client();
         wait_for(deadline, &format!("{n} connected agents"), || async {
-            let r = client
-                .on_leader(Duration::from_secs(2), |ch| async move {
-                    OperatorClient::new(ch).list_agents(v1::ListAgentsRequest {}).await
-                })
+            let agents = corral_proto::client::all_agents(&client, Duration::from_secs(2))
                 .await
-                .ok()?
-                .into_inner();
-            let connected: Vec<_> = r.agents.into_iter().filter(|a| a.connected).collect();
+                .ok()?;
+            let connected: Vec<_> = agents.into_iter().filter(|a| a.connected).collect();
             (connected.len() >= n).then_some(connected)
         })
         .await
     }
 
-    /// The tasks the leader knows.
+    /// The tasks the leader knows (every page).
     pub async fn tasks(&self) -> Result<Vec<v1::TaskSummary>, Status> {
-        let r = self
-            .client()
-            .on_leader(Duration::from_secs(5), |ch| async move {
-                OperatorClient::new(ch)
-                    .list_tasks(v1::ListTasksRequest {
-                        framework_id: String::new(),
-                    })
-                    .await
-            })
-            .await?;
-        Ok(r.into_inner().tasks)
+        let mut tasks = Vec::new();
+        let filter = v1::ListTasksRequest::default();
+        corral_proto::client::for_each_task(&self.client(), Duration::from_secs(5), filter, |t| {
+            tasks.push(t);
+            true
+        })
+        .await?;
+        Ok(tasks)
     }
 
     /// Subscribe a test framework.

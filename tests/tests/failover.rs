@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use corral_proto::v1;
-use corral_proto::v1::operator_client::OperatorClient;
 use corral_proto::v1::TaskState;
 use corral_tests::{binary, wait_for, Cluster, Framework};
 
@@ -69,15 +68,9 @@ async fn running(cluster: &Cluster, prefix: &str) -> usize {
 }
 
 async fn framework_states(cluster: &Cluster) -> Vec<i32> {
-    let r = cluster
-        .client()
-        .on_leader(Duration::from_secs(5), |ch| async move {
-            OperatorClient::new(ch)
-                .list_frameworks(v1::ListFrameworksRequest {})
-                .await
-        })
-        .await;
-    r.map(|r| r.into_inner().frameworks.iter().map(|f| f.state).collect())
+    corral_proto::client::all_frameworks(&cluster.client(), Duration::from_secs(5))
+        .await
+        .map(|fws| fws.iter().map(|f| f.state).collect())
         .unwrap_or_default()
 }
 

@@ -1,7 +1,9 @@
 //! `corral-master`: parse flags, set up logging, run until SIGINT or SIGTERM.
 //!
-//! Exit codes: 0 after a clean shutdown; 2 for bad flags or a data dir that belongs to
-//! another node or cluster (the operator must fix the configuration); 1 for other failures.
+//! Exit codes: 0 after a clean shutdown; 2 for bad flags, or a data dir that belongs to
+//! another node or cluster or is damaged (the operator must act: see the README's
+//! recovery steps); 3 when the Raft core stopped while running (a storage error such as a
+//! full disk: restarting may succeed once the cause is fixed); 1 for other failures.
 
 use std::process::ExitCode;
 
@@ -15,6 +17,9 @@ use corral_master::node::{Master, StartError};
 /// malloc spent a fifth of the leader's time and fragmented its memory.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit code of a master whose Raft core stopped while it ran.
+const EXIT_RAFT_STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
     let args = MasterArgs::parse(); // clap exits with code 2 on usage errors
@@ -41,7 +46,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let master = match Master::start(config).await {
             Ok(m) => m,
-            Err(e @ StartError::DataDir(_)) => {
+            Err(e @ (StartError::DataDir(_) | StartError::Damaged { .. })) => {
                 eprintln!("corral-master: error: {e}");
                 return ExitCode::from(2);
             }
@@ -50,12 +55,24 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        if let Err(e) = shutdown_signal().await {
-            tracing::error!(error = %e, "waiting for signals failed; shutting down");
-        }
-        tracing::info!("shutdown requested");
+        let code = tokio::select! {
+            signalled = shutdown_signal() => {
+                if let Err(e) = signalled {
+                    tracing::error!(error = %e, "waiting for signals failed; shutting down");
+                }
+                tracing::info!("shutdown requested");
+                ExitCode::SUCCESS
+            }
+            why = master.raft_stopped() => {
+                // One line, then exit: a master whose Raft stopped can never vote again, and a
+                // supervisor (systemd, Docker, the harness) restarts a process that exits.
+                tracing::error!(reason = %why, "raft stopped; this master cannot take part in the cluster and exits");
+                eprintln!("corral-master: error: raft stopped: {why}");
+                ExitCode::from(EXIT_RAFT_STOPPED)
+            }
+        };
         master.shutdown().await;
-        ExitCode::SUCCESS
+        code
     })
 }
 

@@ -73,20 +73,25 @@ impl Agents for AgentsService {
             .info
             .clone()
             .ok_or_else(|| Status::invalid_argument("register.info: missing"))?;
-        let resources = validate::agent_info("register.info", &info).map_err(Status::invalid_argument)?;
+        let resources = validate::agent_request("register.info", &info).map_err(Status::invalid_argument)?;
+        if !register.agent_id.is_empty() {
+            validate::id("register.agent_id", &register.agent_id).map_err(Status::invalid_argument)?;
+        }
+        validate::inventory("register.tasks", &register.tasks).map_err(Status::invalid_argument)?;
         let prior = shared.state.read().app.agents.get(&register.agent_id).map(|a| a.state);
         let known = !register.agent_id.is_empty() && prior.is_some();
         let agent_id = if register.agent_id.is_empty() {
             format!("agent-{:016x}", rand::random::<u64>())
         } else {
-            validate::id("register.agent_id", &register.agent_id).map_err(Status::invalid_argument)?;
             register.agent_id.clone()
         };
         let kind = if known {
+            let tasks = inventory_for_log(&shared.state.read().app, &agent_id, &register.tasks);
+            validate::logged_inventory("register.tasks", &tasks).map_err(Status::invalid_argument)?;
             v1::command::Kind::ReregisterAgent(v1::ReregisterAgent {
                 agent_id: agent_id.clone(),
                 info: Some(info),
-                tasks: inventory_for_log(&register.tasks),
+                tasks,
             })
         } else {
             v1::command::Kind::RegisterAgent(v1::RegisterAgent {
@@ -190,9 +195,21 @@ fn reconcile(
 /// state and exit code, so the rest of each TaskInfo (command, resources, ...) stays out
 /// of the Raft entry. After a failover every agent re-registers at once; this keeps those
 /// entries, and the work of replicating and applying them, a fraction of the size.
-fn inventory_for_log(tasks: &[v1::TaskRecord]) -> Vec<v1::TaskRecord> {
+///
+/// Apply looks only at the agent's tasks that it holds as UNREACHABLE, so only tasks the
+/// state has on this agent and not ended are kept (the not-ended ones, not just the
+/// unreachable ones: the agent may be marked unreachable between this read and the apply).
+/// Tasks the master does not know are killed by the leader, not written to the log.
+fn inventory_for_log(state: &ClusterState, agent_id: &str, tasks: &[v1::TaskRecord]) -> Vec<v1::TaskRecord> {
+    let ours = state.agent_tasks.get(agent_id);
     tasks
         .iter()
+        .filter(|t| {
+            t.task.as_ref().is_some_and(|info| {
+                let key = (t.framework_id.clone(), info.task_id.clone());
+                ours.is_some_and(|o| o.contains(&key)) && state.tasks.get(&key).is_some_and(|r| !r.is_terminal())
+            })
+        })
         .map(|t| v1::TaskRecord {
             framework_id: t.framework_id.clone(),
             task: t.task.as_ref().map(|info| v1::TaskInfo {
@@ -265,6 +282,15 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                         };
                     }
                 }
+                statuses.retain_mut(|status| match validate::agent_status("status", status) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        // Resending it would not make it valid: it is dropped, unacknowledged
+                        // (it names no task the master could acknowledge).
+                        tracing::warn!(%agent_id, why, "dropped an invalid status update");
+                        false
+                    }
+                });
                 if !statuses.is_empty() {
                     let n = statuses.len();
                     match submit_statuses(&shared, &agent_id, statuses).await {

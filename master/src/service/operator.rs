@@ -6,6 +6,7 @@
 //! linearizable read point.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::time::Duration;
 
 use corral_proto::v1;
@@ -25,6 +26,67 @@ pub const MEMBER_QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most weights set in one call.
 pub const MAX_WEIGHTS_PER_CALL: usize = 1024;
+/// Records in a page of a list call when the request names no limit.
+pub const DEFAULT_PAGE_RECORDS: usize = 1000;
+/// Most records in a page of a list call.
+pub const MAX_PAGE_RECORDS: usize = 5000;
+/// A page ends once its records reach this many encoded bytes, well within the gRPC
+/// message limit whatever the records hold.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// Most task states in one `ListTasks` filter.
+pub const MAX_STATE_FILTERS: usize = 16;
+/// Longest page token a client may send back (a task key: two ids and a separator).
+const MAX_PAGE_TOKEN_LEN: usize = 2 * crate::validate::MAX_ID_LEN + 1;
+
+/// One page of a list call: where it starts and how much it may hold.
+struct Page {
+    limit: usize,
+    /// The key of the last record of the previous page.
+    after: Option<String>,
+}
+
+impl Page {
+    fn new(limit: u32, token: &str) -> Result<Page, Status> {
+        if token.len() > MAX_PAGE_TOKEN_LEN || token.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("page_token: not a token this server issued"));
+        }
+        let limit = match limit as usize {
+            0 => DEFAULT_PAGE_RECORDS,
+            n => n.min(MAX_PAGE_RECORDS),
+        };
+        Ok(Page {
+            limit,
+            after: (!token.is_empty()).then(|| token.to_string()),
+        })
+    }
+
+    /// The range of ids after the previous page's last one.
+    fn after_key(&self) -> (Bound<String>, Bound<String>) {
+        match &self.after {
+            Some(key) => (Bound::Excluded(key.clone()), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        }
+    }
+
+    /// Take records (each with its key) up to the page's count and byte limits; returns them
+    /// and the token of the next page (empty when nothing is left).
+    fn fill<T: prost::Message>(&self, records: impl Iterator<Item = (String, T)>) -> (Vec<T>, String) {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut records = records.peekable();
+        let mut last = String::new();
+        for (key, record) in records.by_ref() {
+            bytes += record.encoded_len();
+            out.push(record);
+            last = key;
+            if out.len() >= self.limit || bytes >= MAX_PAGE_BYTES {
+                break;
+            }
+        }
+        let next = if records.peek().is_some() { last } else { String::new() };
+        (out, next)
+    }
+}
 
 pub struct OperatorService {
     shared: Shared,
@@ -94,8 +156,13 @@ fn member_status(v: &SelfView) -> v1::MemberStatus {
     }
 }
 
+/// Longest member address accepted.
+pub const MAX_ADDRESS_LEN: usize = 256;
+
 fn valid_member_address(addr: &str) -> bool {
-    matches!(addr.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    addr.len() <= MAX_ADDRESS_LEN
+        && !addr.chars().any(|c| c.is_control() || c.is_whitespace())
+        && matches!(addr.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 #[tonic::async_trait]
@@ -153,8 +220,8 @@ impl Operator for OperatorService {
         }
         if !valid_member_address(&req.address) {
             return Err(Status::invalid_argument(format!(
-                "address: {:?} is not host:port",
-                req.address
+                "address: {} is not host:port",
+                corral_proto::quote(&req.address)
             )));
         }
         let membership = self.shared.membership();
@@ -225,9 +292,13 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn list_agents(&self, _: Request<v1::ListAgentsRequest>) -> Result<Response<v1::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        req: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
-        let state = self.shared.state.read();
         let connected: std::collections::HashSet<String> = {
             let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
             guard
@@ -235,11 +306,9 @@ impl Operator for OperatorService {
                 .map(|s| s.agents.keys().cloned().collect())
                 .unwrap_or_default()
         };
-        let agents = state
-            .app
-            .agents
-            .values()
-            .map(|a| v1::AgentSummary {
+        let state = self.shared.state.read();
+        let records = state.app.agents.range::<String, _>(page.after_key()).map(|(id, a)| {
+            let summary = v1::AgentSummary {
                 agent_id: a.id.clone(),
                 hostname: a.hostname.clone(),
                 address: a.address.clone(),
@@ -255,15 +324,22 @@ impl Operator for OperatorService {
                 connected: connected.contains(&a.id),
                 isolation: a.isolation,
                 registered_at_ms: a.registered_at_ms,
-            })
-            .collect();
-        Ok(Response::new(v1::ListAgentsResponse { agents }))
+            };
+            (id.clone(), summary)
+        });
+        let (agents, next_page_token) = page.fill(records);
+        Ok(Response::new(v1::ListAgentsResponse {
+            agents,
+            next_page_token,
+        }))
     }
 
     async fn list_frameworks(
         &self,
-        _: Request<v1::ListFrameworksRequest>,
+        req: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
         let subscribed: std::collections::HashSet<String> = {
             let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
@@ -273,55 +349,103 @@ impl Operator for OperatorService {
                 .unwrap_or_default()
         };
         let state = self.shared.state.read();
-        let mut active: BTreeMap<&str, u64> = BTreeMap::new();
-        for t in state.app.tasks.values().filter(|t| !t.is_terminal()) {
-            *active.entry(t.framework_id.as_str()).or_default() += 1;
-        }
-        let frameworks = state
+        let records = state
             .app
             .frameworks
-            .values()
-            .map(|f| v1::FrameworkSummary {
-                framework_id: f.id.clone(),
-                name: f.name.clone(),
-                role: f.role.clone(),
-                // Connected means subscribed to this leader now; the replicated state alone
-                // cannot tell (a framework of a dead leader is "connected" there until it
-                // re-subscribes or its failover timeout ends).
-                state: match f.state {
-                    FrameworkState::TornDown => v1::FrameworkState::FrameworkTornDown,
-                    _ if subscribed.contains(&f.id) => v1::FrameworkState::FrameworkConnected,
-                    _ => v1::FrameworkState::FrameworkDisconnected,
-                } as i32,
-                used: resources_to_wire(&state.app.framework_used.get(&f.id).cloned().unwrap_or_default()),
-                active_tasks: active.get(f.id.as_str()).copied().unwrap_or(0),
-                failover_timeout_seconds: f.failover_timeout_ms as f64 / 1000.0,
-                registered_at_ms: f.registered_at_ms,
-            })
-            .collect();
-        Ok(Response::new(v1::ListFrameworksResponse { frameworks }))
+            .range::<String, _>(page.after_key())
+            .map(|(id, f)| {
+                // The framework's tasks are contiguous in the task map (keyed by framework id).
+                let active = state
+                    .app
+                    .tasks
+                    .range((f.id.clone(), String::new())..)
+                    .take_while(|((fw, _), _)| *fw == f.id)
+                    .filter(|(_, t)| !t.is_terminal())
+                    .count() as u64;
+                let summary = v1::FrameworkSummary {
+                    framework_id: f.id.clone(),
+                    name: f.name.clone(),
+                    role: f.role.clone(),
+                    // Connected means subscribed to this leader now; the replicated state alone
+                    // cannot tell (a framework of a dead leader is "connected" there until it
+                    // re-subscribes or its failover timeout ends).
+                    state: match f.state {
+                        FrameworkState::TornDown => v1::FrameworkState::FrameworkTornDown,
+                        _ if subscribed.contains(&f.id) => v1::FrameworkState::FrameworkConnected,
+                        _ => v1::FrameworkState::FrameworkDisconnected,
+                    } as i32,
+                    used: resources_to_wire(&state.app.framework_used.get(&f.id).cloned().unwrap_or_default()),
+                    active_tasks: active,
+                    failover_timeout_seconds: f.failover_timeout_ms as f64 / 1000.0,
+                    registered_at_ms: f.registered_at_ms,
+                };
+                (id.clone(), summary)
+            });
+        let (frameworks, next_page_token) = page.fill(records);
+        Ok(Response::new(v1::ListFrameworksResponse {
+            frameworks,
+            next_page_token,
+        }))
     }
 
     async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::new(req.limit, &req.page_token)?;
+        let only = req.framework_id;
+        if !only.is_empty() {
+            crate::validate::id("framework_id", &only).map_err(Status::invalid_argument)?;
+        }
+        if req.states.len() > MAX_STATE_FILTERS {
+            return Err(Status::invalid_argument(format!(
+                "states: {} entries, at most {MAX_STATE_FILTERS}",
+                req.states.len()
+            )));
+        }
+        for (i, s) in req.states.iter().enumerate() {
+            if v1::TaskState::try_from(*s).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "states[{i}]: {s} is not a task state"
+                )));
+            }
+        }
+        // The token holds the last key of the previous page: framework id and task id, which
+        // cannot contain '/'.
+        let after = match page.after.as_deref() {
+            None => None,
+            Some(token) => Some(
+                token
+                    .split_once('/')
+                    .map(|(f, t)| (f.to_string(), t.to_string()))
+                    .ok_or_else(|| Status::invalid_argument("page_token: not a token this server issued"))?,
+            ),
+        };
+        let start = match (&after, only.is_empty()) {
+            (Some(key), _) => Bound::Excluded(key.clone()),
+            (None, false) => Bound::Included((only.clone(), String::new())),
+            (None, true) => Bound::Unbounded,
+        };
         self.shared.linearizable().await?;
-        let only = req.into_inner().framework_id;
         let state = self.shared.state.read();
-        let tasks = state
+        let records = state
             .app
             .tasks
-            .values()
-            .filter(|t| only.is_empty() || t.framework_id == only)
-            .map(|t| v1::TaskSummary {
-                framework_id: t.framework_id.clone(),
-                task_id: t.task_id.clone(),
-                name: t.name.clone(),
-                agent_id: t.agent_id.clone(),
-                state: t.status.state,
-                resources: resources_to_wire(&t.resources),
-                exit_code: t.status.exit_code,
-            })
-            .collect();
-        Ok(Response::new(v1::ListTasksResponse { tasks }))
+            .range((start, Bound::Unbounded))
+            .take_while(|((f, _), _)| only.is_empty() || *f == only)
+            .filter(|(_, t)| req.states.is_empty() || req.states.contains(&t.status.state))
+            .map(|((f, id), t)| {
+                let summary = v1::TaskSummary {
+                    framework_id: t.framework_id.clone(),
+                    task_id: t.task_id.clone(),
+                    name: t.name.clone(),
+                    agent_id: t.agent_id.clone(),
+                    state: t.status.state,
+                    resources: resources_to_wire(&t.resources),
+                    exit_code: t.status.exit_code,
+                };
+                (format!("{f}/{id}"), summary)
+            });
+        let (tasks, next_page_token) = page.fill(records);
+        Ok(Response::new(v1::ListTasksResponse { tasks, next_page_token }))
     }
 
     async fn get_weights(&self, _: Request<v1::GetWeightsRequest>) -> Result<Response<v1::GetWeightsResponse>, Status> {

@@ -113,7 +113,7 @@ impl Scheduler for SchedulerService {
         let mut info = req
             .framework
             .ok_or_else(|| Status::invalid_argument("framework: missing"))?;
-        validate::framework_info("framework", &info).map_err(Status::invalid_argument)?;
+        validate::framework_request("framework", &info).map_err(Status::invalid_argument)?;
         let failover = !info.framework_id.is_empty();
         let kind = if failover {
             let state = shared.state.read();
@@ -189,6 +189,14 @@ impl Scheduler for SchedulerService {
         if req.offer_ids.is_empty() {
             return Err(Status::invalid_argument("offer_ids: at least one offer is required"));
         }
+        validate::offer_ids("offer_ids", &req.offer_ids).map_err(Status::invalid_argument)?;
+        if req.operations.len() > validate::MAX_OPERATIONS_PER_ACCEPT {
+            return Err(Status::invalid_argument(format!(
+                "operations: {} entries, at most {}",
+                req.operations.len(),
+                validate::MAX_OPERATIONS_PER_ACCEPT
+            )));
+        }
         let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
         let mut tasks = Vec::new();
         for (i, op) in req.operations.iter().enumerate() {
@@ -228,7 +236,7 @@ impl Scheduler for SchedulerService {
             let agent = agent.unwrap_or_default();
             let mut asked = Resources::new();
             if !tasks.is_empty() {
-                (_, asked) = validate::launch("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
+                (_, asked) = validate::launch_request("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
                 if !held.contains(&asked) {
                     return Err(Status::invalid_argument(format!(
                         "operations.launch.tasks: ask for {asked}, more than the offers hold ({held})"
@@ -291,6 +299,7 @@ impl Scheduler for SchedulerService {
     async fn decline(&self, req: Request<v1::DeclineRequest>) -> Result<Response<v1::DeclineResponse>, Status> {
         let req = req.into_inner();
         let framework_id = self.check_header(req.header.as_ref()).await?;
+        validate::offer_ids("offer_ids", &req.offer_ids).map_err(Status::invalid_argument)?;
         let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
         self.with_soft(|soft| {
             for id in &req.offer_ids {
@@ -372,9 +381,7 @@ impl Scheduler for SchedulerService {
     async fn reconcile(&self, req: Request<v1::ReconcileRequest>) -> Result<Response<v1::ReconcileResponse>, Status> {
         let req = req.into_inner();
         let framework_id = self.check_header(req.header.as_ref()).await?;
-        for (i, t) in req.tasks.iter().enumerate() {
-            validate::id(&format!("tasks[{i}].task_id"), &t.task_id).map_err(Status::invalid_argument)?;
-        }
+        validate::reconcile_tasks("tasks", &req.tasks).map_err(Status::invalid_argument)?;
         self.shared.linearizable().await?;
         let statuses: Vec<v1::TaskStatus> = {
             let state = self.shared.state.read();
