@@ -52,3 +52,21 @@ fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("--masters"), "{stderr}");
 }
+
+#[test]
+fn cli_errors_run_without_a_cluster_gives_up_saying_what_it_waited_for() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let masters = format!("127.0.0.1:{port}");
+    let out = corral(&["--masters", &masters, "run", "--timeout", "2s", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("gave up after 2s without progress, waiting for a leader"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -55,13 +55,15 @@ enum Lane {
     Data,
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+/// A Raft message as peers send it: the wire format byte, then postcard.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     let mut out = vec![WIRE_FORMAT];
     postcard::to_io(value, &mut out)?;
     Ok(out)
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+/// A Raft message from a peer (see [`encode`]).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
         Some((&WIRE_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unsupported raft wire format {v}")),

@@ -254,8 +254,9 @@ impl ClusterState {
     /// non-terminal tasks and within its resources (S1); the task index matches the tasks.
     /// Run after every command in debug and test builds.
     pub fn validate(&self) -> Result<(), String> {
+        // No clones of keys: debug builds run this after every entry, at any size of state.
         let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
-        for t in self.tasks.values() {
+        for (key, t) in &self.tasks {
             if !self.agents.contains_key(&t.agent_id) {
                 return Err(format!(
                     "task {}/{} on unknown agent {}",
@@ -266,10 +267,7 @@ impl ClusterState {
                 let u = used.entry(&t.agent_id).or_default();
                 *u = u.checked_add(&t.resources).map_err(|e| e.to_string())?;
             }
-            let indexed = self
-                .agent_tasks
-                .get(&t.agent_id)
-                .is_some_and(|s| s.contains(&(t.framework_id.clone(), t.task_id.clone())));
+            let indexed = self.agent_tasks.get(&t.agent_id).is_some_and(|s| s.contains(key));
             if !indexed {
                 return Err(format!(
                     "task {}/{} missing from the agent index",
@@ -277,13 +275,12 @@ impl ClusterState {
                 ));
             }
         }
-        let staging: BTreeSet<(String, String)> = self
+        let staging = self
             .tasks
             .iter()
             .filter(|(_, t)| t.state() == v1::TaskState::TaskStaging)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if staging != self.staging {
+            .map(|(k, _)| k);
+        if !staging.eq(self.staging.iter()) {
             return Err("the index of STAGING tasks does not match the tasks".into());
         }
         let mut by_framework: BTreeMap<&str, Resources> = BTreeMap::new();

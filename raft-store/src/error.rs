@@ -10,9 +10,10 @@ use std::path::PathBuf;
 /// An error opening, reading or writing a sled-backed Raft store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled reported an I/O or internal error.
+    /// sled reported an I/O or internal error (its reports of corruption become
+    /// [`StoreError::Corrupt`]).
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
 
     /// A file of the store (the sled data file, a snapshot file) could not be written.
     #[error("i/o: {0}")]
@@ -67,6 +68,18 @@ pub enum StoreError {
     FlusherStopped,
 }
 
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { at, .. } => StoreError::Corrupt(match at {
+                Some(at) => format!("the sled files are damaged or truncated (sled found corrupt data at {at:?})"),
+                None => "the sled files are damaged or truncated (sled found corrupt data)".into(),
+            }),
+            other => StoreError::Sled(other),
+        }
+    }
+}
+
 impl StoreError {
     /// True when the data dir is damaged (a missing or corrupt snapshot, a log that breaks
     /// its invariants or does not decode): the node cannot start from it, and the operator
@@ -74,10 +87,7 @@ impl StoreError {
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            StoreError::Corrupt(_)
-                | StoreError::Codec { .. }
-                | StoreError::Snapshot(_)
-                | StoreError::Sled(sled::Error::Corruption { .. })
+            StoreError::Corrupt(_) | StoreError::Codec { .. } | StoreError::Snapshot(_)
         )
     }
 

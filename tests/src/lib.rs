@@ -145,6 +145,12 @@ impl Cluster {
 
     /// Start `n` masters with extra flags for every one.
     pub fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_prepared(n, extra_args, |_, _, _| {})
+    }
+
+    /// Start `n` masters with extra flags, after `prepare(id, data_dir, address)` has had
+    /// the chance to fill each master's data dir (a test's seeded state).
+    pub fn start_prepared(n: u64, extra_args: &[&str], prepare: impl Fn(u64, &Path, &str)) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
         let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
@@ -161,6 +167,7 @@ impl Cluster {
             _turn: turn,
         };
         for (id, address) in addresses {
+            prepare(id, &cluster.dir.path().join(format!("master-{id}")), &address);
             cluster.add_process(id, address, Some(peers.clone()));
         }
         eprintln!("cluster: started {n} masters: {}", cluster.masters_arg());
@@ -252,6 +259,54 @@ impl Cluster {
         assert!(m.child.is_none(), "master {id} is still running");
         spawn(m, &extra);
         eprintln!("cluster: restarted master {id}");
+    }
+
+    /// Master `id`'s exit status, if its process has ended (it is then no longer running).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let m = self.masters.get_mut(&id).expect("known master");
+        let status = m.child.as_mut()?.try_wait().expect("try_wait on a child")?;
+        m.child = None;
+        m.stopped = false;
+        eprintln!("cluster: master {id} exited: {status}");
+        Some(status)
+    }
+
+    /// Wait until master `id` exits on its own; its exit status.
+    pub async fn wait_exit(&mut self, id: u64, deadline: Duration) -> std::process::ExitStatus {
+        let give_up = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.exited(id) {
+                return status;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "master {id} still running after {deadline:?}; log:\n{}",
+                self.log_tail(id, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Start master `id` again on an empty data dir and without `--peers`, after it was
+    /// removed from the cluster: the README's recovery of a damaged master. Its old data dir
+    /// is moved to `<data dir>.damaged`.
+    pub fn restart_empty(&mut self, id: u64) {
+        let extra = self.extra_args.clone();
+        let m = self.masters.get_mut(&id).expect("known master");
+        assert!(m.child.is_none(), "master {id} is still running");
+        let aside = m.data_dir.with_extension("damaged");
+        let _ = std::fs::remove_dir_all(&aside);
+        if m.data_dir.exists() {
+            std::fs::rename(&m.data_dir, &aside).expect("move the damaged data dir away");
+        }
+        m.peers = None;
+        spawn(m, &extra);
+        eprintln!("cluster: restarted master {id} on an empty data dir");
+    }
+
+    /// The HTTP status and body of `GET path` on master `id` (None if it does not answer).
+    pub async fn http_get(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        http_request(self.address(id), "GET", path, b"").await
     }
 
     /// Forget master `id` after killing it (it was removed from the cluster).
@@ -592,6 +647,34 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// One HTTP/1.1 request to `address` with `body`; the status code and body of the answer,
+/// or None if the connection failed or no answer came within 5 s.
+pub async fn http_request(address: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.ok()?;
+        stream.write_all(body).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A temp dir path helper for tests that run a binary by hand.
