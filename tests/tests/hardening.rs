@@ -503,38 +503,7 @@ async fn hardening_p1_a_master_whose_raft_stops_exits_and_is_never_healthy_again
     assert!(matches!(answer, AppendEntriesResponse::Success), "{answer:?}");
     let injected = Instant::now();
 
-    // From the first unhealthy answer on, /health is never 200 again; the process exits.
-    let mut unhealthy_since = None;
-    let exit = loop {
-        if let Some(status) = cluster.exited(victim) {
-            break status;
-        }
-        match cluster.http_get(victim, "/health").await {
-            Some((200, _)) => assert!(
-                unhealthy_since.is_none(),
-                "master {victim} answered 200 after it had reported itself unhealthy"
-            ),
-            Some((code, body)) => {
-                assert_eq!(code, 503, "{body}");
-                unhealthy_since.get_or_insert(Instant::now());
-            }
-            None => {}
-        }
-        assert!(
-            injected.elapsed() < Duration::from_secs(15),
-            "master {victim} still running 15 s after its raft stopped:\n{}",
-            cluster.log_tail(victim, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    eprintln!(
-        "master {victim} exited {:?} after {:?}",
-        exit.code(),
-        injected.elapsed()
-    );
-    assert_eq!(exit.code(), Some(3), "exit code of a master whose raft stopped");
-    let log = cluster.log_tail(victim, 30);
-    assert!(log.contains("raft stopped"), "one clear line says why:\n{log}");
+    watch_until_raft_stop_exit(&mut cluster, victim, injected, Duration::from_secs(15)).await;
 
     // The other two keep the cluster going.
     cluster
@@ -554,6 +523,157 @@ async fn hardening_p1_a_master_whose_raft_stops_exits_and_is_never_healthy_again
     let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
     let index = cluster.member(leader).await.expect("leader").applied_index;
     cluster.wait_converged(&[1, 2, 3], index, Duration::from_secs(30)).await;
+}
+
+/// Watch master `victim`, whose Raft is about to stop (or has stopped) since `since`: from
+/// its first unhealthy answer on, /health is never 200 again, and within `deadline` the
+/// process exits with code 3 after one line saying why.
+async fn watch_until_raft_stop_exit(cluster: &mut Cluster, victim: u64, since: Instant, deadline: Duration) {
+    let mut unhealthy_since = None;
+    let exit = loop {
+        if let Some(status) = cluster.exited(victim) {
+            break status;
+        }
+        match cluster.http_get(victim, "/health").await {
+            Some((200, _)) => assert!(
+                unhealthy_since.is_none(),
+                "master {victim} answered 200 after it had reported itself unhealthy"
+            ),
+            Some((code, body)) => {
+                assert_eq!(code, 503, "{body}");
+                unhealthy_since.get_or_insert(Instant::now());
+            }
+            None => {}
+        }
+        assert!(
+            since.elapsed() < deadline,
+            "master {victim} still running {deadline:?} after its raft was made to stop:\n{}",
+            cluster.log_tail(victim, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("master {victim} exited {:?} after {:?}", exit.code(), since.elapsed());
+    assert_eq!(exit.code(), Some(3), "exit code of a master whose raft stopped");
+    let log = cluster.log_tail(victim, 30);
+    assert!(log.contains("raft stopped"), "one clear line says why:\n{log}");
+}
+
+/// A small tmpfs mounted over a data dir, unmounted on drop (after the cluster's masters
+/// are gone: drop the cluster first).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (the test runs as root, as CI does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Fill the disk until the kernel says it is full; how many bytes that took.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let chunk = vec![0x42u8; 64 * 1024];
+        let mut written = 0u64;
+        while let Ok(n @ 1..) = f.write(&chunk) {
+            written += n as u64;
+        }
+        written
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardening_p1_a_master_whose_disk_fills_exits_and_resumes_once_freed() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    const VICTIM: u64 = 3;
+    let disk = std::sync::Mutex::new(None);
+    let mut cluster = Cluster::start_prepared(3, &[], |id, dir, _| {
+        if id == VICTIM {
+            *disk.lock().unwrap_or_else(|p| p.into_inner()) = Some(SmallDisk::mount(dir, "24m"));
+        }
+    });
+    let disk = disk.into_inner().unwrap_or_else(|p| p.into_inner()).expect("mounted");
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
+    let client = cluster.client();
+    for i in 0..20 {
+        cluster
+            .set_weight(&client, &format!("r{i}"), 2.0, Duration::from_secs(10))
+            .await
+            .expect("write");
+    }
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let index = cluster.member(leader).await.expect("leader").applied_index;
+    cluster.wait_converged(&[1, 2, 3], index, Duration::from_secs(15)).await;
+
+    let filled = disk.fill();
+    eprintln!("filled master {VICTIM}'s disk with {filled} bytes");
+    let full = Instant::now();
+    // Writes go on (two masters are a quorum) and reach the master with the full disk.
+    let writes = tokio::spawn({
+        let client = cluster.client();
+        async move {
+            for i in 0..2000u32 {
+                let weights = vec![v1::WeightInfo {
+                    role: format!("full{}", i % 10),
+                    weight: 1.0 + f64::from(i),
+                }];
+                let _ = client
+                    .on_leader(Duration::from_secs(5), |ch| {
+                        let weights = weights.clone();
+                        async move {
+                            OperatorClient::new(ch)
+                                .set_weights(v1::SetWeightsRequest { weights })
+                                .await
+                        }
+                    })
+                    .await;
+            }
+        }
+    });
+    watch_until_raft_stop_exit(&mut cluster, VICTIM, full, Duration::from_secs(60)).await;
+    writes.abort();
+    let log = cluster.log_tail(VICTIM, 30).to_lowercase();
+    assert!(log.contains("no space left"), "the log says the disk is full:\n{log}");
+
+    // Once there is room again, the master starts and catches up.
+    disk.free();
+    cluster.restart(VICTIM);
+    cluster
+        .set_weight(&client, "after", 3.0, Duration::from_secs(10))
+        .await
+        .expect("write");
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
+    let index = cluster.member(leader).await.expect("leader").applied_index;
+    cluster.wait_converged(&[1, 2, 3], index, Duration::from_secs(30)).await;
+    drop(cluster);
+    drop(disk);
 }
 
 /// The README's "Recovering a damaged master", step by step with the CLI.
