@@ -295,7 +295,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
             }
         }
         Command::Agents { json } => {
-            let agents = corral_proto::client::all_agents(&masters, deadline)
+            let agents = corral_proto::client::list_all(&masters, deadline, v1::ListAgentsRequest::default())
                 .await
                 .map_err(|s| describe(&s))?;
             let rows: Vec<Value> = agents
@@ -320,7 +320,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
             );
         }
         Command::Frameworks { json } => {
-            let frameworks = corral_proto::client::all_frameworks(&masters, deadline)
+            let frameworks = corral_proto::client::list_all(&masters, deadline, v1::ListFrameworksRequest::default())
                 .await
                 .map_err(|s| describe(&s))?;
             let rows: Vec<Value> = frameworks
@@ -458,7 +458,7 @@ async fn print_tasks(
         let mut out = std::io::BufWriter::new(stdout.lock());
         let mut failed = None;
         let _ = write!(out, "[");
-        let listed = corral_proto::client::for_each_task(masters, deadline, filter, |t| {
+        let listed = corral_proto::client::for_each(masters, deadline, filter, |t| {
             if printed >= limit {
                 return false;
             }
@@ -479,7 +479,7 @@ async fn print_tasks(
     } else {
         // A table needs its column widths: gather the rows first.
         let mut rows = Vec::new();
-        corral_proto::client::for_each_task(masters, deadline, filter, |t| {
+        corral_proto::client::for_each(masters, deadline, filter, |t| {
             if printed >= limit {
                 return false;
             }

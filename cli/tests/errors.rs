@@ -11,6 +11,16 @@ fn corral(args: &[&str]) -> Output {
         .expect("run corral")
 }
 
+/// An address where nothing listens: a port that was just free.
+fn nothing_listens() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 #[test]
 fn cli_errors_usage_exits_2() {
     for args in [
@@ -30,13 +40,7 @@ fn cli_errors_usage_exits_2() {
 
 #[test]
 fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let masters = format!("127.0.0.1:{port}");
+    let masters = nothing_listens();
     for args in [&["status"][..], &["weights"], &["members", "list"]] {
         let mut full = vec!["--masters", masters.as_str(), "--timeout-secs", "1"];
         full.extend_from_slice(args);
@@ -55,12 +59,7 @@ fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
 
 #[test]
 fn cli_errors_run_without_a_cluster_gives_up_saying_what_it_waited_for() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let masters = format!("127.0.0.1:{port}");
+    let masters = nothing_listens();
     let out = corral(&["--masters", &masters, "run", "--timeout", "2s", "--", "true"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -14,6 +14,8 @@ use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::v1;
+use crate::v1::operator_client::OperatorClient;
 use crate::LEADER_METADATA_KEY;
 
 /// First pause after a round of masters that all failed.
@@ -200,76 +202,101 @@ fn deadline_error(last: Status, deadline: Duration) -> Status {
 }
 
 /// The limits every Corral gRPC client applies to a generated client type.
-/// Every task the leader lists for `filter` (its framework and states), page by page, each
-/// handed to `each` as it arrives; `each` returns false to stop early. Each page is its own
-/// call, retried on another master within `deadline` like any call.
-pub async fn for_each_task(
+/// A paged list call of the operator API (see `ListTasksRequest` in operator.proto).
+pub trait Paged: Clone {
+    /// One page of the answer.
+    type Page;
+    /// What a page lists.
+    type Record;
+    /// Ask for the page after `token`.
+    fn set_token(&mut self, token: String);
+    /// A page's records and the token of the next page (empty on the last).
+    fn split(page: Self::Page) -> (Vec<Self::Record>, String);
+    /// Make the call.
+    fn call(
+        client: OperatorClient<Channel>,
+        req: Self,
+    ) -> impl Future<Output = Result<tonic::Response<Self::Page>, Status>> + Send;
+}
+
+macro_rules! paged {
+    ($req:ty, $page:ty, $record:ty, $field:ident, $method:ident) => {
+        impl Paged for $req {
+            type Page = $page;
+            type Record = $record;
+            fn set_token(&mut self, token: String) {
+                self.page_token = token;
+            }
+            fn split(page: $page) -> (Vec<$record>, String) {
+                (page.$field, page.next_page_token)
+            }
+            async fn call(mut client: OperatorClient<Channel>, req: Self) -> Result<tonic::Response<$page>, Status> {
+                client.$method(req).await
+            }
+        }
+    };
+}
+
+paged!(
+    v1::ListTasksRequest,
+    v1::ListTasksResponse,
+    v1::TaskSummary,
+    tasks,
+    list_tasks
+);
+paged!(
+    v1::ListAgentsRequest,
+    v1::ListAgentsResponse,
+    v1::AgentSummary,
+    agents,
+    list_agents
+);
+paged!(
+    v1::ListFrameworksRequest,
+    v1::ListFrameworksResponse,
+    v1::FrameworkSummary,
+    frameworks,
+    list_frameworks
+);
+
+/// Every record the leader lists for `request` (its filters), page by page, each handed to
+/// `each` as it arrives; `each` returns false to stop early. Each page is a call of its own,
+/// retried on another master within `deadline` like any call.
+pub async fn for_each<R: Paged>(
     masters: &Masters,
     deadline: Duration,
-    mut filter: crate::v1::ListTasksRequest,
-    mut each: impl FnMut(crate::v1::TaskSummary) -> bool,
+    mut request: R,
+    mut each: impl FnMut(R::Record) -> bool,
 ) -> Result<(), Status> {
-    use crate::v1::operator_client::OperatorClient;
     loop {
         let page = masters
             .on_leader(deadline, |ch| {
-                let req = filter.clone();
-                async move { crate::limit_client!(OperatorClient::new(ch)).list_tasks(req).await }
+                R::call(crate::limit_client!(OperatorClient::new(ch)), request.clone())
             })
             .await?
             .into_inner();
-        for t in page.tasks {
-            if !each(t) {
+        let (records, next) = R::split(page);
+        for r in records {
+            if !each(r) {
                 return Ok(());
             }
         }
-        if page.next_page_token.is_empty() {
+        if next.is_empty() {
             return Ok(());
         }
-        filter.page_token = page.next_page_token;
+        request.set_token(next);
     }
 }
 
-/// Every agent the leader knows, page by page.
-pub async fn all_agents(masters: &Masters, deadline: Duration) -> Result<Vec<crate::v1::AgentSummary>, Status> {
-    use crate::v1::operator_client::OperatorClient;
+/// Every record the leader lists for `request`, page by page.
+pub async fn list_all<R: Paged>(masters: &Masters, deadline: Duration, request: R) -> Result<Vec<R::Record>, Status> {
     let mut out = Vec::new();
-    let mut req = crate::v1::ListAgentsRequest::default();
-    loop {
-        let page = masters
-            .on_leader(deadline, |ch| {
-                let req = req.clone();
-                async move { crate::limit_client!(OperatorClient::new(ch)).list_agents(req).await }
-            })
-            .await?
-            .into_inner();
-        out.extend(page.agents);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        req.page_token = page.next_page_token;
-    }
-}
-
-/// Every framework the leader knows, page by page.
-pub async fn all_frameworks(masters: &Masters, deadline: Duration) -> Result<Vec<crate::v1::FrameworkSummary>, Status> {
-    use crate::v1::operator_client::OperatorClient;
-    let mut out = Vec::new();
-    let mut req = crate::v1::ListFrameworksRequest::default();
-    loop {
-        let page = masters
-            .on_leader(deadline, |ch| {
-                let req = req.clone();
-                async move { crate::limit_client!(OperatorClient::new(ch)).list_frameworks(req).await }
-            })
-            .await?
-            .into_inner();
-        out.extend(page.frameworks);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        req.page_token = page.next_page_token;
-    }
+    for_each(masters, deadline, request, |r| {
+        out.push(r);
+        true
+    })
+    .await?;
+    Ok(out)
 }
 
 #[macro_export]

@@ -492,9 +492,10 @@ impl Cluster {
     pub async fn wait_agents(&self, n: usize, deadline: Duration) -> Vec<v1::AgentSummary> {
         let client = self.client();
         wait_for(deadline, &format!("{n} connected agents"), || async {
-            let agents = corral_proto::client::all_agents(&client, Duration::from_secs(2))
-                .await
-                .ok()?;
+            let agents =
+                corral_proto::client::list_all(&client, Duration::from_secs(2), v1::ListAgentsRequest::default())
+                    .await
+                    .ok()?;
             let connected: Vec<_> = agents.into_iter().filter(|a| a.connected).collect();
             (connected.len() >= n).then_some(connected)
         })
@@ -503,14 +504,7 @@ impl Cluster {
 
     /// The tasks the leader knows (every page).
     pub async fn tasks(&self) -> Result<Vec<v1::TaskSummary>, Status> {
-        let mut tasks = Vec::new();
-        let filter = v1::ListTasksRequest::default();
-        corral_proto::client::for_each_task(&self.client(), Duration::from_secs(5), filter, |t| {
-            tasks.push(t);
-            true
-        })
-        .await?;
-        Ok(tasks)
+        corral_proto::client::list_all(&self.client(), Duration::from_secs(5), v1::ListTasksRequest::default()).await
     }
 
     /// Subscribe a test framework.

@@ -68,10 +68,14 @@ async fn running(cluster: &Cluster, prefix: &str) -> usize {
 }
 
 async fn framework_states(cluster: &Cluster) -> Vec<i32> {
-    corral_proto::client::all_frameworks(&cluster.client(), Duration::from_secs(5))
-        .await
-        .map(|fws| fws.iter().map(|f| f.state).collect())
-        .unwrap_or_default()
+    corral_proto::client::list_all(
+        &cluster.client(),
+        Duration::from_secs(5),
+        v1::ListFrameworksRequest::default(),
+    )
+    .await
+    .map(|fws| fws.iter().map(|f| f.state).collect())
+    .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
