@@ -13,6 +13,14 @@ pub const MIN_SNAPSHOT_EVERY_ENTRIES: u64 = 10;
 /// Most entries between snapshots accepted (the log, and a restart's replay, stay bounded).
 pub const MAX_SNAPSHOT_EVERY_ENTRIES: u64 = 1_000_000;
 
+/// Finished tasks kept per framework by default (Mesos' `--max_completed_tasks_per_framework`).
+pub const DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK: u64 = 1000;
+/// Torn-down frameworks kept by default (Mesos' `--max_completed_frameworks`).
+pub const DEFAULT_MAX_COMPLETED_FRAMEWORKS: u64 = 50;
+/// How long an agent may stay unreachable by default before it is gone (two weeks, Mesos'
+/// `--registry_max_agent_age`).
+pub const DEFAULT_AGENT_GC_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// Default cluster name recorded in every data dir.
 pub const DEFAULT_CLUSTER: &str = "corral";
 
@@ -77,6 +85,24 @@ pub struct MasterArgs {
     /// restarts, higher means fewer snapshot builds.
     #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_ENTRIES", default_value_t = crate::node::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
+
+    /// Finished tasks kept per framework (the newest); older ones are removed from the
+    /// replicated state, and their ids may then be launched again.
+    #[arg(long, env = "CORRAL_MAX_COMPLETED_TASKS_PER_FRAMEWORK", default_value_t = DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK)]
+    pub max_completed_tasks_per_framework: u64,
+
+    /// Finished tasks older than this are removed whatever their number (`0s`: no age limit).
+    #[arg(long, env = "CORRAL_COMPLETED_TASK_MAX_AGE", default_value = "0s", value_parser = parse_duration)]
+    pub completed_task_max_age: Duration,
+
+    /// Torn-down frameworks kept (the newest), with their finished tasks.
+    #[arg(long, env = "CORRAL_MAX_COMPLETED_FRAMEWORKS", default_value_t = DEFAULT_MAX_COMPLETED_FRAMEWORKS)]
+    pub max_completed_frameworks: u64,
+
+    /// An agent unreachable this long is gone (its tasks TASK_GONE), and removed once it has
+    /// no tasks left (`0s`: never).
+    #[arg(long, env = "CORRAL_AGENT_GC_AGE", default_value = "336h", value_parser = parse_duration)]
+    pub agent_gc_age: Duration,
 
     /// Name of the cluster, recorded in the data dir; a master refuses a data dir of another
     /// cluster, and masters refuse Raft traffic from another cluster.
@@ -157,6 +183,12 @@ pub struct Config {
     pub allocation_interval: Duration,
     pub offer_timeout: Option<Duration>,
     pub snapshot_every_entries: u64,
+    pub max_completed_tasks_per_framework: u64,
+    /// None: no age limit.
+    pub completed_task_max_age: Option<Duration>,
+    pub max_completed_frameworks: u64,
+    /// None: agents are never collected.
+    pub agent_gc_age: Option<Duration>,
 }
 
 impl MasterArgs {
@@ -223,6 +255,10 @@ impl MasterArgs {
             allocation_interval: self.allocation_interval,
             offer_timeout: (!self.offer_timeout.is_zero()).then_some(self.offer_timeout),
             snapshot_every_entries: self.snapshot_every_entries,
+            max_completed_tasks_per_framework: self.max_completed_tasks_per_framework,
+            completed_task_max_age: (!self.completed_task_max_age.is_zero()).then_some(self.completed_task_max_age),
+            max_completed_frameworks: self.max_completed_frameworks,
+            agent_gc_age: (!self.agent_gc_age.is_zero()).then_some(self.agent_gc_age),
         })
     }
 }

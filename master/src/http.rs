@@ -127,6 +127,56 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             );
         }
     }
+    let (retained, retention) = {
+        let state = shared.state.read();
+        (state.app.retained(), state.app.retention.clone())
+    };
+    let _ = writeln!(
+        out,
+        "# HELP corral_retained_records Records in this master's applied state, by kind.\n# TYPE corral_retained_records gauge"
+    );
+    for (kind, n) in ["agents", "frameworks", "tasks", "finished_tasks"].iter().zip(retained) {
+        let _ = writeln!(out, "corral_retained_records{{id=\"{id}\",kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_collected_records_total Records removed by retention since the cluster began, by kind.\n# TYPE corral_collected_records_total counter"
+    );
+    for (kind, n) in [
+        ("tasks", retention.collected_tasks),
+        ("frameworks", retention.collected_frameworks),
+        ("agents", retention.collected_agents),
+    ] {
+        let _ = writeln!(out, "corral_collected_records_total{{id=\"{id}\",kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_dropped_updates_total Unacknowledged status updates removed with their task.\n# TYPE corral_dropped_updates_total counter\ncorral_dropped_updates_total{{id=\"{id}\"}} {}",
+        retention.dropped_updates
+    );
+    if let Some(snap) = shared.state.last_snapshot() {
+        let mut gauge = |name: &str, help: &str, value: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{id=\"{id}\"}} {value}"
+            );
+        };
+        gauge(
+            "corral_snapshot_build_seconds",
+            "Time to encode and durably write the last snapshot this master built.",
+            snap.build.as_secs_f64(),
+        );
+        gauge(
+            "corral_snapshot_locked_seconds",
+            "Time the last snapshot build held the applied state (apply waited).",
+            snap.locked.as_secs_f64(),
+        );
+        gauge(
+            "corral_snapshot_bytes",
+            "Size of the last snapshot this master built.",
+            snap.bytes as f64,
+        );
+    }
     let lat = shared.write_latency.lock().unwrap_or_else(|p| p.into_inner());
     let _ = writeln!(
         out,

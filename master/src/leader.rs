@@ -24,6 +24,7 @@ use tonic::Status;
 use crate::allocator::{allocate, AgentView, FrameworkView};
 use crate::node::Shared;
 use crate::state::{AgentState, ClusterState, FrameworkState};
+use crate::types::Outcome;
 
 /// Capacity of each agent's outbound stream. An agent that lets this many messages pile up
 /// is disconnected (it re-registers and is reconciled).
@@ -368,6 +369,9 @@ pub struct Soft {
     next_session: u64,
     last_resend: Instant,
     last_staging_resend: Instant,
+    /// When retention was last considered, and whether a `CollectGarbage` is in flight.
+    last_gc: Instant,
+    collecting: bool,
 }
 
 impl Soft {
@@ -395,6 +399,8 @@ impl Soft {
             next_session: 0,
             last_resend: Instant::now(),
             last_staging_resend: Instant::now(),
+            last_gc: Instant::now(),
+            collecting: false,
         }
     }
 
@@ -729,6 +735,27 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
             resend_stale_launches(&state.app, soft, crate::node::now_ms());
         }
         due = due_timeouts(&state.app, soft, &shared.config, now);
+        if now - soft.last_gc >= GC_INTERVAL && !soft.collecting {
+            soft.last_gc = now;
+            let gc = gc_command(&shared.config);
+            let now_ms = crate::node::now_ms();
+            if state.app.garbage_due(&gc, now_ms) {
+                soft.collecting = true;
+                let going = state
+                    .app
+                    .agents_due(gc.agent_gc_age_ms, now_ms)
+                    .into_iter()
+                    .filter(|id| {
+                        state
+                            .app
+                            .agents
+                            .get(id)
+                            .is_some_and(|a| a.state == AgentState::Unreachable)
+                    })
+                    .collect();
+                tokio::spawn(collect_garbage(shared.clone(), term, gc, going));
+            }
+        }
     }
     soft.launches.adapt(now);
     let room = soft.launches.agents_to_offer();
@@ -748,6 +775,45 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
         Pass::Held
     } else {
         Pass::Done
+    }
+}
+
+/// How often the leader considers retention (a cheap look at every framework and agent;
+/// a `CollectGarbage` is proposed only when it would remove something). Under full churn the
+/// state holds at most the retained records plus what finishes in this time.
+pub const GC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The retention limits of this master's flags, as the command carries them.
+pub fn gc_command(config: &crate::config::Config) -> v1::CollectGarbage {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    v1::CollectGarbage {
+        max_completed_tasks_per_framework: config.max_completed_tasks_per_framework,
+        completed_task_max_age_ms: config.completed_task_max_age.map_or(0, ms),
+        max_completed_frameworks: config.max_completed_frameworks,
+        agent_gc_age_ms: config.agent_gc_age.map_or(0, ms),
+    }
+}
+
+/// Commit one `CollectGarbage`; then tell the frameworks of the tasks that went
+/// TASK_GONE with agents that were unreachable too long (`going`).
+async fn collect_garbage(shared: Shared, term: u64, gc: v1::CollectGarbage, going: Vec<String>) {
+    let before = shared.state.read().app.retained();
+    match shared.write(v1::command::Kind::CollectGarbage(gc)).await {
+        Ok(Outcome::Applied) => {
+            let after = shared.state.read().app.retained();
+            tracing::debug!(?before, ?after, "retention applied");
+            for agent_id in &going {
+                tracing::warn!(%agent_id, "agent unreachable past --agent-gc-age: it is gone, its tasks TASK_GONE");
+                forward_task_updates(&shared, agent_id);
+            }
+        }
+        Ok(Outcome::Rejected(why)) => tracing::warn!(why, "retention refused"),
+        Err(e) => tracing::debug!(error = %e.message(), "retention not committed"),
+    }
+    if let Some(soft) = shared.leader.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if soft.term == term {
+            soft.collecting = false;
+        }
     }
 }
 

@@ -29,8 +29,9 @@ pub const DEFAULT_ROLE: &str = "*";
 pub const MAX_WEIGHT: f64 = 1_000_000.0;
 /// Longest role name accepted.
 pub const MAX_ROLE_LEN: usize = 128;
-/// Format version of the snapshot encoding written by this build.
-const SNAPSHOT_FORMAT: u8 = 1;
+/// Format version of the snapshot encoding written by this build. Version 2 adds
+/// [`Retention`]; version 1 snapshots are still read ([`StateV1`]).
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// Most unacknowledged status updates kept per task; older non-terminal ones are dropped
 /// first (the framework still gets the latest state).
@@ -49,6 +50,8 @@ pub struct ClusterState {
     /// Commands applied and rejected since the cluster began (diagnostics, part of the hash).
     pub applied_commands: u64,
     pub rejected_commands: u64,
+    /// What retention watches and has removed (DESIGN.md "Retention").
+    pub retention: Retention,
     /// Derived index: the tasks of each agent. Not serialized; rebuilt on restore.
     #[serde(skip)]
     pub agent_tasks: BTreeMap<String, BTreeSet<(String, String)>>,
@@ -58,9 +61,39 @@ pub struct ClusterState {
     /// Derived index: tasks still in TASK_STAGING (launched, nothing heard from their agent).
     #[serde(skip)]
     pub staging: BTreeSet<(String, String)>,
+    /// Derived index: each framework's finished tasks, oldest first, by the timestamp of
+    /// their final status (then id): what retention removes first.
+    #[serde(skip)]
+    pub completed: BTreeMap<String, BTreeSet<(i64, String)>>,
     /// Derived: the records' digests behind the state hash, kept current by apply.
     #[serde(skip)]
     digests: Digests,
+}
+
+/// The replicated part of retention: part of the state hash, changed only by
+/// `CollectGarbage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// When a `CollectGarbage` first found each agent unreachable (or gone): the agent's GC
+    /// age counts from there.
+    pub unreachable_since: BTreeMap<String, i64>,
+    /// Records removed since the cluster began.
+    pub collected_tasks: u64,
+    pub collected_frameworks: u64,
+    pub collected_agents: u64,
+    /// Unacknowledged status updates removed with their task.
+    pub dropped_updates: u64,
+}
+
+/// A version 1 snapshot: the state before [`Retention`].
+#[derive(Deserialize)]
+struct StateV1 {
+    weights: BTreeMap<String, u64>,
+    agents: BTreeMap<String, AgentRecord>,
+    frameworks: BTreeMap<String, FrameworkRecord>,
+    tasks: BTreeMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +267,7 @@ impl ClusterState {
             Some(Kind::LaunchTasks(c)) => self.apply_launch(c, now),
             Some(Kind::UpdateStatuses(c)) => self.apply_statuses(&c.statuses),
             Some(Kind::AcknowledgeStatuses(c)) => self.apply_acks(&c.acks),
+            Some(Kind::CollectGarbage(c)) => self.apply_collect_garbage(c, now),
             Some(other) => Outcome::Rejected(format!(
                 "command {} is not handled by this master version",
                 kind_name(other)
@@ -282,6 +316,21 @@ impl ClusterState {
             .map(|(k, _)| k);
         if !staging.eq(self.staging.iter()) {
             return Err("the index of STAGING tasks does not match the tasks".into());
+        }
+        let finished = self.tasks.iter().filter(|(_, t)| t.is_terminal()).count();
+        if self.completed.values().map(BTreeSet::len).sum::<usize>() != finished {
+            return Err("the index of finished tasks does not match the tasks".into());
+        }
+        for (f, set) in &self.completed {
+            for (ts, id) in set {
+                let t = self
+                    .tasks
+                    .get(&(f.clone(), id.clone()))
+                    .ok_or_else(|| format!("finished task {f}/{id} is not in the state"))?;
+                if !t.is_terminal() || t.status.timestamp_ms != *ts {
+                    return Err(format!("finished task {f}/{id} is indexed wrongly"));
+                }
+            }
         }
         let mut by_framework: BTreeMap<&str, Resources> = BTreeMap::new();
         for t in self.tasks.values().filter(|t| !t.is_terminal()) {
@@ -591,6 +640,10 @@ impl ClusterState {
             task.unacked.push(record);
         }
         if becomes_terminal {
+            self.completed
+                .entry(s.framework_id.clone())
+                .or_default()
+                .insert((s.timestamp_ms, s.task_id.clone()));
             let resources = task.resources.clone();
             let agent_id = task.agent_id.clone();
             self.mark_agent(&agent_id);
@@ -717,13 +770,208 @@ impl ClusterState {
         Outcome::Applied
     }
 
+    /// Retention: remove what the limits of `c` no longer keep, at `now` (the command's
+    /// timestamp). Deterministic, like every apply: the limits travel in the command.
+    fn apply_collect_garbage(&mut self, c: &v1::CollectGarbage, now: i64) -> Outcome {
+        if c.agent_gc_age_ms < 0 || c.completed_task_max_age_ms < 0 {
+            return Outcome::Rejected("ages must not be negative".into());
+        }
+        self.collect_agents(c.agent_gc_age_ms, now);
+        self.collect_frameworks(c.max_completed_frameworks);
+        let cutoff = (c.completed_task_max_age_ms > 0).then(|| now.saturating_sub(c.completed_task_max_age_ms));
+        let max = usize::try_from(c.max_completed_tasks_per_framework).unwrap_or(usize::MAX);
+        let mut doomed = Vec::new();
+        for (framework_id, finished) in &self.completed {
+            let over = finished.len().saturating_sub(max);
+            for (i, (ts, task_id)) in finished.iter().enumerate() {
+                if i < over || cutoff.is_some_and(|c| *ts < c) {
+                    doomed.push((framework_id.clone(), task_id.clone()));
+                } else {
+                    break;
+                }
+            }
+        }
+        for key in doomed {
+            self.collect_task(&key);
+        }
+        Outcome::Applied
+    }
+
+    /// Agents unreachable for `age` are gone, their unfinished tasks TASK_GONE; gone agents
+    /// without tasks after `age` are removed. An agent's age counts from the first
+    /// `CollectGarbage` that found it away.
+    fn collect_agents(&mut self, age: i64, now: i64) {
+        let away: BTreeSet<String> = self
+            .agents
+            .values()
+            .filter(|a| matches!(a.state, AgentState::Unreachable | AgentState::Gone))
+            .map(|a| a.id.clone())
+            .collect();
+        let since = &mut self.retention.unreachable_since;
+        since.retain(|id, _| away.contains(id));
+        for id in &away {
+            since.entry(id.clone()).or_insert(now);
+        }
+        for id in self.agents_due(age, now) {
+            let state = self.agents.get(&id).map(|a| a.state);
+            if state == Some(AgentState::Unreachable) {
+                self.mark_agent(&id);
+                if let Some(a) = self.agents.get_mut(&id) {
+                    a.state = AgentState::Gone;
+                }
+                let statuses: Vec<v1::TaskStatus> = self
+                    .tasks_on(&id)
+                    .filter(|t| !t.is_terminal())
+                    .map(|t| {
+                        Self::master_status(
+                            t,
+                            v1::TaskState::TaskGone,
+                            v1::Reason::AgentRemoved,
+                            "the agent was unreachable too long and is gone",
+                            None,
+                            now,
+                        )
+                    })
+                    .collect();
+                for s in &statuses {
+                    let _ = self.apply_status(s);
+                }
+            } else if self.agent_tasks.get(&id).is_none_or(BTreeSet::is_empty) {
+                self.mark_agent(&id);
+                self.agents.remove(&id);
+                self.agent_tasks.remove(&id);
+                self.retention.unreachable_since.remove(&id);
+                self.retention.collected_agents += 1;
+            }
+        }
+    }
+
+    /// Torn-down frameworks beyond `max`, oldest first, are removed with their tasks once
+    /// every task of theirs has ended.
+    fn collect_frameworks(&mut self, max: u64) {
+        let mut torn: Vec<(i64, String)> = self
+            .frameworks
+            .values()
+            .filter(|f| f.state == FrameworkState::TornDown)
+            .map(|f| (f.disconnected_at_ms.unwrap_or(f.registered_at_ms), f.id.clone()))
+            .collect();
+        let over = torn.len().saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
+        torn.sort();
+        for (_, id) in torn.into_iter().take(over) {
+            if self.framework_used.get(&id).is_some_and(|u| !u.is_empty()) {
+                continue; // tasks still running: kept until they end
+            }
+            let tasks: Vec<(String, String)> = self
+                .tasks
+                .range((id.clone(), String::new())..)
+                .take_while(|((f, _), _)| *f == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if tasks
+                .iter()
+                .any(|k| self.tasks.get(k).is_some_and(|t| !t.is_terminal()))
+            {
+                continue;
+            }
+            for key in tasks {
+                self.collect_task(&key);
+            }
+            self.mark_framework(&id);
+            self.frameworks.remove(&id);
+            self.framework_used.remove(&id);
+            self.completed.remove(&id);
+            self.retention.collected_frameworks += 1;
+        }
+    }
+
+    /// Remove one task record (finished: retention never removes a running task).
+    fn collect_task(&mut self, key: &(String, String)) {
+        self.mark(Key::Task(key.clone()));
+        let Some(t) = self.tasks.remove(key) else { return };
+        debug_assert!(t.is_terminal(), "retention removes only finished tasks");
+        if let Some(set) = self.agent_tasks.get_mut(&t.agent_id) {
+            set.remove(key);
+            if set.is_empty() {
+                self.agent_tasks.remove(&t.agent_id);
+            }
+        }
+        if let Some(set) = self.completed.get_mut(&key.0) {
+            set.remove(&(t.status.timestamp_ms, key.1.clone()));
+            if set.is_empty() {
+                self.completed.remove(&key.0);
+            }
+        }
+        self.staging.remove(key);
+        self.retention.collected_tasks += 1;
+        self.retention.dropped_updates += t.unacked.len() as u64;
+    }
+
+    /// Whether a `CollectGarbage` with limits `c` at `now` would change anything: what the
+    /// leader checks before proposing one. Costs one look per framework and agent.
+    pub fn garbage_due(&self, c: &v1::CollectGarbage, now: i64) -> bool {
+        let max = usize::try_from(c.max_completed_tasks_per_framework).unwrap_or(usize::MAX);
+        let cutoff = (c.completed_task_max_age_ms > 0).then(|| now.saturating_sub(c.completed_task_max_age_ms));
+        let tasks = self.completed.values().any(|finished| {
+            finished.len() > max || cutoff.is_some_and(|c| finished.first().is_some_and(|(ts, _)| *ts < c))
+        });
+        let torn = self
+            .frameworks
+            .values()
+            .filter(|f| f.state == FrameworkState::TornDown)
+            .count();
+        let away = self
+            .agents
+            .values()
+            .filter(|a| matches!(a.state, AgentState::Unreachable | AgentState::Gone))
+            .count();
+        let agents =
+            away != self.retention.unreachable_since.len() || !self.agents_due(c.agent_gc_age_ms, now).is_empty();
+        tasks || torn as u64 > c.max_completed_frameworks || agents
+    }
+
+    /// The agents a `CollectGarbage` with agent GC age `age` at `now` would act on: the
+    /// unreachable ones that become gone, and the gone ones without tasks that are removed.
+    pub fn agents_due(&self, age: i64, now: i64) -> Vec<String> {
+        if age == 0 {
+            return Vec::new();
+        }
+        self.retention
+            .unreachable_since
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) >= age)
+            .filter(|(id, _)| match self.agents.get(*id).map(|a| a.state) {
+                Some(AgentState::Unreachable) => true,
+                Some(AgentState::Gone) => self.agent_tasks.get(*id).is_none_or(BTreeSet::is_empty),
+                _ => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Records retained now: agents, frameworks, tasks, finished tasks.
+    pub fn retained(&self) -> [usize; 4] {
+        [
+            self.agents.len(),
+            self.frameworks.len(),
+            self.tasks.len(),
+            self.completed.values().map(BTreeSet::len).sum(),
+        ]
+    }
+
     /// Rebuild the derived indexes (after a restore).
     fn reindex(&mut self) {
         self.rebuild_digests();
         self.agent_tasks.clear();
         self.framework_used.clear();
         self.staging.clear();
+        self.completed.clear();
         for (key, t) in &self.tasks {
+            if t.is_terminal() {
+                self.completed
+                    .entry(key.0.clone())
+                    .or_default()
+                    .insert((t.status.timestamp_ms, key.1.clone()));
+            }
             if t.state() == v1::TaskState::TaskStaging {
                 self.staging.insert(key.clone());
             }
@@ -790,6 +1038,20 @@ impl ClusterState {
                 state.reindex();
                 Ok(state)
             }
+            Some((1, body)) => {
+                let old: StateV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                let mut state = ClusterState {
+                    weights: old.weights,
+                    agents: old.agents,
+                    frameworks: old.frameworks,
+                    tasks: old.tasks,
+                    applied_commands: old.applied_commands,
+                    rejected_commands: old.rejected_commands,
+                    ..Default::default()
+                };
+                state.reindex();
+                Ok(state)
+            }
             Some((v, _)) => Err(format!(
                 "snapshot format {v} is newer than this master understands ({SNAPSHOT_FORMAT})"
             )),
@@ -810,7 +1072,12 @@ impl ClusterState {
         }
         crate::digest::state_hash(
             SNAPSHOT_FORMAT,
-            &(&self.weights, self.applied_commands, self.rejected_commands),
+            &(
+                &self.weights,
+                self.applied_commands,
+                self.rejected_commands,
+                &self.retention,
+            ),
             sums,
         )
     }
@@ -915,6 +1182,7 @@ pub fn kind_name(kind: &v1::command::Kind) -> &'static str {
         Kind::LaunchTasks(_) => "LaunchTasks",
         Kind::UpdateStatuses(_) => "UpdateStatuses",
         Kind::AcknowledgeStatuses(_) => "AcknowledgeStatuses",
+        Kind::CollectGarbage(_) => "CollectGarbage",
     }
 }
 
@@ -1094,6 +1362,173 @@ mod tests {
                 ..Default::default()
             }],
         })
+    }
+
+    fn finish_at(task: &str, state: v1::TaskState, uuid: u8, at_ms: i64) -> v1::command::Kind {
+        v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
+            statuses: vec![v1::TaskStatus {
+                task_id: task.into(),
+                framework_id: "f1".into(),
+                agent_id: "a1".into(),
+                state: state as i32,
+                uuid: vec![uuid],
+                timestamp_ms: at_ms,
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn gc(max_tasks: u64, max_age_ms: i64, max_frameworks: u64, agent_age_ms: i64) -> v1::command::Kind {
+        v1::command::Kind::CollectGarbage(v1::CollectGarbage {
+            max_completed_tasks_per_framework: max_tasks,
+            completed_task_max_age_ms: max_age_ms,
+            max_completed_frameworks: max_frameworks,
+            agent_gc_age_ms: agent_age_ms,
+        })
+    }
+
+    fn at(now: i64, kind: v1::command::Kind) -> v1::Command {
+        v1::Command {
+            timestamp_ms: now,
+            kind: Some(kind),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_finished_tasks_and_ids_free_up_after_it() {
+        let mut s = cluster_with_agent(100.0, 1024.0);
+        let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+        let launch_all: Vec<(&str, f64)> = ids.iter().map(|i| (i.as_str(), 1.0)).collect();
+        assert_eq!(s.apply_command(&cmd(launch(&launch_all))), Outcome::Applied);
+        // Finished in reverse order of their ids: retention goes by finish time.
+        for (i, id) in ids.iter().enumerate() {
+            let t = 1000 - i as i64;
+            s.apply_command(&cmd(finish_at(id, v1::TaskState::TaskFinished, i as u8, t)));
+        }
+        s.apply_command(&cmd(launch(&[("running", 1.0)])));
+        assert!(s.garbage_due(
+            &v1::CollectGarbage {
+                max_completed_tasks_per_framework: 3,
+                max_completed_frameworks: 50,
+                ..Default::default()
+            },
+            2000
+        ));
+        assert_eq!(s.apply_command(&at(2000, gc(3, 0, 50, 0))), Outcome::Applied);
+        let kept: Vec<&str> = s.tasks.keys().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["running", "t0", "t1", "t2"],
+            "the newest three finished tasks and the running one"
+        );
+        assert_eq!(s.retention.collected_tasks, 7);
+        assert_eq!(
+            s.retention.dropped_updates, 7,
+            "their unacknowledged updates went with them"
+        );
+        assert_eq!(s.validate(), Ok(()));
+        assert!(!s.garbage_due(
+            &v1::CollectGarbage {
+                max_completed_tasks_per_framework: 3,
+                max_completed_frameworks: 50,
+                ..Default::default()
+            },
+            2000
+        ));
+        // S2 holds for every retained task; a collected id may be launched again.
+        let r = s.apply_command(&cmd(launch(&[("t1", 1.0)])));
+        assert!(matches!(&r, Outcome::Rejected(m) if m.contains("S2")), "{r:?}");
+        assert_eq!(s.apply_command(&cmd(launch(&[("t9", 1.0)]))), Outcome::Applied);
+        // Age: finished before now - age goes, however few.
+        assert_eq!(s.apply_command(&at(2000, gc(1000, 1000, 50, 0))), Outcome::Applied);
+        let kept: Vec<&str> = s.tasks.keys().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["running", "t0", "t9"],
+            "t1 (999) and t2 (998) finished before 2000 - 1000"
+        );
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn retention_removes_old_torn_down_frameworks_once_their_tasks_ended() {
+        let mut s = cluster_with_agent(100.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("t", 1.0)])));
+        for f in ["f2", "f3"] {
+            let reg = v1::RegisterFramework {
+                framework_id: f.into(),
+                info: Some(v1::FrameworkInfo {
+                    name: f.into(),
+                    ..Default::default()
+                }),
+            };
+            s.apply_command(&cmd(v1::command::Kind::RegisterFramework(reg)));
+        }
+        for (f, t) in [("f1", 10), ("f2", 20), ("f3", 30)] {
+            let down = v1::command::Kind::TeardownFramework(v1::TeardownFramework { framework_id: f.into() });
+            s.apply_command(&at(t, down));
+        }
+        // Keep one: f2 goes (f1 is older but still has a running task), f3 stays.
+        s.apply_command(&at(100, gc(1000, 0, 1, 0)));
+        assert!(s.frameworks.contains_key("f1") && !s.frameworks.contains_key("f2") && s.frameworks.contains_key("f3"));
+        s.apply_command(&cmd(status("t", v1::TaskState::TaskKilled, 1)));
+        s.apply_command(&at(100, gc(1000, 0, 1, 0)));
+        assert_eq!(s.frameworks.keys().collect::<Vec<_>>(), ["f3"]);
+        assert!(s.tasks.is_empty(), "f1's finished task went with it");
+        assert_eq!(s.retention.collected_frameworks, 2);
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn agents_unreachable_too_long_are_gone_then_removed() {
+        let mut s = cluster_with_agent(100.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("t", 1.0)])));
+        let mark = v1::command::Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: "a1".into() });
+        s.apply_command(&at(1000, mark));
+        // The first GC notes when it saw the agent away; the age counts from there.
+        s.apply_command(&at(5000, gc(1000, 0, 50, 10_000)));
+        assert_eq!(s.retention.unreachable_since.get("a1"), Some(&5000));
+        s.apply_command(&at(14_999, gc(1000, 0, 50, 10_000)));
+        assert_eq!(s.agents["a1"].state, AgentState::Unreachable);
+        s.apply_command(&at(15_000, gc(1000, 0, 50, 10_000)));
+        assert_eq!(s.agents["a1"].state, AgentState::Gone);
+        let t = &s.tasks[&("f1".to_string(), "t".to_string())];
+        assert_eq!(t.state(), v1::TaskState::TaskGone);
+        assert_eq!(t.unacked.last().map(|u| u.state), Some(v1::TaskState::TaskGone as i32));
+        // Its task finished, so it is kept only as long as finished tasks are; then the agent goes.
+        s.apply_command(&at(16_000, gc(0, 0, 50, 10_000)));
+        assert!(s.tasks.is_empty());
+        assert!(
+            s.agents.contains_key("a1"),
+            "removed only by a GC that finds it without tasks"
+        );
+        s.apply_command(&at(16_000, gc(0, 0, 50, 10_000)));
+        assert!(!s.agents.contains_key("a1"));
+        assert!(s.retention.unreachable_since.is_empty());
+        assert_eq!(s.retention.collected_agents, 1);
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn version_1_snapshots_are_read() {
+        let mut s = cluster_with_agent(4.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("t1", 1.0)])));
+        let mut old = vec![1u8];
+        old.extend(
+            postcard::to_allocvec(&(
+                &s.weights,
+                &s.agents,
+                &s.frameworks,
+                &s.tasks,
+                s.applied_commands,
+                s.rejected_commands,
+            ))
+            .unwrap(),
+        );
+        let back = ClusterState::decode(&old).unwrap();
+        assert_eq!(back.tasks, s.tasks);
+        assert_eq!(back.validate(), Ok(()));
+        assert_eq!(back.hash(), s.hash());
     }
 
     #[test]
@@ -1312,7 +1747,7 @@ mod tests {
             v1::TaskState::TaskFailed,
             v1::TaskState::TaskKilled,
         ];
-        for step in 0..3000 {
+        for step in 0..3000i64 {
             let agent = agents[rng.random_range(0..agents.len())].to_string();
             let framework = frameworks[rng.random_range(0..frameworks.len())].to_string();
             let task = format!("t{}", rng.random_range(0..40));
@@ -1392,8 +1827,15 @@ mod tests {
                         agent_id: agent,
                         state: states[rng.random_range(0..states.len())] as i32,
                         uuid: vec![rng.random_range(0..8)],
+                        timestamp_ms: step,
                         ..Default::default()
                     }],
+                }),
+                33..=34 => Kind::CollectGarbage(v1::CollectGarbage {
+                    max_completed_tasks_per_framework: rng.random_range(0..8),
+                    completed_task_max_age_ms: rng.random_range(0..200),
+                    max_completed_frameworks: rng.random_range(0..3),
+                    agent_gc_age_ms: rng.random_range(0..200),
                 }),
                 _ => Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses {
                     acks: vec![v1::StatusAck {
@@ -1403,7 +1845,7 @@ mod tests {
                     }],
                 }),
             };
-            let c = cmd(kind);
+            let c = at(step, kind);
             // A replica fed the command after a trip through its wire encoding, as a follower
             // gets it: it must reach the same state and hash.
             let wire = v1::Command::decode(c.encode_to_vec().as_slice()).expect("decodes");
@@ -1412,7 +1854,11 @@ mod tests {
             assert_eq!(s.digests.sums(), s.full_digest_sums(), "step {step}");
             assert_eq!(s.validate(), Ok(()), "step {step}");
         }
-        assert!(s.tasks.len() > 10, "the sequence launched tasks");
+        assert!(
+            s.tasks.len() as u64 + s.retention.collected_tasks > 10,
+            "the sequence launched tasks"
+        );
+        assert!(s.retention.collected_tasks > 0, "the sequence collected tasks");
         assert_eq!(replica.hash(), s.hash(), "a replica fed the encoded commands diverged");
         let back = ClusterState::decode(&s.encode()).unwrap();
         assert_eq!(back.hash(), s.hash());

@@ -39,7 +39,7 @@ pub use codec::FORMAT_VERSION;
 pub use error::StoreError;
 pub use log_store::{LogStore, LogSummary};
 pub use openraft;
-pub use state_machine::{Applied, SmStore, SnapshotBuilder, StateMachine, StateReader};
+pub use state_machine::{Applied, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader};
 
 use crate::codec::{decode, encode};
 use crate::flusher::Flusher;

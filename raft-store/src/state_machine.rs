@@ -91,6 +91,18 @@ pub(crate) struct SmShared<A> {
     stored_meta: Mutex<Option<SnapshotMeta<u64, openraft::BasicNode>>>,
     state: RwLock<Applied<A>>,
     snapshot_seq: AtomicU64,
+    /// The last snapshot this node built: how long it took and its size.
+    last_built: Mutex<Option<SnapshotStats>>,
+}
+
+/// How the last snapshot build went, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotStats {
+    /// Encoding the state (under the state's read lock) and writing it durably.
+    pub build: std::time::Duration,
+    /// Of that, the time the state's read lock was held (apply waits for it).
+    pub locked: std::time::Duration,
+    pub bytes: usize,
 }
 
 /// The state-machine half of the store. Cheap to clone.
@@ -122,6 +134,11 @@ impl<A> Clone for StateReader<A> {
 }
 
 impl<A> StateReader<A> {
+    /// How the last snapshot this node built went, if it built one since it started.
+    pub fn last_snapshot(&self) -> Option<SnapshotStats> {
+        *self.shared.last_built.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Lock the applied state for reading. Hold it briefly: apply waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied<A>> {
         // A poisoned lock means a panic inside apply, which is a bug; the state is still the
@@ -152,6 +169,7 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
             stored_meta: Mutex::new(stored_meta),
             state: RwLock::new(applied),
             snapshot_seq: AtomicU64::new(0),
+            last_built: Mutex::new(None),
         };
         Ok(SmStore {
             shared: Arc::new(shared),
@@ -245,6 +263,9 @@ pub struct SnapshotBuilder<C: StoreConfig, A: StateMachine<C>> {
     store: SmStore<C, A>,
     meta: SnapshotMeta<u64, openraft::BasicNode>,
     data: Vec<u8>,
+    /// When the builder began encoding, and how long it held the state's lock.
+    started: std::time::Instant,
+    locked: std::time::Duration,
 }
 
 impl<C: StoreConfig, A: StateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuilder<C, A> {
@@ -258,7 +279,19 @@ impl<C: StoreConfig, A: StateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuil
             .await
             .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
-        tracing::info!(snapshot_id = %stored.meta.snapshot_id, bytes = stored.data.len(), "snapshot built");
+        let stats = SnapshotStats {
+            build: self.started.elapsed(),
+            locked: self.locked,
+            bytes: stored.data.len(),
+        };
+        *self.store.shared.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        tracing::info!(
+            snapshot_id = %stored.meta.snapshot_id,
+            bytes = stats.bytes,
+            build_ms = stats.build.as_millis() as u64,
+            locked_ms = stats.locked.as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -318,6 +351,7 @@ where
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let started = std::time::Instant::now();
         let state = self.reader();
         let state = state.read();
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -330,10 +364,13 @@ where
             last_membership: state.membership.clone(),
             snapshot_id,
         };
+        let data = state.app.snapshot();
         SnapshotBuilder {
             store: self.clone(),
             meta,
-            data: state.app.snapshot(),
+            data,
+            started,
+            locked: started.elapsed(),
         }
     }
 

@@ -1,0 +1,105 @@
+//! retention: finished tasks are removed from the replicated state by count, the same way on
+//! every master, a new member gets the result by snapshot, and task ids free up only once
+//! their task is gone (DESIGN.md "Retention", S2, S3).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use corral_proto::v1;
+use corral_tests::{wait_for, Cluster, Framework};
+
+/// Finished tasks each framework keeps in these tests.
+const KEEP: usize = 5;
+
+/// The task ids the leader lists.
+async fn task_ids(cluster: &Cluster) -> BTreeSet<String> {
+    cluster
+        .tasks()
+        .await
+        .map(|ts| ts.into_iter().map(|t| t.task_id).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_p1_masters_agree_while_gc_runs_and_ids_free_up_only_when_collected() {
+    let keep = KEEP.to_string();
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--max-completed-tasks-per-framework",
+            &keep,
+            "--snapshot-every-entries",
+            "50",
+        ],
+    );
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
+    cluster.start_agent("a", "cpus:4;mem:4096", "");
+    cluster.wait_agents(1, Duration::from_secs(20)).await;
+
+    // 12 tasks of one framework, one at a time so that their finish times are ordered.
+    let mut fw = cluster.framework("gc", "*").await;
+    for i in 0..12 {
+        let offer = fw.next_offers(Duration::from_secs(20)).await.remove(0);
+        let id = format!("x{i:02}");
+        let task = Framework::task(&id, &offer.agent_id, 0.1, 16.0, &["true"]);
+        fw.accept(vec![offer.offer_id], vec![task], 0.0).await.expect("launch");
+        fw.wait_state(&id, v1::TaskState::TaskFinished, Duration::from_secs(20))
+            .await;
+    }
+    let kept = wait_for(
+        Duration::from_secs(15),
+        "retention down to the newest tasks",
+        || async {
+            let ids = task_ids(&cluster).await;
+            (ids.len() == KEEP).then_some(ids)
+        },
+    )
+    .await;
+    let expected: BTreeSet<String> = (12 - KEEP..12).map(|i| format!("x{i:02}")).collect();
+    assert_eq!(kept, expected, "the newest finished tasks are kept");
+
+    // S2 for retained tasks; a collected id is free again.
+    let offer = fw.next_offers(Duration::from_secs(20)).await.remove(0);
+    let retained = Framework::task("x11", &offer.agent_id, 0.1, 16.0, &["true"]);
+    let refused = fw
+        .accept(vec![offer.offer_id.clone()], vec![retained], 0.0)
+        .await
+        .expect_err("a retained task id is not launched again");
+    assert!(refused.message().contains("already used"), "{}", refused.message());
+    // (A refused accept used up its offer, as any accept does.)
+    let offer = fw.next_offers(Duration::from_secs(20)).await.remove(0);
+    let collected = Framework::task("x00", &offer.agent_id, 0.1, 16.0, &["true"]);
+    fw.accept(vec![offer.offer_id], vec![collected], 0.0)
+        .await
+        .expect("a collected task id may be launched again");
+    fw.wait_state("x00", v1::TaskState::TaskFinished, Duration::from_secs(20))
+        .await;
+
+    // Every master applied the same removals.
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let index = cluster.member(leader).await.expect("leader").applied_index;
+    let (_, hash) = cluster.wait_converged(&[1, 2, 3], index, Duration::from_secs(15)).await;
+    let (code, metrics) = cluster.http_get(leader, "/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    let collected: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("corral_collected_records_total") && l.contains("kind=\"tasks\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("the collected tasks metric");
+    assert!(collected >= 7, "{collected} tasks collected");
+
+    // A new member catches up from a snapshot (the log is purged behind it) and agrees.
+    let address = cluster.start_standalone(4);
+    let out = cluster.cli(&["members", "add", "4", &address]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let index = cluster.member(leader).await.expect("leader").applied_index;
+    let (_, with_four) = cluster
+        .wait_converged(&[1, 2, 3, 4], index, Duration::from_secs(30))
+        .await;
+    eprintln!("hash before {hash}, with the new member {with_four}");
+    let log = cluster.log_tail(4, 200);
+    assert!(
+        log.contains("snapshot installed"),
+        "the new member got a snapshot:\n{log}"
+    );
+}
