@@ -7,6 +7,11 @@ use std::time::Duration;
 use clap::Parser;
 use corral_proto::resources::Resources;
 
+/// How long finished sandboxes are kept by default (Mesos' `--gc_delay`: one week).
+pub const DEFAULT_GC_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The fraction of the work dir's disk kept free by default (Mesos' `--gc_disk_headroom`).
+pub const DEFAULT_GC_DISK_HEADROOM: f64 = 0.1;
+
 /// Command-line flags; each can also be set as `CORRAL_<FLAG>` in the environment.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -43,6 +48,35 @@ pub struct AgentArgs {
     /// Grace period between SIGTERM and SIGKILL when a task is killed, in milliseconds.
     #[arg(long, env = "CORRAL_KILL_GRACE_PERIOD_MS", default_value_t = 3000)]
     pub kill_grace_period_ms: u64,
+
+    /// How long a finished task's sandbox is kept (e.g. `168h`, `30m`, `2s`); sooner
+    /// removed as the disk fills (see --gc-disk-headroom).
+    #[arg(long, env = "CORRAL_GC_DELAY", default_value = "168h", value_parser = parse_duration)]
+    pub gc_delay: Duration,
+
+    /// Fraction of the work dir's disk to keep free: finished sandboxes are kept
+    /// `gc_delay × max(0, 1 − headroom − disk usage)`, as in Mesos.
+    #[arg(long, env = "CORRAL_GC_DISK_HEADROOM", default_value_t = DEFAULT_GC_DISK_HEADROOM)]
+    pub gc_disk_headroom: f64,
+}
+
+/// `500ms`, `2s`, `30m`, `168h` (or a bare number of seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 2s, 30m or 168h"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    secs.map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Validated agent configuration.
@@ -55,6 +89,10 @@ pub struct Config {
     pub attributes: Vec<(String, String)>,
     pub hostname: String,
     pub kill_grace: Duration,
+    /// Finished sandboxes are kept this long at most.
+    pub gc_delay: Duration,
+    /// Fraction of the disk to keep free (0 to 1).
+    pub gc_disk_headroom: f64,
 }
 
 /// Parse `name:value;name:value`.
@@ -93,6 +131,12 @@ impl AgentArgs {
         if self.work_dir.as_os_str().is_empty() {
             return Err("--work-dir: must not be empty".into());
         }
+        if !(0.0..=1.0).contains(&self.gc_disk_headroom) {
+            return Err(format!(
+                "--gc-disk-headroom: must be between 0 and 1, got {}",
+                self.gc_disk_headroom
+            ));
+        }
         Ok(Config {
             masters,
             listen: self.listen,
@@ -101,6 +145,8 @@ impl AgentArgs {
             attributes: parse_attributes(&self.attributes)?,
             hostname,
             kill_grace: Duration::from_millis(self.kill_grace_period_ms),
+            gc_delay: self.gc_delay,
+            gc_disk_headroom: self.gc_disk_headroom,
         })
     }
 }
@@ -135,5 +181,9 @@ mod tests {
             .contains("cpus or mem"));
         assert!(parse(&["--masters", ""]).unwrap_err().starts_with("--masters"));
         assert!(parse(&["--resources", "cpus:2;mem:512"]).is_ok());
+        assert!(parse(&["--resources", "cpus:2", "--gc-disk-headroom", "1.5"])
+            .unwrap_err()
+            .starts_with("--gc-disk-headroom"));
+        assert!(AgentArgs::try_parse_from(["corral-agent", "--work-dir", "/w", "--gc-delay", "2x"]).is_err());
     }
 }

@@ -8,11 +8,13 @@
 //!   status updates checkpointed and resent until acknowledged, recovery after a restart;
 //! - [`supervisor`]: the small per-task process that lets tasks outlive the agent and keeps
 //!   their real exit status;
-//! - [`isolation`]: cpu and memory limits with cgroups v2 where possible.
+//! - [`isolation`]: cpu and memory limits with cgroups v2 where possible;
+//! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills.
 
 pub mod config;
 pub mod connection;
 pub mod detect;
+pub mod gc;
 pub mod isolation;
 pub mod supervisor;
 pub mod tasks;
@@ -26,6 +28,37 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use config::{AgentArgs, Config};
+
+/// Remove finished tasks' sandboxes as they age (see [`gc`]) until `stop`.
+async fn collect_sandboxes(tasks: Tasks, gc_delay: Duration, headroom: f64, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(gc::scan_interval(gc_delay));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Held tasks are read before the scan: a task launched during it has a fresh
+        // sandbox, far younger than any age collected.
+        let held = tasks.held();
+        let work_dir = tasks.work_dir().to_path_buf();
+        let scan = tokio::task::spawn_blocking(move || {
+            let usage = gc::disk_usage(&work_dir).unwrap_or(0.0);
+            let age = gc::max_age(gc_delay, headroom, usage);
+            (
+                usage,
+                age,
+                gc::collect(&work_dir, &held, age, std::time::SystemTime::now()),
+            )
+        });
+        match scan.await {
+            Ok((usage, age, removed)) if !removed.is_empty() => {
+                tracing::info!(removed = removed.len(), disk_usage = usage, max_age = ?age, "removed finished sandboxes");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sandbox collection failed"),
+        }
+    }
+}
 pub use tasks::Tasks;
 
 /// A running agent.
@@ -86,6 +119,12 @@ impl Agent {
                 }
             }
         }));
+        handles.push(tokio::spawn(collect_sandboxes(
+            tasks.clone(),
+            config.gc_delay,
+            config.gc_disk_headroom,
+            stopped.clone(),
+        )));
         tracing::info!(hostname = %config.hostname, resources = %config.resources, listen = %local_addr, isolation = tasks.isolation(), "agent started");
         handles.push(tokio::spawn(connection::run(config, tasks.clone(), stopped)));
         Ok(Agent {

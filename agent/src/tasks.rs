@@ -230,6 +230,7 @@ impl Tasks {
             let done = t.pending.is_empty() && terminal(t.state);
             if done {
                 inner.tasks.remove(&key);
+                self.let_go(&key);
                 let exit = self.exit_path(&key);
                 let _ = std::fs::remove_file(supervisor::pids_path(&exit));
                 let _ = std::fs::remove_file(exit);
@@ -239,6 +240,25 @@ impl Tasks {
             }
             Self::pump(&mut inner);
         }
+    }
+
+    /// The agent no longer holds the task: its sandbox ages from now (see `gc`).
+    fn let_go(&self, key: &Key) {
+        let marker = self.sandbox(key).join(crate::gc::FINISHED_MARKER);
+        if let Err(e) = std::fs::write(&marker, b"") {
+            tracing::debug!(path = %marker.display(), error = %e, "could not mark a sandbox finished");
+        }
+    }
+
+    /// The tasks the agent holds (running, or with updates not yet acknowledged): their
+    /// sandboxes are never collected.
+    pub fn held(&self) -> std::collections::BTreeSet<Key> {
+        self.lock().tasks.keys().cloned().collect()
+    }
+
+    /// The agent's work dir.
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.work_dir
     }
 
     fn checkpoint_path(&self, (f, t): &Key) -> PathBuf {
@@ -589,6 +609,7 @@ impl Tasks {
                 }
             } else if entry.pending.is_empty() {
                 let _ = std::fs::remove_file(&path);
+                self.let_go(&key);
                 continue;
             }
             tracing::info!(framework_id = %key.0, task_id = %key.1, state = state.as_str_name(), pid = ?entry.pid, "task recovered");

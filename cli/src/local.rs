@@ -92,6 +92,8 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             attributes: vec![("agent".into(), i.to_string())],
             hostname: format!("local-agent-{i}"),
             kill_grace: Duration::from_secs(3),
+            gc_delay: corral_agent::config::DEFAULT_GC_DELAY,
+            gc_disk_headroom: corral_agent::config::DEFAULT_GC_DISK_HEADROOM,
         };
         agent_handles.push(
             corral_agent::Agent::start(config)

@@ -417,6 +417,11 @@ impl Cluster {
 
     /// Start an agent named `name` (also its hostname) offering `resources`.
     pub fn start_agent(&mut self, name: &str, resources: &str, attributes: &str) {
+        self.start_agent_with(name, resources, attributes, &[]);
+    }
+
+    /// Start an agent as [`Cluster::start_agent`] does, with extra flags.
+    pub fn start_agent_with(&mut self, name: &str, resources: &str, attributes: &str, extra: &[&str]) {
         let work_dir = self.dir.path().join(format!("agent-{name}"));
         let log = self.dir.path().join(format!("agent-{name}.log"));
         let args = vec![
@@ -435,6 +440,7 @@ impl Cluster {
             "--kill-grace-period-ms".into(),
             "1000".into(),
         ];
+        let args = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let mut a = AgentProc {
             name: name.to_string(),
             work_dir,

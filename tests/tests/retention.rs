@@ -103,3 +103,40 @@ async fn retention_p1_masters_agree_while_gc_runs_and_ids_free_up_only_when_coll
         "the new member got a snapshot:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_p1_an_agent_removes_old_sandboxes_and_keeps_a_running_tasks() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
+    cluster.start_agent_with("a", "cpus:4;mem:4096", "", &["--gc-delay", "2s"]);
+    cluster.wait_agents(1, Duration::from_secs(20)).await;
+    let mut fw = cluster.framework("sandboxes", "*").await;
+    let offer = fw.next_offers(Duration::from_secs(20)).await.remove(0);
+    let tasks = vec![
+        Framework::task("done", &offer.agent_id, 0.1, 16.0, &["sh", "-c", "echo output"]),
+        Framework::task("long", &offer.agent_id, 0.1, 16.0, &["sleep", "120"]),
+    ];
+    fw.accept(vec![offer.offer_id], tasks, 0.0).await.expect("launch");
+    fw.wait_state("done", v1::TaskState::TaskFinished, Duration::from_secs(20))
+        .await;
+    fw.wait_state("long", v1::TaskState::TaskRunning, Duration::from_secs(20))
+        .await;
+    let done = cluster.sandbox("a", &fw.id, "done");
+    let long = cluster.sandbox("a", &fw.id, "long");
+    assert!(long.exists(), "the running task has a sandbox");
+    wait_for(
+        Duration::from_secs(20),
+        "the finished task's sandbox removed",
+        || async { (!done.exists()).then_some(()) },
+    )
+    .await;
+    // The scan that removed the finished sandbox found the running task's older still (it
+    // was made at launch, before the other task ended): only being held kept it.
+    assert!(
+        long.join("stdout").exists(),
+        "a running task's sandbox is never removed"
+    );
+    let tasks = cluster.tasks().await.expect("tasks");
+    let state = tasks.iter().find(|t| t.task_id == "long").map(|t| t.state);
+    assert_eq!(state, Some(v1::TaskState::TaskRunning as i32));
+}
