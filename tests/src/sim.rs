@@ -40,7 +40,10 @@ fn status(framework_id: &str, task_id: &str, agent_id: &str, state: v1::TaskStat
         exit_code: (state == v1::TaskState::TaskFinished).then_some(0),
         reason: v1::Reason::Unspecified as i32,
         source: v1::Source::Agent as i32,
-        timestamp_ms: 0,
+        // Stamped like a real agent's: retention orders finished tasks by it.
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     }
 }
 

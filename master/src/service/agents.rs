@@ -282,15 +282,29 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                         };
                     }
                 }
+                let mut invalid = Vec::new();
                 statuses.retain_mut(|status| match validate::agent_status("status", status) {
                     Ok(()) => true,
                     Err(why) => {
-                        // Resending it would not make it valid: it is dropped, unacknowledged
-                        // (it names no task the master could acknowledge).
                         tracing::warn!(%agent_id, why, "dropped an invalid status update");
+                        invalid.push(v1::AckUpdate {
+                            framework_id: std::mem::take(&mut status.framework_id),
+                            task_id: std::mem::take(&mut status.task_id),
+                            uuid: std::mem::take(&mut status.uuid),
+                        });
                         false
                     }
                 });
+                if !invalid.is_empty() {
+                    // Resending would not make them valid: acknowledged as they came, so that
+                    // they do not block the updates queued behind them on the agent.
+                    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(soft) = guard.as_mut() {
+                        for ack in invalid {
+                            soft.send_agent(&agent_id, v1::master_message::Message::AckUpdate(ack));
+                        }
+                    }
+                }
                 if !statuses.is_empty() {
                     let n = statuses.len();
                     match submit_statuses(&shared, &agent_id, statuses).await {
