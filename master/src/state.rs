@@ -695,24 +695,26 @@ impl ClusterState {
             }
             Some(a) => a.state = AgentState::Unreachable,
         }
+        self.end_tasks_of(
+            agent_id,
+            v1::TaskState::TaskUnreachable,
+            v1::Reason::AgentUnreachable,
+            "the agent is unreachable",
+            now,
+        );
+        Outcome::Applied
+    }
+
+    /// Give every unfinished task of `agent_id` the master-made status `state`.
+    fn end_tasks_of(&mut self, agent_id: &str, state: v1::TaskState, reason: v1::Reason, message: &str, now: i64) {
         let statuses: Vec<v1::TaskStatus> = self
             .tasks_on(agent_id)
             .filter(|t| !t.is_terminal())
-            .map(|t| {
-                Self::master_status(
-                    t,
-                    v1::TaskState::TaskUnreachable,
-                    v1::Reason::AgentUnreachable,
-                    "the agent is unreachable",
-                    None,
-                    now,
-                )
-            })
+            .map(|t| Self::master_status(t, state, reason, message, None, now))
             .collect();
         for s in &statuses {
             let _ = self.apply_status(s);
         }
-        Outcome::Applied
     }
 
     /// An agent came back: its UNREACHABLE tasks take the state it reports, or are LOST.
@@ -819,23 +821,13 @@ impl ClusterState {
                 if let Some(a) = self.agents.get_mut(&id) {
                     a.state = AgentState::Gone;
                 }
-                let statuses: Vec<v1::TaskStatus> = self
-                    .tasks_on(&id)
-                    .filter(|t| !t.is_terminal())
-                    .map(|t| {
-                        Self::master_status(
-                            t,
-                            v1::TaskState::TaskGone,
-                            v1::Reason::AgentRemoved,
-                            "the agent was unreachable too long and is gone",
-                            None,
-                            now,
-                        )
-                    })
-                    .collect();
-                for s in &statuses {
-                    let _ = self.apply_status(s);
-                }
+                self.end_tasks_of(
+                    &id,
+                    v1::TaskState::TaskGone,
+                    v1::Reason::AgentRemoved,
+                    "the agent was unreachable too long and is gone",
+                    now,
+                );
             } else if self.agent_tasks.get(&id).is_none_or(BTreeSet::is_empty) {
                 self.mark_agent(&id);
                 self.agents.remove(&id);

@@ -639,6 +639,15 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The `p`th percentile of latencies in microseconds, sorted, in milliseconds (NaN for none).
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() as f64 - 1.0)).round() as usize;
+    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
 /// Resident memory of process `pid` in MiB, from `/proc/<pid>/status`.
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

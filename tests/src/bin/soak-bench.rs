@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
+use corral_tests::sim::{percentile_ms, rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 
 #[global_allocator]
@@ -82,14 +82,6 @@ fn metric(body: &str, name: &str, label: &str) -> Option<f64> {
         .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{') && l.contains(label))
         .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
-}
-
-fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted_us.len() as f64 - 1.0)).round() as usize;
-    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
 struct Minute {

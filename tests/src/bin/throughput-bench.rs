@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
+use corral_tests::sim::{percentile_ms, rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,14 +95,6 @@ async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
         value("corral_write_commands_total")?,
         value("corral_write_command_bytes_total")?,
     ))
-}
-
-fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted_us.len() as f64 - 1.0)).round() as usize;
-    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
 struct Row {
