@@ -5,10 +5,17 @@
 //! one [`Outcome`] per command. It reads no clock, draws no random number and does no I/O:
 //! time arrives as the leader's `timestamp_ms` inside the command.
 //!
-//! Every collection is a `BTreeMap`, so the serialized state is canonical and its SHA-256,
-//! the **state hash**, is equal on every master that applied the same entries (S3).
+//! Every collection is ordered (`BTreeMap`, or `imbl::OrdMap` for the two that grow with the
+//! cluster), so the serialized state is canonical and its SHA-256, the **state hash**, is
+//! equal on every master that applied the same entries (S3).
+//!
+//! Tasks and agents are persistent (copy-on-write) B-trees: a snapshot takes a
+//! [`SnapshotView`] in O(1) under the state's read lock and encodes it afterwards, while
+//! apply goes on; a node is copied only when apply changes it while a view still shares it.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use imbl::OrdMap;
 
 use corral_proto::resources::Resources;
 use corral_proto::v1;
@@ -37,16 +44,22 @@ const SNAPSHOT_FORMAT: u8 = 2;
 /// first (the framework still gets the latest state).
 pub const MAX_UNACKED_PER_TASK: usize = 16;
 
+/// Most unacknowledged status updates kept per framework (a framework that stops
+/// acknowledging must not grow the state without bound): past it the framework's oldest
+/// update is dropped and counted in [`Retention::dropped_updates`]. The framework still
+/// learns every task's state by reconciling.
+pub const MAX_UNACKED_PER_FRAMEWORK: usize = 50_000;
+
 /// The state every master replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Role → weight in thousandths (DRF weights; roles not listed weigh 1).
     pub weights: BTreeMap<String, u64>,
-    pub agents: BTreeMap<String, AgentRecord>,
+    pub agents: OrdMap<String, AgentRecord>,
     pub frameworks: BTreeMap<String, FrameworkRecord>,
-    /// Tasks by (framework id, task id), terminal ones included: a task id is never
-    /// launched twice in a framework (S2).
-    pub tasks: BTreeMap<(String, String), TaskRecord>,
+    /// Tasks by (framework id, task id), terminal ones included while retained: a retained
+    /// task id is never launched again in its framework (S2).
+    pub tasks: OrdMap<(String, String), TaskRecord>,
     /// Commands applied and rejected since the cluster began (diagnostics, part of the hash).
     pub applied_commands: u64,
     pub rejected_commands: u64,
@@ -65,6 +78,10 @@ pub struct ClusterState {
     /// their final status (then id): what retention removes first.
     #[serde(skip)]
     pub completed: BTreeMap<String, BTreeSet<(i64, String)>>,
+    /// Derived index: each framework's unacknowledged updates, oldest first, by (timestamp,
+    /// task id, uuid): what [`MAX_UNACKED_PER_FRAMEWORK`] drops first.
+    #[serde(skip)]
+    pub unacked: BTreeMap<String, BTreeSet<(i64, String, Vec<u8>)>>,
     /// Derived: the records' digests behind the state hash, kept current by apply.
     #[serde(skip)]
     digests: Digests,
@@ -81,8 +98,55 @@ pub struct Retention {
     pub collected_tasks: u64,
     pub collected_frameworks: u64,
     pub collected_agents: u64,
-    /// Unacknowledged status updates removed with their task.
+    /// Unacknowledged status updates removed with their task or over
+    /// [`MAX_UNACKED_PER_FRAMEWORK`].
     pub dropped_updates: u64,
+}
+
+/// The replicated fields of a [`ClusterState`] at one applied index, in the order the
+/// snapshot encoding writes them (the same bytes as serializing the state itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotView {
+    weights: BTreeMap<String, u64>,
+    agents: OrdMap<String, AgentRecord>,
+    frameworks: BTreeMap<String, FrameworkRecord>,
+    tasks: OrdMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
+    retention: Retention,
+}
+
+impl SnapshotView {
+    /// Write the snapshot encoding (format byte, then the postcard body) to `out`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_FORMAT])?;
+        // postcard reports a failed write as a full buffer; keep the I/O error itself
+        // (a full disk must say so).
+        let mut keeper = KeepError { out, error: None };
+        match postcard::to_io(self, &mut keeper) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(keeper.error.take().unwrap_or_else(|| std::io::Error::other(e))),
+        }
+    }
+}
+
+/// A writer that remembers the first error of the writer it wraps.
+struct KeepError<'a> {
+    out: &'a mut dyn std::io::Write,
+    error: Option<std::io::Error>,
+}
+
+impl std::io::Write for KeepError<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf).inspect_err(|e| {
+            self.error
+                .get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A version 1 snapshot: the state before [`Retention`].
@@ -320,6 +384,21 @@ impl ClusterState {
         let finished = self.tasks.iter().filter(|(_, t)| t.is_terminal()).count();
         if self.completed.values().map(BTreeSet::len).sum::<usize>() != finished {
             return Err("the index of finished tasks does not match the tasks".into());
+        }
+        let mut unacked: BTreeMap<String, BTreeSet<(i64, String, Vec<u8>)>> = BTreeMap::new();
+        for ((f, id), t) in &self.tasks {
+            for u in &t.unacked {
+                unacked
+                    .entry(f.clone())
+                    .or_default()
+                    .insert((u.timestamp_ms, id.clone(), u.uuid.clone()));
+            }
+        }
+        if unacked != self.unacked {
+            return Err("the index of unacknowledged updates does not match the tasks".into());
+        }
+        if let Some((f, set)) = unacked.iter().find(|(_, set)| set.len() > MAX_UNACKED_PER_FRAMEWORK) {
+            return Err(format!("framework {f} holds {} unacknowledged updates", set.len()));
         }
         for (f, set) in &self.completed {
             for (ts, id) in set {
@@ -633,19 +712,29 @@ impl ClusterState {
         };
         let becomes_terminal = is_terminal(new_state);
         task.status = record.clone();
+        let mut unindex = None;
+        let mut index = None;
         if !record.uuid.is_empty() {
             if task.unacked.len() >= MAX_UNACKED_PER_TASK {
-                task.unacked.remove(0);
+                let old = task.unacked.remove(0);
+                unindex = Some((old.timestamp_ms, s.task_id.clone(), old.uuid));
             }
+            index = Some((record.timestamp_ms, s.task_id.clone(), record.uuid.clone()));
             task.unacked.push(record);
+        }
+        let resources = task.resources.clone();
+        let agent_id = task.agent_id.clone();
+        if let Some(old) = unindex {
+            self.unindex_unacked(&s.framework_id, &old);
+        }
+        if let Some(new) = index {
+            self.index_unacked(&s.framework_id, new);
         }
         if becomes_terminal {
             self.completed
                 .entry(s.framework_id.clone())
                 .or_default()
                 .insert((s.timestamp_ms, s.task_id.clone()));
-            let resources = task.resources.clone();
-            let agent_id = task.agent_id.clone();
             self.mark_agent(&agent_id);
             if let Some(agent) = self.agents.get_mut(&agent_id) {
                 // Cannot fail while S1's bookkeeping holds (validate() checks it).
@@ -765,11 +854,45 @@ impl ClusterState {
     fn apply_acks(&mut self, acks: &[v1::StatusAck]) -> Outcome {
         for a in acks {
             self.mark_task(&a.framework_id, &a.task_id);
+            let mut acked = None;
             if let Some(t) = self.tasks.get_mut(&(a.framework_id.clone(), a.task_id.clone())) {
-                t.unacked.retain(|u| u.uuid != a.uuid);
+                if let Some(i) = t.unacked.iter().position(|u| u.uuid == a.uuid) {
+                    let u = t.unacked.remove(i);
+                    acked = Some((u.timestamp_ms, a.task_id.clone(), u.uuid));
+                }
+            }
+            if let Some(key) = acked {
+                self.unindex_unacked(&a.framework_id, &key);
             }
         }
         Outcome::Applied
+    }
+
+    /// Index a new unacknowledged update of `framework_id`, dropping the framework's oldest
+    /// when it holds more than [`MAX_UNACKED_PER_FRAMEWORK`].
+    fn index_unacked(&mut self, framework_id: &str, key: (i64, String, Vec<u8>)) {
+        let set = self.unacked.entry(framework_id.to_string()).or_default();
+        set.insert(key);
+        if set.len() <= MAX_UNACKED_PER_FRAMEWORK {
+            return;
+        }
+        let Some((_, task_id, uuid)) = set.pop_first() else {
+            return;
+        };
+        self.mark_task(framework_id, &task_id);
+        if let Some(t) = self.tasks.get_mut(&(framework_id.to_string(), task_id)) {
+            t.unacked.retain(|u| u.uuid != uuid);
+        }
+        self.retention.dropped_updates += 1;
+    }
+
+    fn unindex_unacked(&mut self, framework_id: &str, key: &(i64, String, Vec<u8>)) {
+        if let Some(set) = self.unacked.get_mut(framework_id) {
+            set.remove(key);
+            if set.is_empty() {
+                self.unacked.remove(framework_id);
+            }
+        }
     }
 
     /// Retention: remove what the limits of `c` no longer keep, at `now` (the command's
@@ -894,6 +1017,9 @@ impl ClusterState {
             }
         }
         self.staging.remove(key);
+        for u in &t.unacked {
+            self.unindex_unacked(&key.0, &(u.timestamp_ms, key.1.clone(), u.uuid.clone()));
+        }
         self.retention.collected_tasks += 1;
         self.retention.dropped_updates += t.unacked.len() as u64;
     }
@@ -957,7 +1083,14 @@ impl ClusterState {
         self.framework_used.clear();
         self.staging.clear();
         self.completed.clear();
+        self.unacked.clear();
         for (key, t) in &self.tasks {
+            for u in &t.unacked {
+                self.unacked
+                    .entry(key.0.clone())
+                    .or_default()
+                    .insert((u.timestamp_ms, key.1.clone(), u.uuid.clone()));
+            }
             if t.is_terminal() {
                 self.completed
                     .entry(key.0.clone())
@@ -1016,10 +1149,26 @@ impl ClusterState {
 
     /// The canonical encoding of the state (snapshots and the hash).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT];
+        let mut out = Vec::new();
         // Serializing maps of plain data into a Vec cannot fail.
-        postcard::to_io(self, &mut out).expect("cluster state serializes");
+        self.snapshot_view()
+            .write_to(&mut out)
+            .expect("cluster state serializes");
         out
+    }
+
+    /// A consistent copy of the replicated part of the state, cheap to take (the big maps
+    /// are shared, not copied) and independent of later applies.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            weights: self.weights.clone(),
+            agents: self.agents.clone(),
+            frameworks: self.frameworks.clone(),
+            tasks: self.tasks.clone(),
+            applied_commands: self.applied_commands,
+            rejected_commands: self.rejected_commands,
+            retention: self.retention.clone(),
+        }
     }
 
     /// Decode [`ClusterState::encode`] output.
@@ -1034,9 +1183,9 @@ impl ClusterState {
                 let old: StateV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
                 let mut state = ClusterState {
                     weights: old.weights,
-                    agents: old.agents,
+                    agents: old.agents.into_iter().collect(),
                     frameworks: old.frameworks,
-                    tasks: old.tasks,
+                    tasks: old.tasks.into_iter().collect(),
                     applied_commands: old.applied_commands,
                     rejected_commands: old.rejected_commands,
                     ..Default::default()
@@ -1115,18 +1264,27 @@ impl ClusterState {
     /// Compute and store every record's digest (after a restore), and the sums.
     fn rebuild_digests(&mut self) {
         let mut sums = [0u128; 3];
-        for r in self.agents.values_mut() {
-            r.digest = record_digest(0, r);
-            sums[0] = sums[0].wrapping_add(r.digest);
-        }
+        // Persistent maps have no `values_mut`: rebuild them (this runs once per restore).
+        self.agents = std::mem::take(&mut self.agents)
+            .into_iter()
+            .map(|(id, mut r)| {
+                r.digest = record_digest(0, &r);
+                sums[0] = sums[0].wrapping_add(r.digest);
+                (id, r)
+            })
+            .collect();
         for r in self.frameworks.values_mut() {
             r.digest = record_digest(1, r);
             sums[1] = sums[1].wrapping_add(r.digest);
         }
-        for r in self.tasks.values_mut() {
-            r.digest = record_digest(2, r);
-            sums[2] = sums[2].wrapping_add(r.digest);
-        }
+        self.tasks = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .map(|(key, mut r)| {
+                r.digest = record_digest(2, &r);
+                sums[2] = sums[2].wrapping_add(r.digest);
+                (key, r)
+            })
+            .collect();
         self.digests.reset(sums);
     }
 
@@ -1195,8 +1353,14 @@ impl StateMachine<CorralRaft> for ClusterState {
         ApplyResult { outcomes }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.encode()
+    type SnapshotView = SnapshotView;
+
+    fn snapshot_view(&self) -> SnapshotView {
+        ClusterState::snapshot_view(self)
+    }
+
+    fn write_snapshot(view: &SnapshotView, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        view.write_to(out)
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, String> {
@@ -1440,6 +1604,84 @@ mod tests {
             "t1 (999) and t2 (998) finished before 2000 - 1000"
         );
         assert_eq!(s.validate(), Ok(()));
+    }
+
+    fn statuses(updates: impl Iterator<Item = (String, Vec<u8>, i64)>) -> v1::command::Kind {
+        v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
+            statuses: updates
+                .map(|(task, uuid, at_ms)| v1::TaskStatus {
+                    task_id: task,
+                    framework_id: "f1".into(),
+                    agent_id: "a1".into(),
+                    state: v1::TaskState::TaskRunning as i32,
+                    uuid,
+                    timestamp_ms: at_ms,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn unacknowledged_updates_are_bounded_per_framework_oldest_dropped_first() {
+        let mut s = cluster_with_agent(1_000_000.0, 1_000_000.0);
+        // Enough tasks that each holds fewer than the per-task bound and the framework
+        // holds more than its own: 4,000 tasks x 13 updates = 52,000 > 50,000.
+        let tasks: Vec<String> = (0..4000).map(|i| format!("t{i:04}")).collect();
+        for chunk in tasks.chunks(500) {
+            let l: Vec<(&str, f64)> = chunk.iter().map(|t| (t.as_str(), 1.0)).collect();
+            assert_eq!(s.apply_command(&cmd(launch(&l))), Outcome::Applied);
+        }
+        let per_task = 13;
+        assert!(per_task < MAX_UNACKED_PER_TASK && tasks.len() * per_task > MAX_UNACKED_PER_FRAMEWORK);
+        // Round r gives every task an update stamped r: round 0 is the oldest.
+        for round in 0..per_task {
+            let updates = tasks
+                .iter()
+                .map(|t| (t.clone(), format!("{t}-{round}").into_bytes(), round as i64));
+            assert_eq!(s.apply_command(&cmd(statuses(updates))), Outcome::Applied);
+        }
+        let held: usize = s.tasks.values().map(|t| t.unacked.len()).sum();
+        assert_eq!(held, MAX_UNACKED_PER_FRAMEWORK);
+        let dropped = tasks.len() * per_task - MAX_UNACKED_PER_FRAMEWORK;
+        assert_eq!(s.retention.dropped_updates, dropped as u64);
+        // The 2,000 dropped are round 0's first 2,000 tasks (oldest stamp, then task id).
+        for (i, t) in tasks.iter().enumerate() {
+            let first = &s.tasks[&("f1".to_string(), t.clone())].unacked[0];
+            let expect_round = if i < dropped { 1 } else { 0 };
+            assert_eq!(first.uuid, format!("{t}-{expect_round}").into_bytes(), "{t}");
+        }
+        assert_eq!(s.validate(), Ok(()));
+        // Acknowledging frees room: the next update drops nothing.
+        let ack = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses {
+            acks: vec![v1::StatusAck {
+                framework_id: "f1".into(),
+                task_id: tasks[3999].clone(),
+                uuid: format!("{}-0", tasks[3999]).into_bytes(),
+            }],
+        });
+        assert_eq!(s.apply_command(&cmd(ack)), Outcome::Applied);
+        let one = std::iter::once((tasks[0].clone(), b"late".to_vec(), 99));
+        assert_eq!(s.apply_command(&cmd(statuses(one))), Outcome::Applied);
+        assert_eq!(s.retention.dropped_updates, dropped as u64);
+        assert_eq!(s.validate(), Ok(()));
+        // The index is derived: a restored replica rebuilds the same one.
+        assert_eq!(ClusterState::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_snapshot_view_is_the_state_when_taken_whatever_apply_does_next() {
+        let mut s = cluster_with_agent(100.0, 1024.0);
+        s.apply_command(&cmd(launch(&[("a", 1.0), ("b", 1.0)])));
+        let before = s.clone();
+        let view = s.snapshot_view();
+        s.apply_command(&cmd(status("a", v1::TaskState::TaskFinished, 1)));
+        s.apply_command(&cmd(launch(&[("c", 1.0)])));
+        let mut bytes = Vec::new();
+        view.write_to(&mut bytes).unwrap();
+        assert_eq!(bytes, before.encode(), "the view encodes the state as it was");
+        assert_eq!(ClusterState::decode(&bytes).unwrap(), before);
+        assert_ne!(bytes, s.encode());
     }
 
     #[test]
@@ -1731,6 +1973,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut s = ClusterState::default();
         let mut replica = ClusterState::default();
+        let mut views: Option<(i64, SnapshotView, String)> = None;
         let agents = ["a1", "a2", "a3"];
         let frameworks = ["f1", "f2", "f3"];
         let states = [
@@ -1845,6 +2088,17 @@ mod tests {
             replica.apply_command(&wire);
             assert_eq!(s.digests.sums(), s.full_digest_sums(), "step {step}");
             assert_eq!(s.validate(), Ok(()), "step {step}");
+            // A snapshot view taken now still encodes this state after later commands
+            // changed the shared trees.
+            if step % 250 == 0 {
+                if let Some((at_step, view, then)) = views.take() {
+                    let mut bytes = Vec::new();
+                    view.write_to(&mut bytes).unwrap();
+                    let restored = ClusterState::decode(&bytes).unwrap();
+                    assert_eq!(restored.hash(), then, "the view of step {at_step}");
+                }
+                views = Some((step, s.snapshot_view(), s.hash()));
+            }
         }
         assert!(
             s.tasks.len() as u64 + s.retention.collected_tasks > 10,

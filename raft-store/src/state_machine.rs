@@ -10,10 +10,14 @@
 //! a cluster's snapshot is that large. A snapshot is written to a temporary file, fsynced,
 //! renamed over the current one and the directory fsynced, so a crash leaves either the old
 //! snapshot or the new one, and openraft purges the log only behind a durable snapshot.
+//!
+//! Building a snapshot does not stop apply: under the state's read lock the store takes only
+//! the application's [`StateMachine::SnapshotView`] (for Corral an O(1) copy of persistent
+//! maps), then encodes that view straight into the file on a blocking thread, hashing as it
+//! writes. No encoded copy of the state is held in memory.
 
 use std::fs::File;
-use std::io::Cursor;
-use std::io::Write;
+use std::io::{BufWriter, Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -30,11 +34,17 @@ use crate::codec::{decode, encode};
 use crate::{StoreConfig, StoreError};
 
 pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
-const SNAPSHOT_TMP: &str = "current.snap.tmp";
+/// Temporary snapshot files are `current.snap.tmp.<n>`: a build and an install may write
+/// at once, and only the rename decides which one is current.
+const SNAPSHOT_TMP_PREFIX: &str = "current.snap.tmp";
 
-/// The first bytes of a snapshot file: then the SHA-256 of the rest, then the encoded
-/// snapshot. Files written before the checksum (no magic) are still read.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"CRLSNAP1";
+/// The first bytes of a snapshot file written by this build. Then the SHA-256 of everything
+/// after it, the length of the encoded metadata (u32, little-endian), the metadata, and the
+/// application's snapshot bytes to the end of the file (streamed, so no length ahead).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CRLSNAP2";
+/// Files of the previous layout (checksum, then one encoded record holding metadata and
+/// data) and files without magic (before checksums) are still read.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"CRLSNAP1";
 const CHECKSUM_LEN: usize = 32;
 
 /// The application state machine replicated by the store. Corral's cluster state implements
@@ -55,10 +65,19 @@ pub trait StateMachine<C: StoreConfig>: Default + Send + Sync + 'static {
     /// Apply one decoded normal entry.
     fn apply(&mut self, log_id: &LogId<u64>, decoded: Self::Decoded) -> C::R;
 
-    /// Serialize the whole state for a snapshot.
-    fn snapshot(&self) -> Vec<u8>;
+    /// A consistent, self-contained copy of what a snapshot holds, independent of later
+    /// applies. It is taken under the state's read lock, so it must be cheap (shared
+    /// persistent structures, not a deep copy).
+    type SnapshotView: Send + Sync + 'static;
 
-    /// Rebuild a state from [`StateMachine::snapshot`] output.
+    /// Take the view of the current state for a snapshot.
+    fn snapshot_view(&self) -> Self::SnapshotView;
+
+    /// Encode a view: the bytes [`StateMachine::restore`] reads. Runs on a blocking thread
+    /// without any lock; an error is the writer's (a full disk).
+    fn write_snapshot(view: &Self::SnapshotView, out: &mut dyn Write) -> std::io::Result<()>;
+
+    /// Rebuild a state from [`StateMachine::write_snapshot`] output.
     fn restore(bytes: &[u8]) -> Result<Self, String>;
 }
 
@@ -77,7 +96,7 @@ enum Payload<D> {
     Membership(openraft::Membership<u64, openraft::BasicNode>),
 }
 
-/// A snapshot as persisted in the `snapshot` tree.
+/// A snapshot as read from its file (and, in the previous layout, as encoded in it).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<u64, openraft::BasicNode>,
@@ -98,9 +117,10 @@ pub(crate) struct SmShared<A> {
 /// How the last snapshot build went, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotStats {
-    /// Encoding the state (under the state's read lock) and writing it durably.
+    /// Taking the view, encoding it and writing it durably.
     pub build: std::time::Duration,
-    /// Of that, the time the state's read lock was held (apply waits for it).
+    /// Of that, the time the state's read lock was held to take the view (apply waits
+    /// for it).
     pub locked: std::time::Duration,
     pub bytes: usize,
 }
@@ -155,6 +175,12 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
     /// Open the snapshots in `dir`, restoring the state from the current one if any.
     pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)?;
+        // A crash during a snapshot write leaves its temporary file: never current, remove it.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(SNAPSHOT_TMP_PREFIX) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
         let mut applied = Applied::<A>::default();
         let stored = read_snapshot_file(&dir)?;
         let stored_meta = stored.as_ref().map(|s| s.meta.clone());
@@ -203,31 +229,91 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
         read_snapshot_file(&self.shared.dir)
     }
 
-    /// Durably store `snap` as the current snapshot unless a newer one is already stored (a
-    /// slow build may finish after a newer snapshot was installed from the leader). Blocking.
-    fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<bool, StoreError> {
-        let mut stored_meta = self.shared.stored_meta.lock().unwrap_or_else(|p| p.into_inner());
-        if stored_meta
-            .as_ref()
-            .is_some_and(|m| m.last_log_id > snap.meta.last_log_id)
-        {
-            return Ok(false);
-        }
+    /// Durably store a snapshot with `meta` whose application bytes `write_data` writes,
+    /// as the current snapshot unless a newer one is stored by then (a slow build may finish
+    /// after a newer snapshot was installed from the leader). Returns the data's size, or
+    /// None when a newer snapshot won. Blocking.
+    fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Option<u64>, StoreError> {
         let dir = &self.shared.dir;
-        let tmp = dir.join(SNAPSHOT_TMP);
-        let mut file = File::create(&tmp)?;
-        let body = encode("snapshot", snap)?;
-        file.write_all(SNAPSHOT_MAGIC)?;
-        file.write_all(&sha2::Sha256::digest(&body))?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        drop(file);
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{SNAPSHOT_TMP_PREFIX}.{seq}"));
+        let written = write_snapshot_file(&tmp, meta, write_data);
+        let data_len = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let mut stored_meta = self.shared.stored_meta.lock().unwrap_or_else(|p| p.into_inner());
+        if stored_meta.as_ref().is_some_and(|m| m.last_log_id > meta.last_log_id) {
+            drop(stored_meta);
+            std::fs::remove_file(&tmp)?;
+            return Ok(None);
+        }
         std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
         // The rename is durable only once the directory is.
         File::open(dir)?.sync_all()?;
-        *stored_meta = Some(snap.meta.clone());
-        Ok(true)
+        *stored_meta = Some(meta.clone());
+        Ok(Some(data_len))
     }
+}
+
+/// A writer that hashes what passes through it and counts it.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Write a snapshot file at `path` (the current layout, see [`SNAPSHOT_MAGIC`]) and fsync
+/// it. Returns the size of the application's data.
+fn write_snapshot_file(
+    path: &Path,
+    meta: &SnapshotMeta<u64, openraft::BasicNode>,
+    write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, StoreError> {
+    let meta_bytes = encode("snapshot metadata", meta)?;
+    let meta_len = u32::try_from(meta_bytes.len())
+        .map_err(|_| StoreError::Snapshot(format!("snapshot metadata of {} bytes", meta_bytes.len())))?;
+    let mut file = File::create(path)?;
+    file.write_all(SNAPSHOT_MAGIC)?;
+    // The checksum is known only at the end: a placeholder now, written in place below. A
+    // crash before then leaves a temporary file that is never renamed.
+    file.write_all(&[0u8; CHECKSUM_LEN])?;
+    let mut out = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: sha2::Sha256::new(),
+        written: 0,
+    };
+    out.write_all(&meta_len.to_le_bytes())?;
+    out.write_all(&meta_bytes)?;
+    let before_data = out.written;
+    write_data(&mut out)?;
+    let data_len = out.written - before_data;
+    let sum = out.hasher.finalize();
+    let mut file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start(SNAPSHOT_MAGIC.len() as u64))?;
+    file.write_all(&sum)?;
+    file.sync_all()?;
+    Ok(data_len)
 }
 
 fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> {
@@ -238,7 +324,27 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> 
         Err(e) => return Err(e.into()),
     };
     let damaged = |what: String| StoreError::Corrupt(format!("snapshot file {}: {what}", path.display()));
-    let body = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+    if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        if rest.len() < CHECKSUM_LEN + 4 {
+            return Err(damaged(format!("truncated to {} bytes", bytes.len())));
+        }
+        let (sum, body) = rest.split_at(CHECKSUM_LEN);
+        if sha2::Sha256::digest(body).as_slice() != sum {
+            return Err(damaged("checksum mismatch: the file is damaged".into()));
+        }
+        let (len, body) = body.split_at(4);
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if body.len() < len {
+            return Err(damaged(format!("metadata of {len} bytes past the end of the file")));
+        }
+        let (meta, data) = body.split_at(len);
+        let meta = decode("snapshot metadata", meta).map_err(|e| damaged(format!("cannot be decoded: {e}")))?;
+        return Ok(Some(StoredSnapshot {
+            meta,
+            data: data.to_vec(),
+        }));
+    }
+    let body = match bytes.strip_prefix(SNAPSHOT_MAGIC_V1.as_slice()) {
         Some(rest) => {
             if rest.len() < CHECKSUM_LEN {
                 return Err(damaged(format!("truncated to {} bytes", bytes.len())));
@@ -257,12 +363,12 @@ fn read_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, StoreError> 
         .map_err(|e| damaged(format!("cannot be decoded: {e}")))
 }
 
-/// Builds a snapshot from a copy of the state taken when the builder was made, so that
-/// applying continues while the snapshot is written.
+/// Builds a snapshot from the view of the state taken when the builder was made, so that
+/// applying continues while the snapshot is encoded and written.
 pub struct SnapshotBuilder<C: StoreConfig, A: StateMachine<C>> {
     store: SmStore<C, A>,
     meta: SnapshotMeta<u64, openraft::BasicNode>,
-    data: Vec<u8>,
+    view: Option<A::SnapshotView>,
     /// When the builder began encoding, and how long it held the state's lock.
     started: std::time::Instant,
     locked: std::time::Duration,
@@ -270,31 +376,45 @@ pub struct SnapshotBuilder<C: StoreConfig, A: StateMachine<C>> {
 
 impl<C: StoreConfig, A: StateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuilder<C, A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
-        let stored = StoredSnapshot {
-            meta: self.meta.clone(),
-            data: std::mem::take(&mut self.data),
-        };
+        let meta = self.meta.clone();
+        let view = self
+            .view
+            .take()
+            .ok_or_else(|| snap_err(StoreError::Snapshot("a snapshot builder was used twice".into())))?;
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.persist_snapshot(&stored).map(|_| stored))
-            .await
-            .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
-            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
-        let stats = SnapshotStats {
-            build: self.started.elapsed(),
-            locked: self.locked,
-            bytes: stored.data.len(),
-        };
-        *self.store.shared.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
-        tracing::info!(
-            snapshot_id = %stored.meta.snapshot_id,
-            bytes = stats.bytes,
-            build_ms = stats.build.as_millis() as u64,
-            locked_ms = stats.locked.as_millis() as u64,
-            "snapshot built"
-        );
+        let persisted = {
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || store.persist_snapshot(&meta, |w| A::write_snapshot(&view, w)))
+        }
+        .await
+        .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
+        match persisted {
+            Some(bytes) => {
+                let stats = SnapshotStats {
+                    build: self.started.elapsed(),
+                    locked: self.locked,
+                    bytes: bytes as usize,
+                };
+                *self.store.shared.last_built.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+                tracing::info!(
+                    snapshot_id = %meta.snapshot_id,
+                    bytes = stats.bytes,
+                    build_ms = stats.build.as_millis() as u64,
+                    locked_us = stats.locked.as_micros() as u64,
+                    "snapshot built"
+                );
+            }
+            None => {
+                tracing::info!(snapshot_id = %meta.snapshot_id, "snapshot built, but a newer one was installed meanwhile")
+            }
+        }
+        // openraft 0.9 keeps only the metadata of a built snapshot (the state machine worker
+        // sends `snap.meta` on); the data is in the file, where `get_current_snapshot` reads
+        // it when a follower needs it. Returning it here would mean holding a second copy.
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -364,13 +484,15 @@ where
             last_membership: state.membership.clone(),
             snapshot_id,
         };
-        let data = state.app.snapshot();
+        let view = state.app.snapshot_view();
+        let locked = started.elapsed();
+        drop(state);
         SnapshotBuilder {
             store: self.clone(),
             meta,
-            data,
+            view: Some(view),
             started,
-            locked: started.elapsed(),
+            locked,
         }
     }
 
@@ -386,12 +508,9 @@ where
         let data = snapshot.into_inner();
         // Decode first: a snapshot the application cannot read must not replace good state.
         let app = A::restore(&data).map_err(|e| snap_err(StoreError::Snapshot(e)))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.persist_snapshot(&stored))
+        let stored_meta = meta.clone();
+        tokio::task::spawn_blocking(move || store.persist_snapshot(&stored_meta, |w| w.write_all(&data)))
             .await
             .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
@@ -413,5 +532,110 @@ where
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta<u64, openraft::BasicNode> {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("3-{index}"),
+        }
+    }
+
+    #[test]
+    fn a_streamed_snapshot_file_reads_back_and_damage_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let n = write_snapshot_file(&path, &meta(7), |w| {
+            // Written in pieces, as an encoder streams it.
+            for chunk in data.chunks(4096) {
+                w.write_all(chunk)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let read = read_snapshot_file(dir.path()).unwrap().unwrap();
+        assert_eq!(read.meta, meta(7));
+        assert_eq!(read.data, data);
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_snapshot_file(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        let err = read_snapshot_file(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn snapshot_files_of_the_previous_layout_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = StoredSnapshot {
+            meta: meta(9),
+            data: b"state bytes".to_vec(),
+        };
+        let body = encode("snapshot", &old).unwrap();
+        let mut file = SNAPSHOT_MAGIC_V1.to_vec();
+        file.extend_from_slice(&sha2::Sha256::digest(&body));
+        file.extend_from_slice(&body);
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), file).unwrap();
+        let read = read_snapshot_file(dir.path()).unwrap().unwrap();
+        assert_eq!(read.meta, meta(9));
+        assert_eq!(read.data, b"state bytes");
+    }
+
+    #[test]
+    fn a_failed_write_names_the_io_error_and_leaves_no_current_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SmStore::<TestCfg, Nothing>::open(dir.path().to_path_buf()).unwrap();
+        let err = store
+            .persist_snapshot(&meta(1), |_| Err(std::io::Error::other("no space left (test)")))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no space left (test)"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "no temporary or current file is left: {left:?}");
+        assert_eq!(
+            store.persist_snapshot(&meta(2), |w| w.write_all(b"ok")).unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            store.persist_snapshot(&meta(1), |w| w.write_all(b"older")).unwrap(),
+            None,
+            "an older snapshot does not replace a newer one"
+        );
+        assert_eq!(read_snapshot_file(dir.path()).unwrap().unwrap().data, b"ok");
+    }
+
+    openraft::declare_raft_types!(TestCfg: D = String, R = String);
+
+    #[derive(Default)]
+    struct Nothing;
+
+    impl StateMachine<TestCfg> for Nothing {
+        type Decoded = ();
+        type SnapshotView = ();
+        fn decode(_: &LogId<u64>, _: &String) -> Result<(), String> {
+            Ok(())
+        }
+        fn apply(&mut self, _: &LogId<u64>, _: ()) -> String {
+            String::new()
+        }
+        fn snapshot_view(&self) {}
+        fn write_snapshot(_: &(), _: &mut dyn Write) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(_: &[u8]) -> Result<Self, String> {
+            Ok(Nothing)
+        }
     }
 }

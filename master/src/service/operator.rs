@@ -307,7 +307,7 @@ impl Operator for OperatorService {
                 .unwrap_or_default()
         };
         let state = self.shared.state.read();
-        let records = state.app.agents.range::<String, _>(page.after_key()).map(|(id, a)| {
+        let records = state.app.agents.range::<_, String>(page.after_key()).map(|(id, a)| {
             let summary = v1::AgentSummary {
                 agent_id: a.id.clone(),
                 hostname: a.hostname.clone(),

@@ -32,8 +32,14 @@ impl StateMachine<TestConfig> for Kv {
         self.map.insert(k, v).unwrap_or_default()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a map of strings always serializes")
+    type SnapshotView = Kv;
+
+    fn snapshot_view(&self) -> Kv {
+        self.clone()
+    }
+
+    fn write_snapshot(view: &Kv, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, view).map_err(std::io::Error::other)
     }
 
     fn restore(bytes: &[u8]) -> Result<Self, String> {
