@@ -447,10 +447,27 @@ impl Soft {
         self.touch_agent(agent_id);
     }
 
-    /// Detach an agent's session.
-    pub fn remove_agent(&mut self, agent_id: &str) -> Option<AgentSession> {
+    /// The one way an agent's session with this leader ends, whoever notices (its stream
+    /// closed, it missed its pings, a message to it could not be queued): the session is
+    /// removed, its offers rescinded and the moment recorded, so that the agent is marked
+    /// unreachable only after the ping timeout from now. Returns the session, or None if
+    /// the agent had none.
+    pub fn end_agent_session(&mut self, agent_id: &str, now: Instant) -> Option<AgentSession> {
         let gone = self.agents.remove(agent_id)?;
         self.adjust_total(|t| t.checked_sub(&gone.resources).ok());
+        self.agent_gone_at.insert(agent_id.to_string(), now);
+        self.rescind_agent_offers(agent_id);
+        Some(gone)
+    }
+
+    /// The one way a framework's session with this leader ends, whoever notices (its stream
+    /// closed, or an event to it could not be queued): the session is removed, its offers
+    /// dropped (there is no stream to rescind them on) and the moment recorded, so that its
+    /// failover timeout counts from now. Returns the session, or None if it had none.
+    pub fn end_framework_session(&mut self, framework_id: &str, now: Instant) -> Option<FrameworkSession> {
+        let gone = self.frameworks.remove(framework_id)?;
+        self.framework_gone_at.insert(framework_id.to_string(), now);
+        self.drop_framework_offers(framework_id);
         Some(gone)
     }
 
@@ -540,8 +557,7 @@ impl Soft {
             framework_id,
             "framework stream full or closed; dropping the subscription"
         );
-        self.frameworks.remove(framework_id);
-        self.drop_framework_offers(framework_id);
+        self.end_framework_session(framework_id, Instant::now());
         false
     }
 
@@ -558,8 +574,7 @@ impl Soft {
             return true;
         }
         tracing::warn!(agent_id, "agent stream full or closed; dropping the connection");
-        self.remove_agent(agent_id);
-        self.rescind_agent_offers(agent_id);
+        self.end_agent_session(agent_id, Instant::now());
         false
     }
 
@@ -1157,6 +1172,123 @@ fn offer(state: &ClusterState, soft: &mut Soft, full: bool, now: Instant, room: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state_with(framework_failover_s: f64) -> ClusterState {
+        let mut state = ClusterState::default();
+        let commands = [
+            v1::command::Kind::RegisterAgent(v1::RegisterAgent {
+                agent_id: "a1".into(),
+                info: Some(v1::AgentInfo {
+                    hostname: "h1".into(),
+                    resources: vec![v1::Resource {
+                        name: "cpus".into(),
+                        value: Some(v1::resource::Value::Scalar(4.0)),
+                    }],
+                    ..Default::default()
+                }),
+            }),
+            v1::command::Kind::RegisterFramework(v1::RegisterFramework {
+                framework_id: "f1".into(),
+                info: Some(v1::FrameworkInfo {
+                    name: "fw".into(),
+                    failover_timeout_seconds: framework_failover_s,
+                    ..Default::default()
+                }),
+            }),
+        ];
+        for kind in commands {
+            let c = v1::Command {
+                timestamp_ms: 1,
+                kind: Some(kind),
+            };
+            assert_eq!(state.apply_command(&c), crate::types::Outcome::Applied);
+        }
+        state
+    }
+
+    fn config() -> crate::config::Config {
+        use clap::Parser;
+        crate::config::MasterArgs::try_parse_from([
+            "corral-master",
+            "--id",
+            "1",
+            "--data-dir",
+            "/nonexistent",
+            "--agent-ping-timeout",
+            "15s",
+            "--agent-reregister-timeout",
+            "10s",
+        ])
+        .expect("flags parse")
+        .validate()
+        .expect("flags are valid")
+    }
+
+    /// Issue 17's session-end bug: a session dropped because its stream was full or closed
+    /// recorded no end, so the timeout counted from the start of the term and fired at
+    /// once in a term older than the timeout. No runtime needed: channels and clocks only.
+    #[test]
+    fn a_session_ended_by_a_failed_send_counts_its_timeout_from_then() {
+        let state = state_with(60.0);
+        let config = config();
+        let mut soft = Soft::new(3);
+        let now = Instant::now();
+        // The term began an hour ago: far more than either timeout.
+        soft.since = now.checked_sub(Duration::from_secs(3600)).expect("an hour after boot");
+
+        let (session, events, _gone) = FrameworkSession::new("stream-1".into());
+        soft.frameworks.insert("f1".into(), session);
+        let (tx, rx) = mpsc::channel(4);
+        soft.add_agent(
+            "a1",
+            AgentSession {
+                session: 1,
+                tx,
+                resources: Resources::new(),
+            },
+        );
+        assert!(
+            due_timeouts(&state, &mut soft, &config, now).is_empty(),
+            "both attached"
+        );
+
+        // Both streams close; the next message to each fails to queue and ends the session.
+        drop(events);
+        drop(rx);
+        let heartbeat = event(v1::event::Event::Heartbeat(v1::Heartbeat {}));
+        assert!(!soft.send_framework("f1", heartbeat));
+        assert!(!soft.send_agent("a1", v1::master_message::Message::Ping(v1::Ping { nonce: 1 })));
+        assert!(soft.frameworks.is_empty() && soft.agents.is_empty());
+        let ended = Instant::now();
+
+        let due = |soft: &mut Soft, at: Instant| -> Vec<String> {
+            let mut due: Vec<String> = due_timeouts(&state, soft, &config, at)
+                .into_iter()
+                .map(|t| match t {
+                    Timeout::AgentUnreachable(id) => format!("agent/{id}"),
+                    Timeout::FrameworkFailover(id) => format!("framework/{id}"),
+                })
+                .collect();
+            soft.firing.clear();
+            due.sort();
+            due
+        };
+        assert!(due(&mut soft, ended).is_empty(), "nothing is due when the sessions end");
+        assert!(
+            due(&mut soft, ended + Duration::from_secs(14)).is_empty(),
+            "the agent has its ping timeout (15 s) from the end of its session"
+        );
+        assert_eq!(due(&mut soft, ended + Duration::from_secs(16)), ["agent/a1"]);
+        assert_eq!(
+            due(&mut soft, ended + Duration::from_secs(59)),
+            ["agent/a1"],
+            "the framework has its failover timeout (60 s) from the end of its session"
+        );
+        assert_eq!(
+            due(&mut soft, ended + Duration::from_secs(61)),
+            ["agent/a1", "framework/f1"]
+        );
+    }
 
     #[test]
     fn offer_ids_carry_the_term() {

@@ -349,10 +349,10 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
     }
     let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(soft) = guard.as_mut() {
+        // A newer session of the agent is not ours to end; one already ended (a message
+        // could not be queued) recorded its end then.
         if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
-            soft.remove_agent(&agent_id);
-            soft.agent_gone_at.insert(agent_id.clone(), std::time::Instant::now());
-            soft.rescind_agent_offers(&agent_id);
+            soft.end_agent_session(&agent_id, std::time::Instant::now());
             tracing::info!(%agent_id, "agent disconnected");
         }
     }

@@ -150,11 +150,10 @@ impl Scheduler for SchedulerService {
         {
             let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
             let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
-            if let Some(old) = soft.frameworks.remove(&framework_id) {
+            if let Some(old) = soft.end_framework_session(&framework_id, std::time::Instant::now()) {
                 let _ = old.tx.try_send(Ok(event(v1::event::Event::Error(v1::Error {
                     message: "replaced by a newer subscription of this framework".into(),
                 }))));
-                soft.drop_framework_offers(&framework_id);
             }
             soft.frameworks.insert(framework_id.clone(), session);
             if req.suppressed {
@@ -561,8 +560,7 @@ pub async fn teardown(shared: &Shared, framework_id: &str, why: &str) -> Result<
                 message: format!("framework torn down: {why}"),
             })),
         );
-        soft.frameworks.remove(framework_id);
-        soft.drop_framework_offers(framework_id);
+        soft.end_framework_session(framework_id, std::time::Instant::now());
         soft.suppressed.remove(framework_id);
         soft.full_pass = true;
     }
@@ -586,29 +584,34 @@ async fn watch_framework(
             _ = beat.tick() => {
                 let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(soft) = guard.as_mut() else { return };
-                if soft.frameworks.get(&framework_id).is_none_or(|s| s.stream_id != stream_id) {
-                    return;
+                match soft.frameworks.get(&framework_id) {
+                    Some(s) if s.stream_id == stream_id => {}
+                    // Replaced by a newer subscription: that one's watcher takes over.
+                    Some(_) => return,
+                    // Ended (an event could not be queued): record the disconnection.
+                    None => break,
                 }
-                soft.send_framework(&framework_id, event(v1::event::Event::Heartbeat(v1::Heartbeat {})));
+                if !soft.send_framework(&framework_id, event(v1::event::Event::Heartbeat(v1::Heartbeat {}))) {
+                    break;
+                }
             }
         }
     }
     let ours = {
         let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_mut() {
-            Some(soft)
-                if soft
-                    .frameworks
-                    .get(&framework_id)
-                    .is_some_and(|s| s.stream_id == stream_id) =>
-            {
-                soft.frameworks.remove(&framework_id);
-                soft.framework_gone_at
-                    .insert(framework_id.clone(), std::time::Instant::now());
-                soft.drop_framework_offers(&framework_id);
-                true
-            }
-            _ => false,
+            Some(soft) => match soft.frameworks.get(&framework_id) {
+                Some(s) if s.stream_id == stream_id => {
+                    soft.end_framework_session(&framework_id, std::time::Instant::now());
+                    true
+                }
+                // A newer subscription replaced this one.
+                Some(_) => false,
+                // Ended already (an event could not be queued, which recorded when) or torn
+                // down: the disconnection is still to be recorded in the first case.
+                None => true,
+            },
+            None => false,
         }
     };
     if ours {
