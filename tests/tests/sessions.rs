@@ -50,17 +50,20 @@ async fn sessions_p1_a_framework_dropped_for_a_full_stream_keeps_its_failover_ti
     .await
     .expect("subscribe");
     // Not pumped from here on: its events pile up until the master drops the session.
-    let dropped = wait_for(
-        Duration::from_secs(120),
-        "the master to drop the full stream",
-        || async {
-            cluster
-                .log_tail(1, 1_000_000)
-                .contains("framework stream full or closed; dropping the subscription")
-                .then(Instant::now)
-        },
-    )
-    .await;
+    let subscribed = Instant::now();
+    let dropped = loop {
+        let log = cluster.log_tail(1, 1_000_000);
+        if log.contains("framework stream full or closed; dropping the subscription") {
+            break Instant::now();
+        }
+        assert!(
+            subscribed.elapsed() < Duration::from_secs(180),
+            "the master did not drop the full stream in 180 s; its log ends:\n{}",
+            cluster.log_tail(1, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("the stream filled in {:?}", dropped - subscribed);
     // Found by polling the log: the drop happened at most a poll earlier.
     let dropped_at_latest = dropped;
     eprintln!("dropped {:?} into the term", dropped - term_began);
