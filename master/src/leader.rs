@@ -621,10 +621,24 @@ pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
             if current.is_some() {
                 *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
+            let (elected, applied_then, log_then) = {
+                let m = shared.raft.metrics().borrow().clone();
+                (
+                    Instant::now(),
+                    m.last_applied.map_or(0, |l| l.index),
+                    m.last_log_index.unwrap_or(0),
+                )
+            };
             match barrier(&shared).await {
                 Ok(()) if shared.is_leader() && shared.raft.metrics().borrow().current_term == term => {
                     *shared.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(Soft::new(term));
-                    tracing::info!(term, "leadership established: leader-only subsystems started");
+                    tracing::info!(
+                        term,
+                        barrier_ms = elected.elapsed().as_millis() as u64,
+                        applied_at_election = applied_then,
+                        log_at_election = log_then,
+                        "leadership established: leader-only subsystems started"
+                    );
                     tokio::spawn(run_allocator(shared.clone(), term, stop.clone()));
                 }
                 Ok(()) => {}

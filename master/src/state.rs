@@ -1343,6 +1343,20 @@ impl StateMachine<CorralRaft> for ClusterState {
         data.decode().map_err(|e| e.to_string())
     }
 
+    fn apply_cost(batch: &v1::CommandBatch) -> usize {
+        batch
+            .commands
+            .iter()
+            .map(|c| match &c.kind {
+                Some(v1::command::Kind::LaunchTasks(l)) => l.tasks.len().max(1),
+                Some(v1::command::Kind::UpdateStatuses(u)) => u.statuses.len().max(1),
+                Some(v1::command::Kind::AcknowledgeStatuses(a)) => a.acks.len().max(1),
+                Some(v1::command::Kind::ReregisterAgent(r)) => r.tasks.len().max(1),
+                _ => 1,
+            })
+            .sum()
+    }
+
     fn apply(&mut self, log_id: &LogId<u64>, batch: v1::CommandBatch) -> ApplyResult {
         let outcomes = batch.commands.iter().map(|c| self.apply_command(c)).collect();
         // Debug and test builds check every invariant after each entry (it walks the whole

@@ -39,7 +39,9 @@ pub use codec::FORMAT_VERSION;
 pub use error::StoreError;
 pub use log_store::{LogStore, LogSummary};
 pub use openraft;
-pub use state_machine::{Applied, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader};
+pub use state_machine::{
+    Applied, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader, APPLY_IN_PLACE_MAX_COST,
+};
 
 use crate::codec::{decode, encode};
 use crate::flusher::Flusher;

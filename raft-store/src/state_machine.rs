@@ -65,6 +65,12 @@ pub trait StateMachine<C: StoreConfig>: Default + Send + Sync + 'static {
     /// Apply one decoded normal entry.
     fn apply(&mut self, log_id: &LogId<u64>, decoded: Self::Decoded) -> C::R;
 
+    /// About how much work applying `decoded` is, in units of one small command. Batches
+    /// of [`APPLY_IN_PLACE_MAX_COST`] or more are applied off the Raft core's worker.
+    fn apply_cost(_decoded: &Self::Decoded) -> usize {
+        1
+    }
+
     /// A consistent, self-contained copy of what a snapshot holds, independent of later
     /// applies. It is taken under the state's read lock, so it must be cheap (shared
     /// persistent structures, not a deep copy).
@@ -80,6 +86,11 @@ pub trait StateMachine<C: StoreConfig>: Default + Send + Sync + 'static {
     /// Rebuild a state from [`StateMachine::write_snapshot`] output.
     fn restore(bytes: &[u8]) -> Result<Self, String>;
 }
+
+/// Apply batches costing less than this (see [`StateMachine::apply_cost`]) run in place on
+/// the Raft runtime; larger ones first hand the worker over (`block_in_place`) so that
+/// openraft's core keeps answering while they run. About a millisecond of Corral commands.
+pub const APPLY_IN_PLACE_MAX_COST: usize = 256;
 
 /// The applied state: the application's plus what openraft needs to know of it.
 #[derive(Default)]
@@ -453,21 +464,44 @@ where
             };
             decoded.push((entry.log_id, payload));
         }
-        let mut state = self.write_state();
-        let mut responses = Vec::with_capacity(decoded.len());
-        for (log_id, payload) in decoded {
-            state.last_applied = Some(log_id);
-            let response = match payload {
-                Payload::Blank => C::R::default(),
-                Payload::Normal(d) => state.app.apply(&log_id, d),
-                Payload::Membership(m) => {
-                    state.membership = StoredMembership::new(Some(log_id), m);
-                    C::R::default()
-                }
-            };
-            responses.push(response);
-        }
-        Ok(responses)
+        let cost: usize = decoded
+            .iter()
+            .map(|(_, p)| match p {
+                Payload::Normal(d) => A::apply_cost(d),
+                _ => 1,
+            })
+            .sum();
+        let apply_all = move || {
+            let mut state = self.write_state();
+            let mut responses = Vec::with_capacity(decoded.len());
+            for (log_id, payload) in decoded {
+                state.last_applied = Some(log_id);
+                let response = match payload {
+                    Payload::Blank => C::R::default(),
+                    Payload::Normal(d) => state.app.apply(&log_id, d),
+                    Payload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(log_id), m);
+                        C::R::default()
+                    }
+                };
+                responses.push(response);
+            }
+            responses
+        };
+        // openraft's core shares this runtime. A long apply run in place would hold its
+        // worker: no AppendEntries answered, no heartbeat sent until it ends (measured under
+        // full churn: 25-100 ms applies made a follower miss the leader's 30 ms RPC timeout
+        // on every round, and a new leader's barrier took seconds). A large batch hands the
+        // worker to another thread first; a small one is not worth the hand-off.
+        let in_place = cost < APPLY_IN_PLACE_MAX_COST
+            || tokio::runtime::Handle::try_current().map_or(true, |h| {
+                h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
+            });
+        Ok(if in_place {
+            apply_all()
+        } else {
+            tokio::task::block_in_place(apply_all)
+        })
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
