@@ -39,6 +39,21 @@ pub use codec::FORMAT_VERSION;
 pub use error::StoreError;
 pub use log_store::{LogStore, LogSummary};
 pub use openraft;
+/// Run `work`, which blocks for a while (a large apply, a purge of thousands of entries),
+/// without holding up the other tasks of the runtime it is called on: on a multi-thread
+/// runtime the worker is handed to another thread first (`block_in_place`). openraft's core
+/// shares the store's runtime, and while its worker is held it sends no heartbeat and
+/// answers no AppendEntries. On any other runtime (tests) `work` just runs.
+pub(crate) fn off_core<R>(work: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 pub use state_machine::{
     Applied, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader, APPLY_IN_PLACE_MAX_COST,
 };

@@ -493,14 +493,10 @@ where
         // full churn: 25-100 ms applies made a follower miss the leader's 30 ms RPC timeout
         // on every round, and a new leader's barrier took seconds). A large batch hands the
         // worker to another thread first; a small one is not worth the hand-off.
-        let in_place = cost < APPLY_IN_PLACE_MAX_COST
-            || tokio::runtime::Handle::try_current().map_or(true, |h| {
-                h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread
-            });
-        Ok(if in_place {
+        Ok(if cost < APPLY_IN_PLACE_MAX_COST {
             apply_all()
         } else {
-            tokio::task::block_in_place(apply_all)
+            crate::off_core(apply_all)
         })
     }
 
