@@ -1229,9 +1229,9 @@ mod tests {
             "--data-dir",
             "/nonexistent",
             "--agent-ping-timeout",
-            "15s",
+            "2s",
             "--agent-reregister-timeout",
-            "10s",
+            "1s",
         ])
         .expect("flags parse")
         .validate()
@@ -1243,12 +1243,13 @@ mod tests {
     /// once in a term older than the timeout. No runtime needed: channels and clocks only.
     #[test]
     fn a_session_ended_by_a_failed_send_counts_its_timeout_from_then() {
-        let state = state_with(60.0);
+        let state = state_with(4.0);
         let config = config();
         let mut soft = Soft::new(3);
         let now = Instant::now();
-        // The term began an hour ago: far more than either timeout.
-        soft.since = now.checked_sub(Duration::from_secs(3600)).expect("an hour after boot");
+        // The term began 10 s ago: more than either timeout (the clock is monotonic since
+        // boot, so not much further back).
+        soft.since = now.checked_sub(Duration::from_secs(10)).expect("10 s after boot");
 
         let (session, events, _gone) = FrameworkSession::new("stream-1".into());
         soft.frameworks.insert("f1".into(), session);
@@ -1289,17 +1290,17 @@ mod tests {
         };
         assert!(due(&mut soft, ended).is_empty(), "nothing is due when the sessions end");
         assert!(
-            due(&mut soft, ended + Duration::from_secs(14)).is_empty(),
-            "the agent has its ping timeout (15 s) from the end of its session"
+            due(&mut soft, ended + Duration::from_millis(1500)).is_empty(),
+            "the agent has its ping timeout (2 s) from the end of its session"
         );
-        assert_eq!(due(&mut soft, ended + Duration::from_secs(16)), ["agent/a1"]);
+        assert_eq!(due(&mut soft, ended + Duration::from_millis(2500)), ["agent/a1"]);
         assert_eq!(
-            due(&mut soft, ended + Duration::from_secs(59)),
+            due(&mut soft, ended + Duration::from_millis(3500)),
             ["agent/a1"],
-            "the framework has its failover timeout (60 s) from the end of its session"
+            "the framework has its failover timeout (4 s) from the end of its session"
         );
         assert_eq!(
-            due(&mut soft, ended + Duration::from_secs(61)),
+            due(&mut soft, ended + Duration::from_millis(4500)),
             ["agent/a1", "framework/f1"]
         );
     }

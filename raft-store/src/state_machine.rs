@@ -537,17 +537,22 @@ where
     ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
         // Decode first: a snapshot the application cannot read must not replace good state.
-        let app = A::restore(&data).map_err(|e| snap_err(StoreError::Snapshot(e)))?;
+        // Decoding a whole state takes a while: off openraft's worker.
+        let app = crate::off_core(|| A::restore(&data)).map_err(|e| snap_err(StoreError::Snapshot(e)))?;
         let store = self.clone();
         let stored_meta = meta.clone();
         tokio::task::spawn_blocking(move || store.persist_snapshot(&stored_meta, |w| w.write_all(&data)))
             .await
             .map_err(|e| snap_err(StoreError::Corrupt(format!("snapshot task failed: {e}"))))?
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
-        let mut state = self.write_state();
-        state.app = app;
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
+        let old = {
+            let mut state = self.write_state();
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            std::mem::replace(&mut state.app, app)
+        };
+        // Freeing the replaced state is as long as building one: outside the lock, off the core.
+        crate::off_core(move || drop(old));
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
