@@ -426,14 +426,6 @@ impl Drop for RaftRuntime {
 /// their own. On the shared runtime they queued behind hundreds of client RPCs: a busy
 /// leader sent heartbeats late and followers deposed it. On their own thread the kernel's
 /// scheduler runs them promptly, however loaded the API side is.
-/// The snapshot interval of master `id`: `every` plus up to 3/8 of it by id. With one
-/// interval, every master reached it at the same index and all built and wrote their
-/// snapshots (and purged their logs) at the same moment, a CPU and disk burst on all of them
-/// at once; staggered, the moments drift apart.
-fn staggered(every: u64, id: NodeId) -> u64 {
-    every + every * (id % 4) / 8
-}
-
 fn raft_runtime(id: NodeId) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -484,7 +476,7 @@ impl Master {
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(staggered(config.snapshot_every_entries, config.id)),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT.min(config.snapshot_every_entries / 5),
             install_snapshot_timeout: 2_000,
             // A group-committed entry may reach MAX_BATCH_BYTES; this keeps one AppendEntries
