@@ -71,9 +71,19 @@ pub async fn until_interrupted(work: impl std::future::Future<Output = ()>) {
 }
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the child to take).
+/// Never the same port twice in one test process: once released, the kernel may hand a port
+/// out again at once, and a cluster then got one address for two masters (seen in CI).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Poll `check` every 50 ms until it returns `Some`, or panic after `deadline` saying what
