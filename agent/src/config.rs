@@ -51,32 +51,13 @@ pub struct AgentArgs {
 
     /// How long a finished task's sandbox is kept (e.g. `168h`, `30m`, `2s`); sooner
     /// removed as the disk fills (see --gc-disk-headroom).
-    #[arg(long, env = "CORRAL_GC_DELAY", default_value = "168h", value_parser = parse_duration)]
+    #[arg(long, env = "CORRAL_GC_DELAY", default_value = "168h", value_parser = corral_proto::time::parse_duration)]
     pub gc_delay: Duration,
 
     /// Fraction of the work dir's disk to keep free: finished sandboxes are kept
     /// `gc_delay × max(0, 1 − headroom − disk usage)`, as in Mesos.
     #[arg(long, env = "CORRAL_GC_DISK_HEADROOM", default_value_t = DEFAULT_GC_DISK_HEADROOM)]
     pub gc_disk_headroom: f64,
-}
-
-/// `500ms`, `2s`, `30m`, `168h` (or a bare number of seconds).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 2s, 30m or 168h"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    secs.map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Validated agent configuration.

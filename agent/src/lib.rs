@@ -9,11 +9,30 @@
 //! - [`supervisor`]: the small per-task process that lets tasks outlive the agent and keeps
 //!   their real exit status;
 //! - [`isolation`]: cpu and memory limits with cgroups v2 where possible;
-//! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills.
+//! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills;
+//! - [`durable`]: checkpoints written whole and fsynced (temporary file, rename, directory).
+//!
+//! # A task, end to end
+//!
+//! ```text
+//! leader ──MasterMessage::RunTask (the Connect stream)──▶ connection
+//!     (commands of an older leader's term are ignored)
+//!     tasks::Tasks::launch: sandbox, checkpoint (durable), spawn the supervisor
+//!         supervisor: starts the task in its own process group (cgroup limits if any),
+//!                     waits, writes the exit status (durable), exits
+//!     TASK_RUNNING, then the final state: each checkpointed, then queued
+//!     connection ──AgentMessage::StatusUpdate──▶ leader (resent until acknowledged)
+//! leader ──AckUpdate──▶ tasks: the update is dropped from the checkpoint; a task with
+//!     nothing left to send is let go, and its sandbox ages towards gc
+//! ```
+//!
+//! After an agent restart, [`tasks`] re-adopts the tasks its checkpoints name (their
+//! supervisors kept them running) and re-registers with their inventory.
 
 pub mod config;
 pub mod connection;
 pub mod detect;
+pub mod durable;
 pub mod gc;
 pub mod isolation;
 pub mod supervisor;

@@ -69,22 +69,6 @@ pub fn read_pids(exit_file: &Path) -> Option<(u32, u32)> {
     }
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// The task could not be started: record why as its outcome, tell the agent, exit 1.
 fn fail(exit_file: &Path, error: String) -> i32 {
     record(
@@ -101,7 +85,7 @@ fn fail(exit_file: &Path, error: String) -> i32 {
 
 fn record(exit_file: &Path, outcome: &Outcome) {
     let bytes = serde_json::to_vec(outcome).unwrap_or_default();
-    if let Err(e) = write_durably(exit_file, &bytes) {
+    if let Err(e) = crate::durable::write(exit_file, &bytes) {
         eprintln!(
             "corral supervisor: cannot record the task's exit in {}: {e}",
             exit_file.display()
@@ -137,7 +121,7 @@ fn supervise(args: Vec<OsString>) -> i32 {
         }
     };
     let pid = child.id();
-    if let Err(e) = write_durably(
+    if let Err(e) = crate::durable::write(
         &pids_path(&exit_file),
         format!("{} {pid}", std::process::id()).as_bytes(),
     ) {

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use corral_proto::convert::resources_from_wire;
 use corral_proto::v1;
@@ -84,20 +84,6 @@ pub struct Tasks {
     exe: PathBuf,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn terminal(state: v1::TaskState) -> bool {
-    use v1::TaskState::*;
-    matches!(
-        state,
-        TaskFinished | TaskFailed | TaskKilled | TaskError | TaskLost | TaskDropped | TaskGone
-    )
-}
-
 impl Tasks {
     /// `exe` is a binary that calls [`crate::supervisor::run_if_requested`] first thing.
     pub fn new(work_dir: PathBuf, kill_grace: Duration, cgroups: Option<Cgroups>, exe: PathBuf) -> Self {
@@ -150,7 +136,9 @@ impl Tasks {
         if inner.agent_id != id {
             inner.agent_id = id.to_string();
             let meta = self.work_dir.join("meta");
-            if let Err(e) = std::fs::create_dir_all(&meta).and_then(|_| std::fs::write(meta.join("agent_id"), id)) {
+            if let Err(e) = std::fs::create_dir_all(&meta)
+                .and_then(|_| crate::durable::write(&meta.join("agent_id"), id.as_bytes()))
+            {
                 tracing::error!(error = %e, "cannot checkpoint the agent id");
             }
         }
@@ -227,7 +215,7 @@ impl Tasks {
         if t.pending.front().is_some_and(|h| h.uuid == uuid) {
             t.pending.pop_front();
             t.last_sent = None;
-            let done = t.pending.is_empty() && terminal(t.state);
+            let done = t.pending.is_empty() && t.state.is_terminal();
             if done {
                 inner.tasks.remove(&key);
                 self.let_go(&key);
@@ -292,9 +280,9 @@ impl Tasks {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&cp).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&tmp, &path)
+            // Durable before the update it records is sent: after a power cut the agent
+            // must not have told the master of a state its checkpoint has lost.
+            crate::durable::write(&path, &serde_json::to_vec(&cp).map_err(std::io::Error::other)?)
         };
         if let Err(e) = write() {
             tracing::error!(task_id = %key.1, error = %e, "cannot checkpoint task");
@@ -318,7 +306,7 @@ impl Tasks {
             exit_code,
             reason: reason as i32,
             source: v1::Source::Agent as i32,
-            timestamp_ms: now_ms(),
+            timestamp_ms: corral_proto::time::now_ms(),
         });
         self.checkpoint(&inner, key);
         tracing::info!(framework_id = %key.0, task_id = %key.1, state = state.as_str_name(), ?exit_code, "task state");
@@ -474,7 +462,7 @@ impl Tasks {
             let Some(t) = inner.tasks.get(key) else { return };
             (t.pid, t.kill_requested, t.state)
         };
-        if terminal(state) {
+        if state.is_terminal() {
             return;
         }
         if let Some(cg) = &self.cgroups {
@@ -589,7 +577,7 @@ impl Tasks {
                 kill_requested: cp.kill_requested,
                 supervisor: cp.supervisor_pid.zip(cp.supervisor_start),
             };
-            if !terminal(state) {
+            if !state.is_terminal() {
                 let exit_file = self.exit_path(&key);
                 if entry.supervisor.is_none() {
                     // The agent stopped between starting the supervisor and checkpointing it.
@@ -635,7 +623,7 @@ impl Tasks {
         let pid = {
             let mut inner = self.lock();
             let Some(t) = inner.tasks.get_mut(&key) else { return };
-            if terminal(t.state) {
+            if t.state.is_terminal() {
                 return;
             }
             t.kill_requested = true;
@@ -654,7 +642,7 @@ impl Tasks {
         let tasks = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let still = tasks.lock().tasks.get(&key).is_some_and(|t| !terminal(t.state));
+            let still = tasks.lock().tasks.get(&key).is_some_and(|t| !t.state.is_terminal());
             if still {
                 signal_group(pid, libc::SIGKILL);
             }
@@ -667,7 +655,7 @@ impl Tasks {
             .lock()
             .tasks
             .values()
-            .filter(|t| !terminal(t.state))
+            .filter(|t| !t.state.is_terminal())
             .filter_map(|t| t.pid)
             .collect();
         for pid in pids {

@@ -353,14 +353,15 @@ async fn run(cli: Cli) -> Result<i32, String> {
             timeout,
             command,
         } => {
-            let timeout = parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+            let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
             if timeout.is_zero() {
                 return Err("--timeout: must be longer than 0s".into());
             }
             let prefer = prefer
                 .map(|p| Preference::parse(&p).map_err(|e| format!("--prefer: {e}")))
                 .transpose()?;
-            let locality_wait = parse_duration(&locality_wait).map_err(|e| format!("--locality-wait: {e}"))?;
+            let locality_wait =
+                corral_proto::time::parse_duration(&locality_wait).map_err(|e| format!("--locality-wait: {e}"))?;
             let runner = run::Run::new(run::RunArgs {
                 name: name.clone(),
                 cpus,
@@ -521,28 +522,6 @@ async fn http_health(address: &str, deadline: Duration) -> Result<(), String> {
     tokio::time::timeout(deadline, check)
         .await
         .map_err(|_| format!("{address}: no answer within {deadline:?}"))?
-}
-
-/// `500ms`, `2s`, `1m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Ask any master; if it knows a leader elsewhere, ask the leader, whose view is current.

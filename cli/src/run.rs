@@ -126,7 +126,7 @@ impl Run {
         let open: Vec<String> = self
             .tasks
             .iter()
-            .filter(|(_, (s, _))| !is_terminal(*s))
+            .filter(|(_, (s, _))| !s.is_terminal())
             .map(|(id, (s, _))| format!("{id} is {}", s.as_str_name()))
             .collect();
         let silent = self.args.count as usize - self.tasks.len();
@@ -147,7 +147,7 @@ impl Run {
     }
 
     fn all_done(&self) -> bool {
-        self.tasks.len() == self.args.count as usize && self.tasks.values().all(|(s, _)| is_terminal(*s))
+        self.tasks.len() == self.args.count as usize && self.tasks.values().all(|(s, _)| s.is_terminal())
     }
 
     /// The process exit code once every task ended.
@@ -187,14 +187,6 @@ fn reconcile_task(task_id: &str) -> v1::ReconcileTask {
         task_id: task_id.to_string(),
         agent_id: String::new(),
     }
-}
-
-fn is_terminal(s: TaskState) -> bool {
-    use TaskState::*;
-    matches!(
-        s,
-        TaskFinished | TaskFailed | TaskKilled | TaskError | TaskLost | TaskDropped | TaskGone
-    )
 }
 
 impl Scheduler for Run {

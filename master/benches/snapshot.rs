@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use corral_master::raft::types::{CorralRaft, Proposal};
 use corral_master::state::ClusterState;
-use corral_master::types::{CorralRaft, Proposal};
 use corral_proto::v1;
 use corral_raft_store::openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use corral_raft_store::openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};

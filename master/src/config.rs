@@ -1,5 +1,6 @@
 //! `corral-master` flags (DESIGN.md), validated once, up front, with errors naming the flag.
 
+use corral_proto::time::parse_duration;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,8 +55,9 @@ pub struct MasterArgs {
     #[arg(long, env = "CORRAL_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// Minimum election timeout; each master draws its own in [t, 2t). A follower stands for
-    /// election after the leader lease (2t) plus its own timeout without hearing a leader.
+    /// Election timeout t. The leader lease is 2t; a follower that hears no leader for the
+    /// lease plus a fresh random 0.2t..0.9t stands for election, and an undecided
+    /// candidate stands again after a fresh 0.75t..1.5t (see the master's `election` module).
     #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS", default_value_t = 90)]
     pub election_timeout_ms: u64,
 
@@ -108,25 +110,6 @@ pub struct MasterArgs {
     /// cluster, and masters refuse Raft traffic from another cluster.
     #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = DEFAULT_CLUSTER)]
     pub cluster_name: String,
-}
-
-/// Parse `500ms`, `15s`, `2m`, `1h` (or a bare number of seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 15s, 2m or 1h"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Parse `--peers`: `id=host:port,...` with unique ids and addresses.
@@ -274,14 +257,11 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("99999999999999999h").unwrap_err().contains("too long"));
+    fn duration_flags_take_the_shared_syntax() {
+        let c = args(&["--agent-ping-timeout", "1.5s"]).unwrap();
+        assert_eq!(c.agent_ping_timeout, Duration::from_millis(1500));
+        let e = args(&["--agent-ping-timeout", "5d"]).unwrap_err();
+        assert!(e.contains("unknown unit") && e.contains("--agent-ping-timeout"), "{e}");
     }
 
     #[test]

@@ -1,38 +1,63 @@
-//! Corral master: one replica of the cluster's replicated state.
+//! Corral master: one replica of the cluster's replicated state, and, on the elected
+//! leader, the allocator and the streams of every agent and framework.
 //!
 //! # Layout
-//! - [`config`]: flags and their validation;
-//! - [`types`]: the openraft type configuration and what the log carries ([`types::Proposal`]);
-//! - [`state`]: the replicated cluster state and its deterministic apply;
-//! - [`digest`]: the state hash, kept current by apply (S3);
-//! - [`network`]: Raft peer traffic over tonic (client and server);
-//! - [`node`]: a running master: store, Raft, services, start-up and shutdown;
-//! - [`commit`]: group commit, many concurrent writes in one Raft entry;
-//! - `service::operator`: the operator API (`corral status`, members, weights);
-//! - `http`: `/health`, `/metrics`, `/state`, `/redirect` on the same port as gRPC.
 //!
-//! A write's path:
+//! | room | what lives there |
+//! | --- | --- |
+//! | [`node`] | start-up, serving the one port (gRPC and HTTP), shutdown |
+//! | [`raft`] | the log's types, peer traffic, elections, the write path ([`raft::write::Writer`], [`raft::write::WriteError`]) |
+//! | [`state`] | the replicated state: records, `apply` (the one match over commands), retention, invariants, digest, snapshots |
+//! | [`leader`] | leader-only soft state of one term: sessions, offers, launch flow control, allocation loop, timers, delivery |
+//! | [`service`] | the APIs: `scheduler` (frameworks), `agents`, `operator`, `http`: decode → validate → ask the leader → map the error |
+//! | [`allocator`] | DRF order and placement, pure functions |
+//! | [`validate`] | every request field and its limit, named |
+//! | [`config`] | flags and their checks |
+//!
+//! Dependencies point one way: `service` → `leader` → `state`, `raft`. Nothing under
+//! `leader/`, `state/` or `raft/` names a service (`.ci/run` checks it).
+//!
+//! # A launch, end to end
 //!
 //! ```text
-//! client ──gRPC──▶ any master ──not leader──▶ UNAVAILABLE + corral-leader: <addr> ──▶ client retries there
-//!                      │ leader
-//!                      ▼
-//!                 validate ──▶ commit queue ──batch──▶ raft.client_write(Proposal) ──▶ log on a majority (sled, fsynced)
-//!                                                                   │ committed
-//!                                                                   ▼
-//!                 reply ◀── Outcome ◀── ClusterState::apply (every master, deterministic)
+//! framework ──Accept──▶ service::scheduler::accept
+//!     check_header: subscribed to this leader, current stream id
+//!     validate::launch_request: every field, sizes, resources
+//!     leader::Soft: take the offers, reserve their resources on the agent, count the
+//!                   launch in flight (leader::launches)
+//!     S2 pre-check: no retained task with this id
+//!     Launch::run ──▶ raft::write::Writer::write(LaunchTasks)
+//!                       group commit: one Raft entry for many commands
+//!                       ──▶ appended and fsynced on a majority ──▶ committed
+//!                     state::apply on every master: S1 (no over-commit), S2 again,
+//!                       tasks recorded TASK_STAGING
+//!     release the reservation; RunTask on the agent's stream (leader::sessions)
+//! ◀── AcceptResponse { launched_task_ids }
+//! leader::delivery: a task still STAGING 5 s after its commit is sent to its agent again
 //! ```
+//!
+//! # A status update, end to end
+//!
+//! ```text
+//! agent ──AgentMessage::Status (its Connect stream)──▶ service::agents::serve_agent
+//!     submit_statuses ──▶ Writer::submit(UpdateStatuses)   (pipelined, in arrival order)
+//!     state::apply: the task's state, kept unacknowledged for its framework
+//!     finish_statuses: Event::Update on the framework's stream (leader::delivery),
+//!                      AckUpdate to the agent (it may forget the update now)
+//! framework ──Acknowledge──▶ service::scheduler::acknowledge
+//!     Writer::write(AcknowledgeStatuses) ──▶ state::apply drops the update
+//! leader::delivery::resend: unacknowledged updates go out again every 10 s, and to a
+//!     framework that re-subscribes (after a failover too)
+//! ```
+//!
+//! A follower answers every leader-only call with UNAVAILABLE and the leader's address in
+//! the `corral-leader` metadata key; clients follow it (`corral_proto::client`).
 
 pub mod allocator;
-pub mod commit;
 pub mod config;
-pub mod digest;
 pub mod leader;
-pub mod network;
 pub mod node;
+pub mod raft;
 pub mod service;
 pub mod state;
-pub mod types;
 pub mod validate;
-
-mod http;

@@ -3,25 +3,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use corral_proto::v1;
 use corral_raft_store::{Identity, LogStore, Options, StateReader, StoreError};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
-use prost::Message;
 use tokio::sync::watch;
 use tonic::Status;
 
 use crate::config::Config;
-use crate::network::{Network, RaftService};
+use crate::raft::network::{Network, RaftService};
+use crate::raft::types::{CorralRaft, NodeId, Raft};
+use crate::raft::write::{WriteError, WriteResult, Writer, WRITE_TIMEOUT};
 use crate::state::ClusterState;
-use crate::types::{CorralRaft, NodeId, Outcome, Raft};
 
-/// How long a write may wait to be committed before the client is told UNAVAILABLE. A
-/// leader that lost its quorum cannot commit; the client must not hang on it.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a leader-only call waits for a leader to be elected (see
 /// [`Shared::leader_or_hold`]). Well within the clients' request timeout (5 s), and longer
 /// than an election takes with the default timeouts (under half a second).
@@ -34,7 +31,7 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
 /// Most entries in one AppendEntries. openraft gives every AppendEntries one heartbeat
 /// interval to complete, follower fsync included; with group-committed entries of up to
-/// `commit::MAX_BATCH_BYTES`, openraft's default (300) makes messages of tens of MiB that
+/// `raft::write::MAX_BATCH_BYTES`, openraft's default (300) makes messages of tens of MiB that
 /// never complete in time, so a lagging follower would never catch up and, starved of
 /// heartbeats, depose the leader. Two keep a message within 128 KiB: in a 10 s run of
 /// `throughput-bench --configs 1000x50`, 44 AppendEntries missed the 30 ms deadline (and
@@ -72,41 +69,12 @@ pub enum StartError {
     Raft(String),
 }
 
-/// Latency of committed writes, for `/metrics`: a small fixed-bucket histogram.
-#[derive(Debug, Default)]
-pub struct WriteLatency {
-    pub buckets: [u64; WRITE_BUCKETS_MS.len()],
-    pub count: u64,
-    pub sum_secs: f64,
-    /// Commands in the committed entries (more than `count` when batched).
-    pub commands: u64,
-    /// Encoded command bytes in those entries.
-    pub bytes: u64,
-}
-
-/// Upper bounds of the write latency buckets, in milliseconds.
-pub const WRITE_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
-
-impl WriteLatency {
-    fn observe(&mut self, d: Duration) {
-        let ms = d.as_secs_f64() * 1000.0;
-        for (i, bound) in WRITE_BUCKETS_MS.iter().enumerate() {
-            if ms <= *bound as f64 {
-                self.buckets[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum_secs += d.as_secs_f64();
-    }
-}
-
 /// Everything the services of one master share. Cheap to clone.
 #[derive(Clone)]
 pub struct Shared {
     pub config: Arc<Config>,
     pub raft: Raft,
     pub state: StateReader<ClusterState>,
-    pub write_latency: Arc<Mutex<WriteLatency>>,
     /// The leader's soft state; `None` while this master does not lead.
     pub leader: Arc<Mutex<Option<crate::leader::Soft>>>,
     /// Wakes the allocator for a pass (batched: many notifications, one pass).
@@ -114,9 +82,11 @@ pub struct Shared {
     /// The state hash at an applied index, computed once per index.
     hash_cache: Arc<Mutex<Option<(u64, String)>>>,
     /// When the leader was last heard from (see [`Shared::leader_or_hold`]).
-    contact: crate::network::LeaderContact,
-    /// Writes waiting for group commit.
-    commits: crate::commit::Queue,
+    contact: crate::raft::network::LeaderContact,
+    /// Group commit: every replicated write of this master.
+    pub writer: Writer,
+    /// Hints from vote traffic to the election driver.
+    elections: crate::raft::election::Elections,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -136,10 +106,7 @@ pub struct SelfView {
 impl Shared {
     /// The leader's id and address, if one is known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
-        Some((id, addr))
+        crate::raft::leader_of(&self.raft)
     }
 
     /// Why this master's Raft core has stopped, if it has: it then cannot vote, append or
@@ -283,66 +250,17 @@ impl Shared {
         }
     }
 
-    /// Commit one command through Raft and return its outcome. Leader only; a follower
-    /// answers with the redirect; a leader that cannot commit within [`WRITE_TIMEOUT`]
-    /// answers UNAVAILABLE.
-    ///
-    /// Commands from concurrent callers are committed together (see [`crate::commit`]).
-    pub async fn write(&self, kind: v1::command::Kind) -> Result<Outcome, Status> {
-        let answer = self.submit(kind).await?;
-        let unavailable = || Status::unavailable("this master is shutting down");
-        match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
-            Err(_) => Err(Status::unavailable(format!(
-                "write not committed within {WRITE_TIMEOUT:?}: no quorum of masters is reachable"
-            ))),
-            Ok(Err(_)) => Err(unavailable()),
-            Ok(Ok(result)) => result,
-        }
+    /// Commit one command through Raft and return its outcome (see [`Writer::write`]).
+    pub async fn write(&self, kind: v1::command::Kind) -> WriteResult {
+        self.writer.write(kind).await
     }
 
-    /// Queue a write for the next group commit and return where its outcome will arrive.
-    /// Writes are applied in the order they are queued, so a caller may queue dependent
-    /// writes (a task's RUNNING, then its FINISHED) without waiting for each. The answer
-    /// always arrives: the committer replies with an error after [`WRITE_TIMEOUT`].
+    /// Queue a write for the next group commit (see [`Writer::submit`]).
     pub async fn submit(
         &self,
         kind: v1::command::Kind,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, Status>>, Status> {
-        self.require_leader()?;
-        let command = v1::Command {
-            timestamp_ms: now_ms(),
-            kind: Some(kind),
-        };
-        // The last line of defence for R2: validation bounds every field of every request,
-        // so this refuses only what a new, unbounded field would let through.
-        let bytes = command.encoded_len();
-        if bytes > crate::commit::MAX_COMMAND_BYTES {
-            let kind = command.kind.as_ref().map_or("command", crate::state::kind_name);
-            tracing::warn!(kind, bytes, "refused a command over the size limit");
-            return Err(Status::invalid_argument(format!(
-                "request: the {kind} command it makes encodes to {bytes} bytes, over the limit of {}",
-                crate::commit::MAX_COMMAND_BYTES
-            )));
-        }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commits
-            .send(crate::commit::Pending { command, reply })
-            .await
-            .map_err(|_| Status::unavailable("this master is shutting down"))?;
-        Ok(answer)
-    }
-
-    /// Writes queued for commit and not yet taken into a Raft entry.
-    pub fn commit_backlog(&self) -> usize {
-        self.commits.max_capacity() - self.commits.capacity()
-    }
-
-    /// Record a committed entry of `commands` commands for `/metrics`.
-    pub fn observe_write(&self, latency: Duration, commands: usize, bytes: usize) {
-        let mut w = self.write_latency.lock().unwrap_or_else(|p| p.into_inner());
-        w.observe(latency);
-        w.commands += commands as u64;
-        w.bytes += bytes as u64;
+    ) -> Result<tokio::sync::oneshot::Receiver<WriteResult>, WriteError> {
+        self.writer.submit(kind).await
     }
 
     /// Wait until this master is the leader and has applied everything committed before
@@ -364,18 +282,6 @@ impl Shared {
     }
 }
 
-/// Map an openraft write error to the status a client acts on.
-pub fn write_error(shared: &Shared, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Status {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            let hint = f.leader_node.map(|n| n.addr).or_else(|| shared.leader().map(|l| l.1));
-            corral_proto::client::not_leader(hint.as_deref())
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Status::failed_precondition(c.to_string()),
-        RaftError::Fatal(f) => Status::unavailable(format!("this master's raft node stopped: {f}")),
-    }
-}
-
 fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "leader",
@@ -386,12 +292,8 @@ fn role_name(state: ServerState) -> &'static str {
     }
 }
 
-/// Milliseconds since the Unix epoch (the leader's clock, stamped into commands).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// How long shutdown waits for the master's tasks to end after `stop`.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A running master.
 pub struct Master {
@@ -399,6 +301,9 @@ pub struct Master {
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Every other task this master spawned at start (group commit, leadership, elections):
+    /// each ends when `stop` is sent; drained on shutdown, aborted if the master is dropped.
+    tasks: tokio::task::JoinSet<()>,
     /// The runtime openraft's tasks run on (see [`raft_runtime`]); held for its drop.
     _raft_runtime: RaftRuntime,
 }
@@ -486,7 +391,9 @@ impl Master {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let network = Network::new(config.cluster.clone(), config.heartbeat_interval);
+        let elections = crate::raft::election::Elections::default();
+        let network = Network::new(config.cluster.clone(), config.heartbeat_interval, elections.clone());
+        let network_for_elections = network.clone();
         let raft_runtime = RaftRuntime(Some(
             raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?,
         ));
@@ -510,23 +417,28 @@ impl Master {
             source,
         })?;
 
-        let (commits, commit_rx) = crate::commit::queue();
+        let (writer, commit_rx) = Writer::new(raft.clone());
         let shared = Shared {
             config: Arc::new(config),
             raft: raft.clone(),
             state,
-            write_latency: Arc::default(),
             leader: Arc::default(),
             allocate_now: Arc::default(),
             hash_cache: Arc::default(),
             contact: Default::default(),
-            commits,
+            writer: writer.clone(),
+            elections: elections.clone(),
         };
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(crate::commit::run(shared.clone(), commit_rx, stopped.clone()));
-        tokio::spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
-        tokio::spawn(break_split_votes(
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::raft::write::run(writer, commit_rx, stopped.clone()));
+        tasks.spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
+        tasks.spawn(crate::raft::election::run(
             shared.raft.clone(),
+            network_for_elections,
+            shared.config.id,
+            shared.contact.clone(),
+            elections.clone(),
             shared.config.election_timeout,
             stopped.clone(),
         ));
@@ -545,6 +457,7 @@ impl Master {
             local_addr,
             stop,
             server,
+            tasks,
             _raft_runtime: raft_runtime,
         })
     }
@@ -577,56 +490,25 @@ impl Master {
             Err(e) => tracing::warn!(error = %e, "server task failed"),
             Ok(Ok(())) => {}
         }
+        let tasks = &mut self.tasks;
+        let drain = async {
+            while let Some(ended) = tasks.join_next().await {
+                if let Err(e) = ended {
+                    tracing::warn!(error = %e, "a master task failed");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "master tasks still running at shutdown; aborting them"
+            );
+            self.tasks.abort_all();
+        }
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
         tracing::info!(id = self.shared.config.id, "master stopped");
-    }
-}
-
-/// Break a split vote that would otherwise repeat.
-///
-/// openraft 0.9 draws a node's election timeout once, when the node starts, not for each
-/// election. Two masters that happened to draw timeouts within a vote's round trip of each
-/// other stand for election at the same moments, split the vote, and do it again one
-/// timeout later, round after round (seen: eight rounds, 1.9 s without a leader). When an
-/// election of this master's has not ended after a fresh random wait, it stands once more
-/// at that random moment, which puts its timer out of step with the other candidate's;
-/// once per leaderless period, so that a master with a short log (which cannot win) does
-/// not keep outbidding the ones that can.
-async fn break_split_votes(raft: Raft, election_timeout: Duration, mut stop: watch::Receiver<bool>) {
-    use rand::Rng;
-    let mut metrics = raft.metrics();
-    // Whether this leaderless period already had its extra election.
-    let mut used = false;
-    loop {
-        let (state, term, leader) = {
-            let m = metrics.borrow_and_update();
-            (m.state, m.current_term, m.current_leader)
-        };
-        if leader.is_some() {
-            used = false;
-        }
-        if state == ServerState::Candidate && !used {
-            let wait = election_timeout.mul_f64(rand::rng().random_range(0.25..1.0));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let m = raft.metrics().borrow().clone();
-            if m.state == ServerState::Candidate && m.current_term == term && m.current_leader.is_none() {
-                used = true;
-                tracing::info!(term, after = ?wait, "election undecided; standing again at a random moment");
-                if raft.trigger().elect().await.is_err() {
-                    return;
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = stop.wait_for(|s| *s) => return,
-        }
     }
 }
 
@@ -654,6 +536,9 @@ async fn serve(
         cluster: shared.config.cluster.clone(),
         id: shared.config.id,
         contact: shared.contact.clone(),
+        elections: shared.elections.clone(),
+        lease: shared.config.election_timeout * 2,
+        pre_vote_silence: shared.config.election_timeout,
     })
     .max_decoding_message_size(max * 4)
     .max_encoding_message_size(max * 4);
@@ -672,7 +557,7 @@ async fn serve(
         .add_service(operator)
         .add_service(scheduler)
         .add_service(agents);
-    let http = crate::http::router(shared.clone());
+    let http = crate::service::http::router(shared.clone());
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -680,8 +565,8 @@ async fn serve(
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-        .initial_stream_window_size(crate::network::PEER_WINDOW_BYTES)
-        .initial_connection_window_size(crate::network::PEER_WINDOW_BYTES)
+        .initial_stream_window_size(crate::raft::network::PEER_WINDOW_BYTES)
+        .initial_connection_window_size(crate::raft::network::PEER_WINDOW_BYTES)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stopped.wait_for(|s| *s).await;

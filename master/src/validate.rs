@@ -5,7 +5,7 @@
 //!
 //! Every field, map and list a client can fill has a named limit here, and each message
 //! that becomes part of a replicated command is bounded as a whole, so that no accepted
-//! request can make a command over [`crate::commit::MAX_COMMAND_BYTES`] (checked again,
+//! request can make a command over [`crate::raft::write::MAX_COMMAND_BYTES`] (checked again,
 //! as a last line, before anything is proposed: `Shared::submit`).
 //!
 //! Two tiers. The rules apply re-checks ([`framework_info`], [`agent_info`], [`launch`],
@@ -71,9 +71,9 @@ pub const MAX_FAILOVER_TIMEOUT_SECS: f64 = 7.0 * 24.0 * 3600.0;
 pub const MAX_REFUSE_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
 // Each bounded message leaves room in a command for the ids around it.
-const _: () = assert!(MAX_AGENT_INFO_BYTES + MAX_INVENTORY_BYTES + 4096 <= crate::commit::MAX_COMMAND_BYTES);
-const _: () = assert!(MAX_LAUNCH_BYTES + 4096 <= crate::commit::MAX_COMMAND_BYTES);
-const _: () = assert!(MAX_FRAMEWORK_INFO_BYTES + 4096 <= crate::commit::MAX_COMMAND_BYTES);
+const _: () = assert!(MAX_AGENT_INFO_BYTES + MAX_INVENTORY_BYTES + 4096 <= crate::raft::write::MAX_COMMAND_BYTES);
+const _: () = assert!(MAX_LAUNCH_BYTES + 4096 <= crate::raft::write::MAX_COMMAND_BYTES);
+const _: () = assert!(MAX_FRAMEWORK_INFO_BYTES + 4096 <= crate::raft::write::MAX_COMMAND_BYTES);
 
 /// A task, framework, agent or offer id: 1..=128 printable characters without `/` or
 /// whitespace (ids become directory names in agent sandboxes).
@@ -488,7 +488,7 @@ mod tests {
     /// over), with ids at their longest.
     mod bounded {
         use super::super::*;
-        use crate::commit::MAX_COMMAND_BYTES;
+        use crate::raft::write::MAX_COMMAND_BYTES;
         use proptest::prelude::*;
 
         fn long_id(c: char) -> String {

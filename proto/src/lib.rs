@@ -10,6 +10,7 @@
 //! - [`client`]: leader following (redirects, retry with backoff and jitter) for every client;
 //! - [`scheduler`]: the framework SDK (a `Scheduler` trait and its driver) and the
 //!   placement policies (data locality, delay scheduling);
+//! - [`time`]: duration flags, wall-clock milliseconds, final task states;
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
 pub mod client;
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod convert;
 pub mod resources;
 pub mod scheduler;
+pub mod time;
 
 /// The generated `corral.v1` API.
 pub mod v1 {

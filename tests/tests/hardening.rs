@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_master::types::{CorralRaft, Proposal};
+use corral_master::raft::types::{CorralRaft, Proposal};
 use corral_proto::client::Masters;
 use corral_proto::v1;
 use corral_proto::v1::agents_client::AgentsClient;
@@ -488,7 +488,7 @@ async fn hardening_p1_a_master_whose_raft_stops_exits_and_is_never_healthy_again
     let request = v1::RaftRequest {
         cluster: "corral".into(),
         target: victim,
-        payload: corral_master::network::encode(&poisoned_append(status.term, leader, prev)).expect("encode"),
+        payload: corral_master::raft::network::encode(&poisoned_append(status.term, leader, prev)).expect("encode"),
     };
     let channel = corral_proto::client::channel(cluster.address(victim), Duration::from_secs(2)).expect("channel");
     let reply = v1::raft_client::RaftClient::new(channel)
@@ -499,7 +499,7 @@ async fn hardening_p1_a_master_whose_raft_stops_exits_and_is_never_healthy_again
     let Some(v1::raft_reply::Result::Ok(bytes)) = reply.result else {
         panic!("append refused: {reply:?}");
     };
-    let answer: AppendEntriesResponse<u64> = corral_master::network::decode(&bytes).expect("decode");
+    let answer: AppendEntriesResponse<u64> = corral_master::raft::network::decode(&bytes).expect("decode");
     assert!(matches!(answer, AppendEntriesResponse::Success), "{answer:?}");
     let injected = Instant::now();
 
@@ -1258,7 +1258,7 @@ async fn seed_data_dir(dir: &std::path::Path, address: &str, agents: usize, per_
     let mut state = ClusterState::default();
     let applied = |state: &mut ClusterState, kind| {
         let outcome = state.apply_command(&command(kind));
-        assert_eq!(outcome, corral_master::types::Outcome::Applied);
+        assert_eq!(outcome, corral_master::raft::types::Outcome::Applied);
     };
     applied(
         &mut state,

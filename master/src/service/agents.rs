@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::leader::{event, AgentSession, AGENT_PING_INTERVAL, STREAM_CAPACITY};
 use crate::node::Shared;
+use crate::raft::types::Outcome;
+use crate::raft::write::WriteResult;
 use crate::state::{AgentState, ClusterState};
-use crate::types::Outcome;
 use crate::validate;
 
 /// How long an agent has to send Register after opening the stream.
@@ -232,7 +233,7 @@ pub const MAX_STATUS_BATCH: usize = 64;
 /// Status updates queued for commit as one command, waiting for its outcome.
 struct InFlight {
     statuses: Vec<v1::TaskStatus>,
-    answer: tokio::sync::oneshot::Receiver<Result<Outcome, Status>>,
+    answer: tokio::sync::oneshot::Receiver<WriteResult>,
 }
 
 /// Read one agent's messages until its stream ends; ping it meanwhile.
@@ -314,7 +315,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                         }
                         // Not the leader any more: the agent sends them to the next one.
                         Err(e) => {
-                            tracing::warn!(%agent_id, error = %e.message(), "status updates not queued");
+                            tracing::warn!(%agent_id, error = %e, "status updates not queued");
                             break;
                         }
                     }
@@ -328,7 +329,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
             {
                 let done = in_flight.pop_front().expect("guarded by the condition");
                 statuses_in_flight -= done.statuses.len();
-                let outcome = answer.unwrap_or_else(|_| Err(Status::unavailable("this master is shutting down")));
+                let outcome = answer.unwrap_or(Err(crate::raft::write::WriteError::ShuttingDown));
                 finish_statuses(&shared, &agent_id, done.statuses, outcome);
             }
             _ = ping.tick() => {
@@ -375,7 +376,7 @@ async fn submit_statuses(
     shared: &Shared,
     agent_id: &str,
     mut statuses: Vec<v1::TaskStatus>,
-) -> Result<InFlight, Status> {
+) -> Result<InFlight, crate::raft::write::WriteError> {
     for status in &mut statuses {
         // The agent speaks for its own tasks only.
         status.agent_id = agent_id.to_string();
@@ -391,7 +392,7 @@ async fn submit_statuses(
 /// Once status updates are committed, acknowledge them to the agent and forward them to
 /// the frameworks. If the commit failed (leadership lost) nothing is acknowledged: the
 /// agent sends them again to the next leader.
-fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus>, outcome: Result<Outcome, Status>) {
+fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus>, outcome: WriteResult) {
     match outcome {
         Ok(outcome) => {
             if let Outcome::Rejected(why) = &outcome {
@@ -422,7 +423,7 @@ fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus
             shared.allocate_now.notify_one();
         }
         Err(e) => {
-            tracing::warn!(agent_id, updates = statuses.len(), error = %e.message(), "status updates not committed")
+            tracing::warn!(agent_id, updates = statuses.len(), error = %e, "status updates not committed")
         }
     }
 }
@@ -453,7 +454,7 @@ pub fn forward_status(shared: &Shared, status: &v1::TaskStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Outcome;
+    use crate::raft::types::Outcome;
 
     fn apply(s: &mut ClusterState, kind: v1::command::Kind) {
         let outcome = s.apply_command(&v1::Command {

@@ -1,5 +1,6 @@
 //! gRPC services of the master.
 
 pub mod agents;
+pub mod http;
 pub mod operator;
 pub mod scheduler;

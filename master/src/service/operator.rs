@@ -15,9 +15,10 @@ use corral_proto::v1::operator_server::Operator;
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
-use crate::node::{write_error, SelfView, Shared};
+use crate::node::{SelfView, Shared};
+use crate::raft::types::{NodeId, Outcome};
+use crate::raft::write::WriteError;
 use crate::state::{validate_weight, AgentState, FrameworkState};
-use crate::types::{NodeId, Outcome};
 use corral_proto::convert::resources_to_wire;
 
 /// How long `Status` waits for each other member's own view.
@@ -251,7 +252,7 @@ impl Operator for OperatorService {
                     req.id, req.address
                 )))
             }
-            Ok(Err(e)) => return Err(write_error(&self.shared, e)),
+            Ok(Err(e)) => return Err(WriteError::from_raft(e, || self.shared.leader().map(|l| l.1)).into()),
             Ok(Ok(_)) => {}
         }
         let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -259,7 +260,7 @@ impl Operator for OperatorService {
         tracing::info!(id = req.id, ?voters, "promoting master to voter");
         raft.change_membership(voters, false)
             .await
-            .map_err(|e| write_error(&self.shared, e))?;
+            .map_err(|e| Status::from(WriteError::from_raft(e, || self.shared.leader().map(|l| l.1))))?;
         Ok(Response::new(v1::AddMemberResponse {
             members: self.members().await,
         }))
@@ -286,7 +287,7 @@ impl Operator for OperatorService {
             .raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| write_error(&self.shared, e))?;
+            .map_err(|e| Status::from(WriteError::from_raft(e, || self.shared.leader().map(|l| l.1))))?;
         Ok(Response::new(v1::RemoveMemberResponse {
             members: self.members().await,
         }))

@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::leader::{event, start_resend, FrameworkEvents, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT};
 use crate::node::Shared;
+use crate::raft::types::Outcome;
 use crate::state::FrameworkState;
-use crate::types::Outcome;
 use crate::validate;
 
 pub struct SchedulerService {
@@ -436,7 +436,11 @@ impl Scheduler for SchedulerService {
 
     async fn teardown(&self, req: Request<v1::TeardownRequest>) -> Result<Response<v1::TeardownResponse>, Status> {
         let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
-        teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?;
+        if let Outcome::Rejected(why) =
+            crate::leader::teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?
+        {
+            return Err(Status::failed_precondition(why));
+        }
         Ok(Response::new(v1::TeardownResponse {}))
     }
 }
@@ -523,51 +527,6 @@ fn release_launch(
     }
 }
 
-/// Tear a framework down: commit it, kill its tasks, end its stream.
-pub async fn teardown(shared: &Shared, framework_id: &str, why: &str) -> Result<(), Status> {
-    let kind = v1::command::Kind::TeardownFramework(v1::TeardownFramework {
-        framework_id: framework_id.to_string(),
-    });
-    if let Outcome::Rejected(r) = shared.write(kind).await? {
-        return Err(Status::failed_precondition(r));
-    }
-    let tasks: Vec<(String, String)> = {
-        let state = shared.state.read();
-        state
-            .app
-            .tasks
-            .range((framework_id.to_string(), String::new())..)
-            .take_while(|((f, _), _)| f == framework_id)
-            .filter(|(_, t)| !t.is_terminal())
-            .map(|(_, t)| (t.agent_id.clone(), t.task_id.clone()))
-            .collect()
-    };
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(soft) = guard.as_mut() {
-        for (agent_id, task_id) in tasks {
-            soft.send_agent(
-                &agent_id,
-                v1::master_message::Message::KillTask(v1::KillTask {
-                    framework_id: framework_id.to_string(),
-                    task_id,
-                    kill_grace_period_ms: 0,
-                }),
-            );
-        }
-        soft.send_framework(
-            framework_id,
-            event(v1::event::Event::Error(v1::Error {
-                message: format!("framework torn down: {why}"),
-            })),
-        );
-        soft.end_framework_session(framework_id, std::time::Instant::now());
-        soft.suppressed.remove(framework_id);
-        soft.full_pass = true;
-    }
-    tracing::info!(framework_id, why, "framework torn down");
-    Ok(())
-}
-
 /// Heartbeat a framework's stream; when the framework goes away, drop its session and
 /// record the disconnection (its failover timeout starts).
 async fn watch_framework(
@@ -628,7 +587,7 @@ async fn watch_framework(
                 framework_id: framework_id.clone(),
             });
             if let Err(e) = shared.write(kind).await {
-                tracing::warn!(%framework_id, error = %e.message(), "could not record the disconnection");
+                tracing::warn!(%framework_id, error = %e, "could not record the disconnection");
             }
         }
         shared.allocate_now.notify_one();

@@ -11,7 +11,8 @@ use axum::{Json, Router};
 use openraft::ServerState;
 use serde_json::json;
 
-use crate::node::{Shared, WRITE_BUCKETS_MS};
+use crate::node::Shared;
+use crate::raft::write::WRITE_BUCKETS_MS;
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -177,7 +178,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             snap.bytes as f64,
         );
     }
-    let lat = shared.write_latency.lock().unwrap_or_else(|p| p.into_inner());
+    let lat = shared.writer.latency();
     let _ = writeln!(
         out,
         "# HELP corral_write_commit_seconds Time from proposing a write to it being applied."
@@ -209,6 +210,12 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     );
     let _ = writeln!(out, "# TYPE corral_write_command_bytes_total counter");
     let _ = writeln!(out, "corral_write_command_bytes_total{{id=\"{id}\"}} {}", lat.bytes);
+    let _ = writeln!(
+        out,
+        "# HELP corral_write_held_seconds_total Time proposals waited for a live follower to catch up."
+    );
+    let _ = writeln!(out, "# TYPE corral_write_held_seconds_total counter");
+    let _ = writeln!(out, "corral_write_held_seconds_total{{id=\"{id}\"}} {}", lat.held_secs);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -24,7 +24,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::types::{CorralRaft, NodeId, Raft};
+use super::election::Elections;
+use super::types::{CorralRaft, NodeId, Raft};
 
 /// Format byte in front of every payload. Version 2: standard Raft votes and log ids (one
 /// leader per term); a version 1 peer is refused rather than misread.
@@ -78,15 +79,18 @@ pub struct Network {
     cluster: String,
     channels: Arc<Mutex<HashMap<(String, Lane), LaneConn>>>,
     retry_unreachable: Duration,
+    elections: Elections,
 }
 
 impl Network {
     /// `retry_unreachable`: how soon to try a peer again after it was unreachable.
-    pub fn new(cluster: String, retry_unreachable: Duration) -> Self {
+    /// `elections`: where vote answers leave their hints (see [`crate::raft::election`]).
+    pub fn new(cluster: String, retry_unreachable: Duration, elections: Elections) -> Self {
         Network {
             cluster,
             channels: Arc::default(),
             retry_unreachable,
+            elections,
         }
     }
 
@@ -136,6 +140,7 @@ impl RaftNetworkFactory<CorralRaft> for Network {
             target,
             client,
             retry_unreachable: self.retry_unreachable,
+            elections: self.elections.clone(),
         }
     }
 }
@@ -147,6 +152,7 @@ pub struct PeerClient {
     /// (control, data) lanes.
     client: Result<(PeerLane, PeerLane), String>,
     retry_unreachable: Duration,
+    elections: Elections,
 }
 
 struct PeerLane {
@@ -296,7 +302,65 @@ impl RaftNetwork<CorralRaft> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RpcKind::Vote, &rpc, &option).await
+        let answer: RpcResult<VoteResponse<NodeId>, _> = self.call(RpcKind::Vote, &rpc, &option).await;
+        if let Ok(resp) = &answer {
+            if !resp.vote_granted {
+                if resp.last_log_id > rpc.last_log_id {
+                    // That peer can win; this master cannot.
+                    self.elections.outlogged();
+                } else if resp.last_log_id < rpc.last_log_id
+                    && !resp.vote.is_committed()
+                    && resp.vote.leader_id().term >= rpc.vote.leader_id().term
+                {
+                    // It refused only because it voted (for itself) in this term; a higher
+                    // term, which this master takes by standing again, it grants.
+                    self.elections.stand_now();
+                }
+            }
+        }
+        answer
+    }
+}
+
+/// A master asking whether it should stand for election (see `raft.proto`, `PreVote`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The candidate's current term (it would stand in the next).
+    pub term: u64,
+    /// The index of the candidate's last log entry.
+    pub last_log_index: Option<u64>,
+}
+
+/// The answer to a [`PreVoteRequest`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PreVoteResponse {
+    /// Whether this voter would vote for the candidate now: it misses the leader too (or
+    /// has none) and the candidate's log is not shorter than its own.
+    pub granted: bool,
+}
+
+impl Network {
+    /// Ask `target` at `addr` for a pre-vote; `None` if it did not answer within `timeout`.
+    pub async fn pre_vote(&self, target: NodeId, addr: &str, req: &PreVoteRequest, timeout: Duration) -> Option<bool> {
+        let conn = self.channel(addr, Lane::Control).ok()?;
+        let payload = encode(req).ok()?;
+        let mut request = Request::new(v1::RaftRequest {
+            cluster: self.cluster.clone(),
+            target,
+            payload,
+        });
+        request.set_timeout(timeout);
+        let mut client = RaftClient::new(conn.channel);
+        let reply = tokio::time::timeout(timeout, client.pre_vote(request))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        match reply.result {
+            Some(v1::raft_reply::Result::Ok(bytes)) => decode::<PreVoteResponse>(&bytes).ok().map(|r| r.granted),
+            _ => None,
+        }
     }
 }
 
@@ -306,6 +370,11 @@ pub struct RaftService {
     pub cluster: String,
     pub id: NodeId,
     pub contact: LeaderContact,
+    pub elections: Elections,
+    /// The leader lease: a leader silent this long is taken for gone.
+    pub lease: Duration,
+    /// A voter grants a pre-vote once it has not heard its leader for this long.
+    pub pre_vote_silence: Duration,
 }
 
 /// When this master last accepted an AppendEntries (heartbeats included), and from which
@@ -317,6 +386,11 @@ pub struct LeaderContact(Arc<Mutex<Option<(NodeId, std::time::Instant)>>>);
 impl LeaderContact {
     fn heard(&self, leader: NodeId) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((leader, std::time::Instant::now()));
+    }
+
+    /// When a leader was last heard from, if one ever was.
+    pub fn last_heard(&self) -> Option<std::time::Instant> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|(_, at)| at)
     }
 
     /// How long ago `leader` was last heard from, if it ever was.
@@ -358,23 +432,49 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<v1
 impl v1::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
         let rpc: AppendEntriesRequest<CorralRaft> = self.open(req.into_inner())?;
-        let from = rpc.vote.leader_id().voted_for();
-        let answer = self.raft.append_entries(rpc).await;
-        if let (Some(leader), Ok(r)) = (from, &answer) {
-            if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+        // Heard when it arrives from the leader this master follows (or a newer one), not
+        // when the Raft core is done with it: a core busy with a slow flush must not make
+        // a live leader look silent (and this master stand for election against it).
+        if let Some(leader) = rpc.vote.leader_id().voted_for() {
+            if rpc.vote.is_committed() && rpc.vote >= self.raft.metrics().borrow().vote {
                 self.contact.heard(leader);
+            }
+        }
+        reply(self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: VoteRequest<NodeId> = self.open(req.into_inner())?;
+        let answer = self.raft.vote(rpc.clone()).await;
+        if let Ok(resp) = &answer {
+            let leader_gone = self.contact.last_heard().is_none_or(|at| at.elapsed() >= self.lease);
+            if !resp.vote_granted && resp.last_log_id > rpc.last_log_id && leader_gone {
+                // A candidate that cannot win stood while the leader is gone: this master
+                // can, so it stands now rather than at its own timer.
+                self.elections.stand_now();
             }
         }
         reply(answer)
     }
 
-    async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
-        let rpc: VoteRequest<NodeId> = self.open(req.into_inner())?;
-        reply(self.raft.vote(rpc).await)
-    }
-
     async fn install_snapshot(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
         let rpc: InstallSnapshotRequest<CorralRaft> = self.open(req.into_inner())?;
         reply(self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: PreVoteRequest = self.open(req.into_inner())?;
+        let (leading, last_log_index) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == openraft::ServerState::Leader, m.last_log_index)
+        };
+        let misses_leader = self
+            .contact
+            .last_heard()
+            .is_none_or(|at| at.elapsed() >= self.pre_vote_silence);
+        let granted = !leading && misses_leader && rpc.last_log_index >= last_log_index;
+        tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted, "pre-vote");
+        reply::<_, openraft::error::Infallible>(Ok(PreVoteResponse { granted }))
     }
 }

@@ -17,6 +17,8 @@ use std::collections::HashSet;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use super::ClusterState;
+
 /// Which record of the state a digest stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -103,6 +105,122 @@ pub fn state_hash<W: Serialize>(format: u8, small: &W, sums: [u128; 3]) -> Strin
         hasher.update(s.to_le_bytes());
     }
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ClusterState {
+    /// The state hash (hex SHA-256): equal on masters that applied the same entries (S3).
+    /// Costs the same whatever the size of the state (see [`crate::state::digest`]).
+    pub fn hash(&self) -> String {
+        let sums = self.digests.sums();
+        if cfg!(debug_assertions) {
+            assert_eq!(
+                sums,
+                self.full_digest_sums(),
+                "the incremental state digest missed a change"
+            );
+        }
+        state_hash(
+            super::snapshot::SNAPSHOT_FORMAT,
+            &(
+                &self.weights,
+                self.applied_commands,
+                self.rejected_commands,
+                &self.retention,
+            ),
+            sums,
+        )
+    }
+
+    /// The digest of the record `key` names as last settled, if the record exists.
+    pub(super) fn digest_of(&self, key: &Key) -> Option<u128> {
+        match key {
+            Key::Agent(id) => self.agents.get(id).map(|r| r.digest),
+            Key::Framework(id) => self.frameworks.get(id).map(|r| r.digest),
+            Key::Task(k) => self.tasks.get(k).map(|r| r.digest),
+        }
+    }
+
+    /// Compute the digest of the record `key` names from its content, store it in the
+    /// record and return it.
+    pub(super) fn refresh_digest(&mut self, key: &Key) -> Option<u128> {
+        match key {
+            Key::Agent(id) => self.agents.get_mut(id).map(|r| {
+                r.digest = record_digest(0, r);
+                r.digest
+            }),
+            Key::Framework(id) => self.frameworks.get_mut(id).map(|r| {
+                r.digest = record_digest(1, r);
+                r.digest
+            }),
+            Key::Task(k) => self.tasks.get_mut(k).map(|r| {
+                r.digest = record_digest(2, r);
+                r.digest
+            }),
+        }
+    }
+
+    /// The digest sums computed from every record's content.
+    pub(super) fn full_digest_sums(&self) -> [u128; 3] {
+        let sum = |it: &mut dyn Iterator<Item = u128>| it.fold(0u128, u128::wrapping_add);
+        [
+            sum(&mut self.agents.values().map(|r| record_digest(0, r))),
+            sum(&mut self.frameworks.values().map(|r| record_digest(1, r))),
+            sum(&mut self.tasks.values().map(|r| record_digest(2, r))),
+        ]
+    }
+
+    /// Compute and store every record's digest (after a restore), and the sums.
+    pub(super) fn rebuild_digests(&mut self) {
+        let mut sums = [0u128; 3];
+        // Persistent maps have no `values_mut`: rebuild them (this runs once per restore).
+        self.agents = std::mem::take(&mut self.agents)
+            .into_iter()
+            .map(|(id, mut r)| {
+                r.digest = record_digest(0, &r);
+                sums[0] = sums[0].wrapping_add(r.digest);
+                (id, r)
+            })
+            .collect();
+        for r in self.frameworks.values_mut() {
+            r.digest = record_digest(1, r);
+            sums[1] = sums[1].wrapping_add(r.digest);
+        }
+        self.tasks = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .map(|(key, mut r)| {
+                r.digest = record_digest(2, &r);
+                sums[2] = sums[2].wrapping_add(r.digest);
+                (key, r)
+            })
+            .collect();
+        self.digests.reset(sums);
+    }
+
+    /// About to change the record `key` names: take its digest out of the sums.
+    pub(super) fn mark(&mut self, key: Key) {
+        let mut digests = std::mem::take(&mut self.digests);
+        digests.mark(key.clone(), || self.digest_of(&key));
+        self.digests = digests;
+    }
+
+    pub(super) fn mark_agent(&mut self, id: &str) {
+        self.mark(Key::Agent(id.to_string()));
+    }
+
+    pub(super) fn mark_framework(&mut self, id: &str) {
+        self.mark(Key::Framework(id.to_string()));
+    }
+
+    pub(super) fn mark_task(&mut self, framework_id: &str, task_id: &str) {
+        self.mark(Key::Task((framework_id.to_string(), task_id.to_string())));
+    }
+
+    /// The command is done: the changed records' digests join the sums again.
+    pub(super) fn settle_digests(&mut self) {
+        let mut digests = std::mem::take(&mut self.digests);
+        digests.settle(|key| self.refresh_digest(key));
+        self.digests = digests;
+    }
 }
 
 #[cfg(test)]

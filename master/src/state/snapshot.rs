@@ -1,0 +1,177 @@
+//! The snapshot encoding: a view taken under the lock in O(1), encoded after it; the
+//! version 1 encoding still read.
+
+use std::collections::BTreeMap;
+
+use imbl::OrdMap;
+
+use corral_proto::v1;
+use corral_raft_store::StateMachine;
+use openraft::LogId;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::types::{ApplyResult, CorralRaft, Proposal};
+
+use super::*;
+
+/// Format version of the snapshot encoding written by this build. Version 2 adds
+/// [`Retention`]; version 1 snapshots are still read ([`StateV1`]).
+pub(super) const SNAPSHOT_FORMAT: u8 = 2;
+
+/// The replicated fields of a [`ClusterState`] at one applied index, in the order the
+/// snapshot encoding writes them (the same bytes as serializing the state itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotView {
+    weights: BTreeMap<String, u64>,
+    agents: OrdMap<String, AgentRecord>,
+    frameworks: BTreeMap<String, FrameworkRecord>,
+    tasks: OrdMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
+    retention: Retention,
+}
+
+impl SnapshotView {
+    /// Write the snapshot encoding (format byte, then the postcard body) to `out`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_FORMAT])?;
+        // postcard reports a failed write as a full buffer; keep the I/O error itself
+        // (a full disk must say so).
+        let mut keeper = KeepError { out, error: None };
+        match postcard::to_io(self, &mut keeper) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(keeper.error.take().unwrap_or_else(|| std::io::Error::other(e))),
+        }
+    }
+}
+
+/// A writer that remembers the first error of the writer it wraps.
+struct KeepError<'a> {
+    out: &'a mut dyn std::io::Write,
+    error: Option<std::io::Error>,
+}
+
+impl std::io::Write for KeepError<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf).inspect_err(|e| {
+            self.error
+                .get_or_insert_with(|| std::io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A version 1 snapshot: the state before [`Retention`].
+#[derive(Deserialize)]
+struct StateV1 {
+    weights: BTreeMap<String, u64>,
+    agents: BTreeMap<String, AgentRecord>,
+    frameworks: BTreeMap<String, FrameworkRecord>,
+    tasks: BTreeMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
+}
+
+impl ClusterState {
+    /// The canonical encoding of the state (snapshots and the hash).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Serializing maps of plain data into a Vec cannot fail.
+        self.snapshot_view()
+            .write_to(&mut out)
+            .expect("cluster state serializes");
+        out
+    }
+
+    /// A consistent copy of the replicated part of the state, cheap to take (the big maps
+    /// are shared, not copied) and independent of later applies.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            weights: self.weights.clone(),
+            agents: self.agents.clone(),
+            frameworks: self.frameworks.clone(),
+            tasks: self.tasks.clone(),
+            applied_commands: self.applied_commands,
+            rejected_commands: self.rejected_commands,
+            retention: self.retention.clone(),
+        }
+    }
+
+    /// Decode [`ClusterState::encode`] output.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&SNAPSHOT_FORMAT, body)) => {
+                let mut state: ClusterState = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                state.reindex();
+                Ok(state)
+            }
+            Some((1, body)) => {
+                let old: StateV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                let mut state = ClusterState {
+                    weights: old.weights,
+                    agents: old.agents.into_iter().collect(),
+                    frameworks: old.frameworks,
+                    tasks: old.tasks.into_iter().collect(),
+                    applied_commands: old.applied_commands,
+                    rejected_commands: old.rejected_commands,
+                    ..Default::default()
+                };
+                state.reindex();
+                Ok(state)
+            }
+            Some((v, _)) => Err(format!(
+                "snapshot format {v} is newer than this master understands ({SNAPSHOT_FORMAT})"
+            )),
+            None => Err("empty snapshot".into()),
+        }
+    }
+}
+
+impl StateMachine<CorralRaft> for ClusterState {
+    type Decoded = v1::CommandBatch;
+
+    fn decode(_log_id: &LogId<u64>, data: &Proposal) -> Result<v1::CommandBatch, String> {
+        data.decode().map_err(|e| e.to_string())
+    }
+
+    fn apply_cost(batch: &v1::CommandBatch) -> usize {
+        batch
+            .commands
+            .iter()
+            .map(|c| match &c.kind {
+                Some(v1::command::Kind::LaunchTasks(l)) => l.tasks.len().max(1),
+                Some(v1::command::Kind::UpdateStatuses(u)) => u.statuses.len().max(1),
+                Some(v1::command::Kind::AcknowledgeStatuses(a)) => a.acks.len().max(1),
+                Some(v1::command::Kind::ReregisterAgent(r)) => r.tasks.len().max(1),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    fn apply(&mut self, log_id: &LogId<u64>, batch: v1::CommandBatch) -> ApplyResult {
+        let outcomes = batch.commands.iter().map(|c| self.apply_command(c)).collect();
+        // Debug and test builds check every invariant after each entry (it walks the whole
+        // state, so not after each command: a test cluster must keep its heartbeats).
+        if cfg!(debug_assertions) {
+            self.check_after(log_id, &batch);
+        }
+        ApplyResult { outcomes }
+    }
+
+    type SnapshotView = SnapshotView;
+
+    fn snapshot_view(&self) -> SnapshotView {
+        ClusterState::snapshot_view(self)
+    }
+
+    fn write_snapshot(view: &SnapshotView, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        view.write_to(out)
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Self, String> {
+        Self::decode(bytes)
+    }
+}
