@@ -219,24 +219,11 @@ pub async fn run(
             _ = elections.0.wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (state, term, voter, leader_known, last_log_index, peers) = {
+        let (state, term, voter, leader_known, last_log_index) = {
             let m = raft.metrics();
             let m = m.borrow();
-            let membership = m.membership_config.membership();
-            let voter = membership.voter_ids().any(|v| v == id);
-            let peers: Vec<(NodeId, String)> = membership
-                .voter_ids()
-                .filter(|v| *v != id)
-                .filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
-                .collect();
-            (
-                m.state,
-                m.current_term,
-                voter,
-                m.vote.is_committed(),
-                m.last_log_index,
-                peers,
-            )
+            let voter = m.membership_config.membership().voter_ids().any(|v| v == id);
+            (m.state, m.current_term, voter, m.vote.is_committed(), m.last_log_index)
         };
         let hints = elections.take();
         let look = Look {
@@ -255,6 +242,17 @@ pub async fn run(
             Decision::Wait => continue,
             Decision::Stand(why) => why,
             Decision::AskThenStand => {
+                // The other voters and their addresses, read only when they are asked.
+                let peers: Vec<(NodeId, String)> = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    let membership = m.membership_config.membership();
+                    membership
+                        .voter_ids()
+                        .filter(|v| *v != id)
+                        .filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
+                        .collect()
+                };
                 let req = PreVoteRequest {
                     candidate: id,
                     term,
