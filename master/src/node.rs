@@ -75,8 +75,9 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub raft: Raft,
     pub state: StateReader<ClusterState>,
-    /// The leader's soft state; `None` while this master does not lead.
-    pub leader: Arc<Mutex<Option<crate::leader::Soft>>>,
+    /// The handle to the loop of the term this master leads (which owns the leader's soft
+    /// state); empty while this master does not lead.
+    pub leader: crate::leader::LeaderSlot,
     /// Wakes the allocator for a pass (batched: many notifications, one pass).
     pub allocate_now: Arc<tokio::sync::Notify>,
     /// The state hash at an applied index, computed once per index.
@@ -202,11 +203,38 @@ impl Shared {
     /// The term this master leads with its leader-only subsystems running (its leadership
     /// barrier applied), if any.
     pub fn leading_term(&self) -> Option<u64> {
-        self.leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.term)
+        self.leader.get().map(|l| l.term())
+    }
+
+    /// The redirect for a call that needs the leader's soft state when this master has
+    /// none: the one place a closed term (or no term) becomes the not-leader status.
+    pub fn not_leading(&self) -> Status {
+        corral_proto::client::not_leader(self.leader().filter(|l| l.0 != self.config.id).map(|l| l.1).as_deref())
+    }
+
+    /// The handle to the term this master leads, or the redirect.
+    pub fn leading(&self) -> Result<crate::leader::Leader, Status> {
+        self.leader.get().ok_or_else(|| self.not_leading())
+    }
+
+    /// Run `f` on the current term's soft state and return its answer, or the redirect.
+    pub async fn ask<R, F>(&self, f: F) -> Result<R, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Shared, &mut crate::leader::Soft) -> R + Send + 'static,
+    {
+        self.leading()?.ask(f).await.map_err(|_| self.not_leading())
+    }
+
+    /// Queue `f` for the current term's soft state; false if this master does not lead.
+    pub async fn tell<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&Shared, &mut crate::leader::Soft) + Send + 'static,
+    {
+        match self.leader.get() {
+            Some(leader) => leader.tell(f).await.is_ok(),
+            None => false,
+        }
     }
 
     /// The current state hash and the applied index it belongs to.
@@ -422,7 +450,7 @@ impl Master {
             config: Arc::new(config),
             raft: raft.clone(),
             state,
-            leader: Arc::default(),
+            leader: Default::default(),
             allocate_now: Arc::default(),
             hash_cache: Arc::default(),
             contact: Default::default(),

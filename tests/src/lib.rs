@@ -336,6 +336,23 @@ impl Cluster {
         }
     }
 
+    /// The one of `among` that says it is leader, asked once (None if none or several do).
+    /// Masters that do not answer are skipped.
+    pub async fn leader_among(&self, among: &[u64]) -> Option<u64> {
+        let mut leaders = Vec::new();
+        for id in among {
+            if let Ok(m) = self.member(*id).await {
+                if m.role == "leader" {
+                    leaders.push(*id);
+                }
+            }
+        }
+        match leaders.as_slice() {
+            [leader] => Some(*leader),
+            _ => None,
+        }
+    }
+
     /// Wait until exactly one of `among` is leader and all of them name it; returns its id.
     pub async fn wait_leader(&self, among: &[u64], deadline: Duration) -> u64 {
         let what = format!("one leader agreed by masters {among:?}");

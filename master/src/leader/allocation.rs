@@ -1,54 +1,17 @@
 //! The allocation loop: DRF passes that turn free resources into offers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corral_proto::convert::resources_to_wire;
 use corral_proto::resources::Resources;
 use corral_proto::v1;
-use tokio::sync::{watch, Notify};
 
 use crate::allocator::{allocate, AgentView, FrameworkView};
 use crate::node::Shared;
 use crate::state::{AgentState, ClusterState, FrameworkState};
 
 use super::*;
-
-/// The allocation loop of one leader term. A pass runs on every relevant event, events
-/// arriving within [`PASS_COALESCE`] of each other sharing one pass; a pass looks only at
-/// the agents whose free resources changed. Every `allocation_interval` a full pass looks
-/// at every agent and runs the timers (filters, offer and agent/framework timeouts).
-pub(super) async fn run_allocator(shared: Shared, term: u64, mut stop: watch::Receiver<bool>) {
-    let interval = shared.config.allocation_interval;
-    let notify: Arc<Notify> = shared.allocate_now.clone();
-    let mut next_full = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_full) => {}
-            _ = notify.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = tokio::time::Instant::now();
-        let full = now >= next_full;
-        if full {
-            next_full = now + interval;
-        }
-        match allocation_pass(&shared, term, full) {
-            Pass::Ended => {
-                tracing::debug!(term, "allocator stopped with the term");
-                return;
-            }
-            // Try again after the pause below.
-            Pass::Held => notify.notify_one(),
-            Pass::Done => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(PASS_COALESCE) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
 
 /// Offers also wait while more writes than this are queued for commit. Every offer turns into
 /// launches, status updates and acknowledgements to commit; offering faster than they
@@ -63,8 +26,6 @@ pub enum Pass {
     Done,
     /// Offers were held back (commit backlog); the touched agents wait for the next pass.
     Held,
-    /// This master no longer leads the term.
-    Ended,
 }
 
 /// Events closer together than this share one allocation pass: under load a pass per
@@ -74,12 +35,10 @@ pub const PASS_COALESCE: Duration = Duration::from_millis(5);
 /// One pass. A full pass expires filters and offers, resends unacknowledged updates when
 /// due, fires timeouts and considers every agent; otherwise only the agents touched since
 /// the last pass are offered.
-pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
+/// Run by the term's loop (`run_term`), which owns `soft`; `me` is the term's handle, for
+/// the writes it starts.
+pub(super) fn allocation_pass(shared: &Shared, me: &Leader, soft: &mut Soft, full: bool) -> Pass {
     let state = shared.state.read();
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(soft) = guard.as_mut().filter(|s| s.term == term) else {
-        return Pass::Ended;
-    };
     let now = Instant::now();
     let full = full || std::mem::take(&mut soft.full_pass);
     let mut due = Vec::new();
@@ -121,7 +80,7 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
                             .is_some_and(|a| a.state == AgentState::Unreachable)
                     })
                     .collect();
-                tokio::spawn(collect_garbage(shared.clone(), term, gc, going));
+                tokio::spawn(collect_garbage(shared.clone(), me.clone(), gc, going));
             }
         }
     }
@@ -134,10 +93,9 @@ pub fn allocation_pass(shared: &Shared, term: u64, full: bool) -> Pass {
     } else {
         offer(&state.app, soft, full, now, room);
     }
-    drop(guard);
     drop(state);
     for t in due {
-        tokio::spawn(fire_timeout(shared.clone(), t));
+        tokio::spawn(fire_timeout(shared.clone(), me.clone(), t));
     }
     if held {
         Pass::Held

@@ -63,21 +63,25 @@ pub(super) fn resend_stale_launches(state: &ClusterState, soft: &mut Soft, now_m
     }
 }
 
-/// Send the frameworks the latest unacknowledged update of each task on `agent_id`.
-pub fn forward_task_updates(shared: &Shared, agent_id: &str) {
-    let state = shared.state.read();
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(soft) = guard.as_mut() else { return };
-    for t in state.app.tasks_on(agent_id) {
-        if let Some(u) = t.unacked.last() {
-            soft.send_framework(
-                &t.framework_id,
-                event(v1::event::Event::Update(v1::Update {
-                    status: Some(t.wire_status(u)),
-                })),
-            );
-        }
-    }
+/// Send the frameworks the latest unacknowledged update of each task on `agent_id` (through
+/// `leader`'s loop; nothing if its term has ended).
+pub async fn forward_task_updates(leader: &Leader, agent_id: &str) {
+    let agent_id = agent_id.to_string();
+    let _ = leader
+        .tell(move |shared, soft| {
+            let state = shared.state.read();
+            for t in state.app.tasks_on(&agent_id) {
+                if let Some(u) = t.unacked.last() {
+                    soft.send_framework(
+                        &t.framework_id,
+                        event(v1::event::Event::Update(v1::Update {
+                            status: Some(t.wire_status(u)),
+                        })),
+                    );
+                }
+            }
+        })
+        .await;
 }
 
 /// Send every unacknowledged update of `framework_id` again, through `session`'s resend

@@ -28,7 +28,7 @@ pub fn gc_command(config: &crate::config::Config) -> v1::CollectGarbage {
 
 /// Commit one `CollectGarbage`; then tell the frameworks of the tasks that went
 /// TASK_GONE with agents that were unreachable too long (`going`).
-pub(super) async fn collect_garbage(shared: Shared, term: u64, gc: v1::CollectGarbage, going: Vec<String>) {
+pub(super) async fn collect_garbage(shared: Shared, me: Leader, gc: v1::CollectGarbage, going: Vec<String>) {
     let before = shared.state.read().app.retained();
     match shared.write(v1::command::Kind::CollectGarbage(gc)).await {
         Ok(Outcome::Applied) => {
@@ -36,17 +36,14 @@ pub(super) async fn collect_garbage(shared: Shared, term: u64, gc: v1::CollectGa
             tracing::debug!(?before, ?after, "retention applied");
             for agent_id in &going {
                 tracing::warn!(%agent_id, "agent unreachable past --agent-gc-age: it is gone, its tasks TASK_GONE");
-                forward_task_updates(&shared, agent_id);
+                forward_task_updates(&me, agent_id).await;
             }
         }
         Ok(Outcome::Rejected(why)) => tracing::warn!(why, "retention refused"),
         Err(e) => tracing::debug!(error = %e, "retention not committed"),
     }
-    if let Some(soft) = shared.leader.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        if soft.term == term {
-            soft.collecting = false;
-        }
-    }
+    // A term that has ended has no collection to clear.
+    let _ = me.tell(|_, soft| soft.collecting = false).await;
 }
 
 pub(super) enum Timeout {
@@ -102,20 +99,20 @@ pub(super) fn due_timeouts(
     due
 }
 
-pub(super) async fn fire_timeout(shared: Shared, t: Timeout) {
+pub(super) async fn fire_timeout(shared: Shared, me: Leader, t: Timeout) {
     let key = match &t {
         Timeout::AgentUnreachable(id) => {
             tracing::warn!(agent_id = %id, "agent did not come back in time: marking it unreachable");
             let kind = v1::command::Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: id.clone() });
             match shared.write(kind).await {
-                Ok(_) => forward_task_updates(&shared, id),
+                Ok(_) => forward_task_updates(&me, id).await,
                 Err(e) => tracing::warn!(agent_id = %id, error = %e, "could not mark the agent unreachable"),
             }
             format!("agent/{id}")
         }
         Timeout::FrameworkFailover(id) => {
             tracing::warn!(framework_id = %id, "framework did not come back within its failover timeout: tearing it down");
-            match super::teardown(&shared, id, "failover timeout expired").await {
+            match super::teardown(&shared, &me, id, "failover timeout expired").await {
                 Ok(Outcome::Applied) => {}
                 Ok(Outcome::Rejected(why)) => {
                     tracing::warn!(framework_id = %id, why, "teardown after failover timeout refused")
@@ -125,9 +122,11 @@ pub(super) async fn fire_timeout(shared: Shared, t: Timeout) {
             format!("framework/{id}")
         }
     };
-    if let Some(soft) = shared.leader.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        soft.firing.remove(&key);
-        soft.full_pass = true;
-    }
+    let _ = me
+        .tell(move |_, soft| {
+            soft.firing.remove(&key);
+            soft.full_pass = true;
+        })
+        .await;
     shared.allocate_now.notify_one();
 }

@@ -349,17 +349,36 @@ impl Followers {
     fn lagging(&mut self, m: &openraft::RaftMetrics<NodeId, BasicNode>, now: Instant) -> Option<(NodeId, u64)> {
         let last = m.last_log_index?;
         let replication = m.replication.as_ref()?;
-        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        self.worst(
+            m.id,
+            last,
+            &voters,
+            replication.iter().map(|(id, matched)| (*id, matched.map(|l| l.index))),
+            now,
+        )
+    }
+
+    /// The decision itself: `me` leads with its log ending at `last`; `matched` is each
+    /// follower's matched index (None: nothing matched yet this term).
+    fn worst(
+        &mut self,
+        me: NodeId,
+        last: u64,
+        voters: &[NodeId],
+        matched: impl Iterator<Item = (NodeId, Option<u64>)>,
+        now: Instant,
+    ) -> Option<(NodeId, u64)> {
         let mut worst = None;
-        for (id, matched) in replication {
-            if *id == m.id || !membership.voter_ids().any(|v| v == *id) {
+        for (id, index) in matched {
+            if id == me || !voters.contains(&id) {
                 continue;
             }
             // Nothing matched yet this term: a new leader has not heard from it.
-            let Some(index) = matched.map(|l| l.index) else {
+            let Some(index) = index else {
                 continue;
             };
-            let seen = self.seen.entry(*id).or_insert((index, now));
+            let seen = self.seen.entry(id).or_insert((index, now));
             if seen.0 != index {
                 *seen = (index, now);
             }
@@ -367,7 +386,7 @@ impl Followers {
             let live = now.saturating_duration_since(seen.1) < FOLLOWER_STALLED;
             let held_for = lag > MAX_FOLLOWER_LAG && lag <= RECOVERING_FOLLOWER_LAG;
             if live && held_for && worst.is_none_or(|(_, w)| lag > w) {
-                worst = Some((*id, lag));
+                worst = Some((id, lag));
             }
         }
         worst
@@ -407,5 +426,90 @@ fn finish(
                 let _ = reply.send(Err(WriteError::NoQuorum(WRITE_TIMEOUT)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VOTERS: [NodeId; 3] = [1, 2, 3];
+
+    #[test]
+    fn a_live_follower_within_the_hold_window_is_waited_for() {
+        let mut f = Followers::default();
+        let t0 = Instant::now();
+        // 2 trails by MAX_FOLLOWER_LAG + 10, 3 is current.
+        let last = 1_000;
+        let lagging = f.worst(
+            1,
+            last,
+            &VOTERS,
+            [(2, Some(last - MAX_FOLLOWER_LAG - 10)), (3, Some(last))].into_iter(),
+            t0,
+        );
+        assert_eq!(lagging, Some((2, MAX_FOLLOWER_LAG + 10)));
+        // Exactly at the bound is not lagging.
+        let mut f = Followers::default();
+        let at_bound = f.worst(1, last, &VOTERS, [(2, Some(last - MAX_FOLLOWER_LAG))].into_iter(), t0);
+        assert_eq!(at_bound, None);
+    }
+
+    #[test]
+    fn the_worst_of_two_lagging_followers_is_named() {
+        let mut f = Followers::default();
+        let t0 = Instant::now();
+        let last = 10_000;
+        let lagging = f.worst(
+            1,
+            last,
+            &VOTERS,
+            [(2, Some(last - 100)), (3, Some(last - 200))].into_iter(),
+            t0,
+        );
+        assert_eq!(lagging, Some((3, 200)));
+    }
+
+    #[test]
+    fn a_recovering_follower_is_not_waited_for() {
+        let mut f = Followers::default();
+        let t0 = Instant::now();
+        let last = 10_000;
+        let far = f.worst(
+            1,
+            last,
+            &VOTERS,
+            [(2, Some(last - RECOVERING_FOLLOWER_LAG - 1))].into_iter(),
+            t0,
+        );
+        assert_eq!(far, None);
+    }
+
+    #[test]
+    fn a_stalled_follower_stops_holding_writes() {
+        let mut f = Followers::default();
+        let t0 = Instant::now();
+        let last = 1_000;
+        let behind = Some(last - 100);
+        assert!(f.worst(1, last, &VOTERS, [(2, behind)].into_iter(), t0).is_some());
+        // Its matched index has not moved for FOLLOWER_STALLED: no longer live.
+        let later = t0 + FOLLOWER_STALLED;
+        assert_eq!(f.worst(1, last, &VOTERS, [(2, behind)].into_iter(), later), None);
+        // It moves again: live again.
+        let moved = Some(last - 90);
+        assert_eq!(
+            f.worst(1, last, &VOTERS, [(2, moved)].into_iter(), later),
+            Some((2, 90))
+        );
+    }
+
+    #[test]
+    fn learners_self_and_unmatched_followers_are_ignored() {
+        let mut f = Followers::default();
+        let t0 = Instant::now();
+        let last = 1_000;
+        // 4 is a learner (not a voter); 1 is the leader itself; 2 has matched nothing yet.
+        let matched = [(4, Some(0)), (1, Some(0)), (2, None)];
+        assert_eq!(f.worst(1, last, &VOTERS, matched.into_iter(), t0), None);
     }
 }

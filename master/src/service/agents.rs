@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::leader::{event, AgentSession, AGENT_PING_INTERVAL, STREAM_CAPACITY};
+use crate::leader::{event, AgentSession, Leader, Soft, AGENT_PING_INTERVAL, STREAM_CAPACITY};
 use crate::node::Shared;
 use crate::raft::types::Outcome;
 use crate::raft::write::WriteResult;
@@ -103,46 +103,52 @@ impl Agents for AgentsService {
         if let Outcome::Rejected(why) = shared.write(kind).await? {
             return Err(Status::failed_precondition(why));
         }
+        let leader = shared.leading()?;
         if prior == Some(AgentState::Unreachable) {
             // Tasks reconciled back from UNREACHABLE: tell their frameworks.
-            crate::leader::forward_task_updates(shared, &agent_id);
+            crate::leader::forward_task_updates(&leader, &agent_id).await;
         }
 
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        let session = {
-            let state = shared.state.read();
-            let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
-            let session = soft.next_session();
-            soft.add_agent(&agent_id, AgentSession { session, tx, resources });
-            soft.send_agent(
-                &agent_id,
-                v1::master_message::Message::Registered(v1::Registered {
-                    agent_id: agent_id.clone(),
-                    ping_interval_seconds: AGENT_PING_INTERVAL.as_secs_f64(),
-                }),
-            );
-            // Reconcile the inventory with the replicated tasks.
-            let (run, kill) = reconcile(&state.app, &agent_id, &register.tasks);
-            let (resent, killed) = (run.len(), kill.len());
-            for r in run {
-                soft.send_agent(&agent_id, v1::master_message::Message::RunTask(r));
-            }
-            for k in kill {
-                soft.send_agent(&agent_id, v1::master_message::Message::KillTask(k));
-            }
-            let inventory = register.tasks.len();
-            if known {
-                // After a failover every agent of the cluster comes back within a second or
-                // two: one line each would be thousands; the leader logs when all are back.
-                tracing::debug!(%agent_id, session, inventory, resent, killed, "agent re-registered");
-            } else {
-                tracing::info!(%agent_id, session, inventory, resent, killed, "agent registered");
-            }
-            session
-        };
+        let id = agent_id.clone();
+        let inventory = register.tasks;
+        let session = leader
+            .ask(move |shared, soft| {
+                let agent_id = id;
+                let state = shared.state.read();
+                let session = soft.next_session();
+                soft.add_agent(&agent_id, AgentSession { session, tx, resources });
+                soft.send_agent(
+                    &agent_id,
+                    v1::master_message::Message::Registered(v1::Registered {
+                        agent_id: agent_id.clone(),
+                        ping_interval_seconds: AGENT_PING_INTERVAL.as_secs_f64(),
+                    }),
+                );
+                // Reconcile the inventory with the replicated tasks.
+                let (run, kill) = reconcile(&state.app, &agent_id, &inventory);
+                let (resent, killed) = (run.len(), kill.len());
+                for r in run {
+                    soft.send_agent(&agent_id, v1::master_message::Message::RunTask(r));
+                }
+                for k in kill {
+                    soft.send_agent(&agent_id, v1::master_message::Message::KillTask(k));
+                }
+                let inventory = inventory.len();
+                if known {
+                    // After a failover every agent of the cluster comes back within a second
+                    // or two: one line each would be thousands; the leader logs when all are
+                    // back.
+                    tracing::debug!(%agent_id, session, inventory, resent, killed, "agent re-registered");
+                } else {
+                    tracing::info!(%agent_id, session, inventory, resent, killed, "agent registered");
+                }
+                session
+            })
+            .await
+            .map_err(|_| shared.not_leading())?;
         shared.allocate_now.notify_one();
-        tokio::spawn(serve_agent(shared.clone(), agent_id, session, inbound));
+        tokio::spawn(serve_agent(shared.clone(), leader, agent_id, session, inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -236,14 +242,21 @@ struct InFlight {
     answer: tokio::sync::oneshot::Receiver<WriteResult>,
 }
 
-/// Read one agent's messages until its stream ends; ping it meanwhile.
+/// Read one agent's messages until its stream ends or `leader`'s term does; ping it
+/// meanwhile.
 ///
 /// Status updates are pipelined: they are queued for commit as they arrive (those already
 /// waiting in the stream as one command), without waiting for the ones before them, and
 /// the outcomes are handled in arrival order. Commits apply in queue order, so a task's
 /// RUNNING is applied, acknowledged and forwarded before its FINISHED, and an agent's
 /// updates share group commits instead of taking one each.
-async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound: Streaming<v1::AgentMessage>) {
+async fn serve_agent(
+    shared: Shared,
+    leader: Leader,
+    agent_id: String,
+    session: u64,
+    mut inbound: Streaming<v1::AgentMessage>,
+) {
     // Ping often enough that a silent agent is noticed within its ping timeout.
     let timeout = shared.config.agent_ping_timeout;
     let mut ping = tokio::time::interval(
@@ -299,11 +312,16 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                 if !invalid.is_empty() {
                     // Resending would not make them valid: acknowledged as they came, so that
                     // they do not block the updates queued behind them on the agent.
-                    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(soft) = guard.as_mut() {
-                        for ack in invalid {
-                            soft.send_agent(&agent_id, v1::master_message::Message::AckUpdate(ack));
-                        }
+                    let id = agent_id.clone();
+                    let told = leader
+                        .tell(move |_, soft| {
+                            for ack in invalid {
+                                soft.send_agent(&id, v1::master_message::Message::AckUpdate(ack));
+                            }
+                        })
+                        .await;
+                    if told.is_err() {
+                        break;
                     }
                 }
                 if !statuses.is_empty() {
@@ -330,7 +348,7 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                 let done = in_flight.pop_front().expect("guarded by the condition");
                 statuses_in_flight -= done.statuses.len();
                 let outcome = answer.unwrap_or(Err(crate::raft::write::WriteError::ShuttingDown));
-                finish_statuses(&shared, &agent_id, done.statuses, outcome);
+                finish_statuses(&leader, &agent_id, done.statuses, outcome).await;
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > timeout {
@@ -339,24 +357,32 @@ async fn serve_agent(shared: Shared, agent_id: String, session: u64, mut inbound
                     break;
                 }
                 nonce += 1;
-                let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(soft) = guard.as_mut() else { break };
-                if soft.agents.get(&agent_id).is_none_or(|s| s.session != session) {
+                let id = agent_id.clone();
+                let pinged = leader
+                    .ask(move |_, soft| {
+                        if soft.agents.get(&id).is_none_or(|s| s.session != session) {
+                            return false;
+                        }
+                        soft.send_agent(&id, v1::master_message::Message::Ping(v1::Ping { nonce }));
+                        true
+                    })
+                    .await;
+                if pinged != Ok(true) {
                     break;
                 }
-                soft.send_agent(&agent_id, v1::master_message::Message::Ping(v1::Ping { nonce }));
             }
         }
     }
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(soft) = guard.as_mut() {
-        // A newer session of the agent is not ours to end; one already ended (a message
-        // could not be queued) recorded its end then.
-        if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
-            soft.end_agent_session(&agent_id, std::time::Instant::now());
-            tracing::info!(%agent_id, "agent disconnected");
-        }
-    }
+    let _ = leader
+        .tell(move |_, soft| {
+            // A newer session of the agent is not ours to end; one already ended (a message
+            // could not be queued) recorded its end then.
+            if soft.agents.get(&agent_id).is_some_and(|s| s.session == session) {
+                soft.end_agent_session(&agent_id, std::time::Instant::now());
+                tracing::info!(%agent_id, "agent disconnected");
+            }
+        })
+        .await;
 }
 
 /// The next message of `inbound` if it has already arrived; `None` if none is waiting.
@@ -391,8 +417,10 @@ async fn submit_statuses(
 
 /// Once status updates are committed, acknowledge them to the agent and forward them to
 /// the frameworks. If the commit failed (leadership lost) nothing is acknowledged: the
-/// agent sends them again to the next leader.
-fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus>, outcome: WriteResult) {
+/// agent sends them again to the next leader. The loop is told and not waited for, so the
+/// agent's stream goes on reading meanwhile; jobs run in order, so each update is forwarded
+/// after the ones committed before it.
+async fn finish_statuses(leader: &Leader, agent_id: &str, statuses: Vec<v1::TaskStatus>, outcome: WriteResult) {
     match outcome {
         Ok(outcome) => {
             if let Outcome::Rejected(why) = &outcome {
@@ -403,24 +431,23 @@ fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus
                     "status updates refused; acknowledging them anyway"
                 );
             }
-            for status in &statuses {
-                forward_status(shared, status);
-            }
-            let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(soft) = guard.as_mut() {
-                for status in statuses {
-                    soft.launches.done(&status.framework_id, &status.task_id);
-                    let ack = v1::AckUpdate {
-                        framework_id: status.framework_id,
-                        task_id: status.task_id,
-                        uuid: status.uuid,
-                    };
-                    soft.send_agent(agent_id, v1::master_message::Message::AckUpdate(ack));
-                }
-                soft.touch_agent(agent_id);
-            }
-            drop(guard);
-            shared.allocate_now.notify_one();
+            let agent_id = agent_id.to_string();
+            let _ = leader
+                .tell(move |shared, soft| {
+                    forward_statuses(shared, soft, &statuses);
+                    for status in statuses {
+                        soft.launches.done(&status.framework_id, &status.task_id);
+                        let ack = v1::AckUpdate {
+                            framework_id: status.framework_id,
+                            task_id: status.task_id,
+                            uuid: status.uuid,
+                        };
+                        soft.send_agent(&agent_id, v1::master_message::Message::AckUpdate(ack));
+                    }
+                    soft.touch_agent(&agent_id);
+                    shared.allocate_now.notify_one();
+                })
+                .await;
         }
         Err(e) => {
             tracing::warn!(agent_id, updates = statuses.len(), error = %e, "status updates not committed")
@@ -428,25 +455,25 @@ fn finish_statuses(shared: &Shared, agent_id: &str, statuses: Vec<v1::TaskStatus
     }
 }
 
-/// Send a committed update to its framework, as it stands in the replicated state.
-pub fn forward_status(shared: &Shared, status: &v1::TaskStatus) {
+/// Send committed updates to their frameworks, as they stand in the replicated state.
+fn forward_statuses(shared: &Shared, soft: &mut Soft, statuses: &[v1::TaskStatus]) {
     let state = shared.state.read();
-    let Some(task) = state
-        .app
-        .tasks
-        .get(&(status.framework_id.clone(), status.task_id.clone()))
-    else {
-        return;
-    };
-    let Some(record) = task.unacked.iter().find(|u| u.uuid == status.uuid) else {
-        return;
-    };
-    let wire = task.wire_status(record);
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(soft) = guard.as_mut() {
+    for status in statuses {
+        let Some(task) = state
+            .app
+            .tasks
+            .get(&(status.framework_id.clone(), status.task_id.clone()))
+        else {
+            continue;
+        };
+        let Some(record) = task.unacked.iter().find(|u| u.uuid == status.uuid) else {
+            continue;
+        };
         soft.send_framework(
             &status.framework_id,
-            event(v1::event::Event::Update(v1::Update { status: Some(wire) })),
+            event(v1::event::Event::Update(v1::Update {
+                status: Some(task.wire_status(record)),
+            })),
         );
     }
 }

@@ -95,12 +95,13 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             ack as f64 / 1000.0,
         );
     }
-    let launches = shared
-        .leader
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|soft| (soft.launches.len(), soft.launches.limit()));
+    let launches = match shared.leader.get() {
+        Some(leader) => leader
+            .ask(|_, soft| (soft.launches.len(), soft.launches.limit()))
+            .await
+            .ok(),
+        None => None,
+    };
     if let Some((in_flight, limit)) = launches {
         gauge(
             "corral_launches_in_flight",

@@ -300,13 +300,12 @@ impl Operator for OperatorService {
         let req = req.into_inner();
         let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
-        let connected: std::collections::HashSet<String> = {
-            let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            guard
-                .as_ref()
-                .map(|s| s.agents.keys().cloned().collect())
-                .unwrap_or_default()
-        };
+        let connected: std::collections::HashSet<String> = self
+            .shared
+            .ask(|_, soft| soft.agents.keys().cloned().collect())
+            .await
+            // Leader, its term's loop not started yet: nobody is attached to it.
+            .unwrap_or_default();
         let state = self.shared.state.read();
         let records = state.app.agents.range::<_, String>(page.after_key()).map(|(id, a)| {
             let summary = v1::AgentSummary {
@@ -342,13 +341,12 @@ impl Operator for OperatorService {
         let req = req.into_inner();
         let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
-        let subscribed: std::collections::HashSet<String> = {
-            let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            guard
-                .as_ref()
-                .map(|s| s.frameworks.keys().cloned().collect())
-                .unwrap_or_default()
-        };
+        let subscribed: std::collections::HashSet<String> = self
+            .shared
+            .ask(|_, soft| soft.frameworks.keys().cloned().collect())
+            .await
+            // Leader, its term's loop not started yet: nobody is attached to it.
+            .unwrap_or_default();
         let state = self.shared.state.read();
         let records = state
             .app

@@ -11,7 +11,7 @@ use corral_proto::v1;
 use corral_proto::v1::scheduler_server::Scheduler;
 use tonic::{Request, Response, Status};
 
-use crate::leader::{event, start_resend, FrameworkEvents, FrameworkSession, Soft, FRAMEWORK_HEARTBEAT};
+use crate::leader::{event, start_resend, FrameworkEvents, FrameworkSession, Leader, Soft, FRAMEWORK_HEARTBEAT};
 use crate::node::Shared;
 use crate::raft::types::Outcome;
 use crate::state::FrameworkState;
@@ -26,30 +26,37 @@ impl SchedulerService {
         SchedulerService { shared }
     }
 
-    /// The header names a subscribed framework and its current stream.
-    async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<String, Status> {
+    /// The header names a subscribed framework and its current stream. Returns the
+    /// framework id and the handle of the term it is subscribed in.
+    async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<(String, Leader), Status> {
         self.shared.leader_or_hold().await?;
         let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
         validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
-        let guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-        let soft = guard.as_ref().ok_or_else(|| corral_proto::client::not_leader(None))?;
-        match soft.frameworks.get(&h.framework_id) {
-            None => Err(Status::invalid_argument(format!(
-                "header.framework_id: {} is not subscribed to this leader",
-                h.framework_id
-            ))),
-            Some(s) if s.stream_id != h.stream_id => Err(Status::invalid_argument(
-                "header.stream_id: does not match the framework's current subscription",
-            )),
-            Some(_) => Ok(h.framework_id.clone()),
-        }
+        let leader = self.shared.leading()?;
+        let (framework_id, stream_id) = (h.framework_id.clone(), h.stream_id.clone());
+        let checked = leader
+            .ask(move |_, soft| match soft.frameworks.get(&framework_id) {
+                None => Err(Status::invalid_argument(format!(
+                    "header.framework_id: {framework_id} is not subscribed to this leader"
+                ))),
+                Some(s) if s.stream_id != stream_id => Err(Status::invalid_argument(
+                    "header.stream_id: does not match the framework's current subscription",
+                )),
+                Some(_) => Ok(framework_id),
+            })
+            .await
+            .map_err(|_| self.shared.not_leading())??;
+        Ok((checked, leader))
     }
+}
 
-    fn with_soft<R>(&self, f: impl FnOnce(&mut Soft) -> R) -> Result<R, Status> {
-        let mut guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-        let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
-        Ok(f(soft))
-    }
+/// Run `f` on the soft state of `leader`'s term, or answer with the redirect.
+async fn on_soft<R, F>(shared: &Shared, leader: &Leader, f: F) -> Result<R, Status>
+where
+    R: Send + 'static,
+    F: FnOnce(&Shared, &mut Soft) -> R + Send + 'static,
+{
+    leader.ask(f).await.map_err(|_| shared.not_leading())
 }
 
 type EventStream = FrameworkEvents;
@@ -147,16 +154,17 @@ impl Scheduler for SchedulerService {
         let framework_id = info.framework_id.clone();
         let stream_id = format!("{:032x}", rand::random::<u128>());
         let (session, events, gone) = FrameworkSession::new(stream_id.clone());
-        {
-            let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-            let soft = guard.as_mut().ok_or_else(|| corral_proto::client::not_leader(None))?;
+        let leader = shared.leading()?;
+        let (id, stream, suppressed) = (framework_id.clone(), stream_id.clone(), req.suppressed);
+        on_soft(shared, &leader, move |shared, soft| {
+            let (framework_id, stream_id) = (id, stream);
             if let Some(old) = soft.end_framework_session(&framework_id, std::time::Instant::now()) {
                 let _ = old.tx.try_send(Ok(event(v1::event::Event::Error(v1::Error {
                     message: "replaced by a newer subscription of this framework".into(),
                 }))));
             }
             soft.frameworks.insert(framework_id.clone(), session);
-            if req.suppressed {
+            if suppressed {
                 soft.suppressed.insert(framework_id.clone());
             }
             soft.full_pass = true;
@@ -175,16 +183,17 @@ impl Scheduler for SchedulerService {
             if let Some(session) = soft.frameworks.get(&framework_id) {
                 start_resend(shared, &framework_id, session);
             }
-        }
+        })
+        .await?;
         tracing::info!(%framework_id, name = %info.name, role = %info.role, failover, "framework subscribed");
         shared.allocate_now.notify_one();
-        tokio::spawn(watch_framework(shared.clone(), framework_id, stream_id, gone));
+        tokio::spawn(watch_framework(shared.clone(), leader, framework_id, stream_id, gone));
         Ok(Response::new(events))
     }
 
     async fn accept(&self, req: Request<v1::AcceptRequest>) -> Result<Response<v1::AcceptResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref()).await?;
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
         if req.offer_ids.is_empty() {
             return Err(Status::invalid_argument("offer_ids: at least one offer is required"));
         }
@@ -204,12 +213,15 @@ impl Scheduler for SchedulerService {
                 None => return Err(Status::invalid_argument(format!("operations[{i}]: no operation given"))),
             }
         }
-        // Check the offers and the tasks, then consume the offers, all under the lock so
-        // that two accepts cannot use the same offer.
-        let (agent_id, term, asked) = self.with_soft(|soft| -> Result<(String, u64, Resources), Status> {
+        // Check the offers and the tasks, then consume the offers, all in one job of the
+        // term's loop, so that two accepts cannot use the same offer.
+        let offer_ids = req.offer_ids;
+        let id = framework_id.clone();
+        let (agent_id, asked, tasks) = on_soft(&self.shared, &leader, move |_, soft| -> Result<(String, Resources, Vec<v1::TaskInfo>), Status> {
+            let framework_id = id;
             let mut agent: Option<String> = None;
             let mut held = Resources::new();
-            for (i, id) in req.offer_ids.iter().enumerate() {
+            for (i, id) in offer_ids.iter().enumerate() {
                 if let Some(t) = Soft::offer_term(id) {
                     if t != soft.term {
                         return Err(Status::failed_precondition(format!(
@@ -242,7 +254,7 @@ impl Scheduler for SchedulerService {
                     )));
                 }
             }
-            for id in &req.offer_ids {
+            for id in &offer_ids {
                 soft.take_offer(id);
             }
             if let Some(until) = filter_until(refuse) {
@@ -251,8 +263,9 @@ impl Scheduler for SchedulerService {
             soft.reserve_launch(&agent, &asked);
             soft.launches
                 .start(&framework_id, tasks.iter().map(|t| t.task_id.as_str()), Instant::now());
-            Ok((agent, soft.term, asked))
-        })??;
+            Ok((agent, asked, tasks))
+        })
+        .await??;
         let checked = Instant::now();
         // S2 pre-check against the replicated state (apply checks again).
         let reused = {
@@ -267,7 +280,7 @@ impl Scheduler for SchedulerService {
                 "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
                 t.task_id
             );
-            release_launch(&self.shared, term, &framework_id, &agent_id, &asked, &tasks, None);
+            release_launch(&leader, &framework_id, &agent_id, &asked, &tasks, None).await;
             self.shared.allocate_now.notify_one();
             return Err(Status::invalid_argument(message));
         }
@@ -282,7 +295,7 @@ impl Scheduler for SchedulerService {
         // would never be released.
         let launch = Launch {
             shared: self.shared.clone(),
-            term,
+            leader,
             framework_id,
             agent_id,
             asked,
@@ -297,11 +310,12 @@ impl Scheduler for SchedulerService {
 
     async fn decline(&self, req: Request<v1::DeclineRequest>) -> Result<Response<v1::DeclineResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref()).await?;
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
         validate::offer_ids("offer_ids", &req.offer_ids).map_err(Status::invalid_argument)?;
         let refuse = validate::refuse_seconds("filters", req.filters.as_ref()).map_err(Status::invalid_argument)?;
-        self.with_soft(|soft| {
-            for id in &req.offer_ids {
+        let offer_ids = req.offer_ids;
+        on_soft(&self.shared, &leader, move |_, soft| {
+            for id in &offer_ids {
                 // Declining an offer that is already gone is harmless, as in Mesos.
                 if soft.offers.get(id).is_some_and(|o| o.framework_id == framework_id) {
                     if let Some(o) = soft.take_offer(id) {
@@ -311,31 +325,36 @@ impl Scheduler for SchedulerService {
                     }
                 }
             }
-        })?;
+        })
+        .await?;
         self.shared.allocate_now.notify_one();
         Ok(Response::new(v1::DeclineResponse {}))
     }
 
     async fn revive(&self, req: Request<v1::ReviveRequest>) -> Result<Response<v1::ReviveResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
-        self.with_soft(|soft| {
+        let (framework_id, leader) = self.check_header(req.get_ref().header.as_ref()).await?;
+        on_soft(&self.shared, &leader, move |_, soft| {
             soft.suppressed.remove(&framework_id);
             soft.filters.remove(&framework_id);
             soft.full_pass = true;
-        })?;
+        })
+        .await?;
         self.shared.allocate_now.notify_one();
         Ok(Response::new(v1::ReviveResponse {}))
     }
 
     async fn suppress(&self, req: Request<v1::SuppressRequest>) -> Result<Response<v1::SuppressResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
-        self.with_soft(|soft| soft.suppressed.insert(framework_id))?;
+        let (framework_id, leader) = self.check_header(req.get_ref().header.as_ref()).await?;
+        on_soft(&self.shared, &leader, move |_, soft| {
+            soft.suppressed.insert(framework_id)
+        })
+        .await?;
         Ok(Response::new(v1::SuppressResponse {}))
     }
 
     async fn kill(&self, req: Request<v1::KillRequest>) -> Result<Response<v1::KillResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref()).await?;
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
         validate::id("task_id", &req.task_id).map_err(Status::invalid_argument)?;
         let (agent_id, terminal) = {
             let state = self.shared.state.read();
@@ -349,16 +368,15 @@ impl Scheduler for SchedulerService {
             (task.agent_id.clone(), task.is_terminal())
         };
         if !terminal {
-            self.with_soft(|soft| {
-                soft.send_agent(
-                    &agent_id,
-                    v1::master_message::Message::KillTask(v1::KillTask {
-                        framework_id,
-                        task_id: req.task_id.clone(),
-                        kill_grace_period_ms: req.kill_grace_period_ms,
-                    }),
-                )
-            })?;
+            let kill = v1::KillTask {
+                framework_id,
+                task_id: req.task_id,
+                kill_grace_period_ms: req.kill_grace_period_ms,
+            };
+            on_soft(&self.shared, &leader, move |_, soft| {
+                soft.send_agent(&agent_id, v1::master_message::Message::KillTask(kill))
+            })
+            .await?;
         }
         Ok(Response::new(v1::KillResponse {}))
     }
@@ -368,7 +386,7 @@ impl Scheduler for SchedulerService {
         req: Request<v1::AcknowledgeRequest>,
     ) -> Result<Response<v1::AcknowledgeResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref()).await?;
+        let (framework_id, _) = self.check_header(req.header.as_ref()).await?;
         let acks = acknowledgements(&framework_id, req)?;
         let kind = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses { acks });
         if let Outcome::Rejected(why) = self.shared.write(kind).await? {
@@ -379,7 +397,7 @@ impl Scheduler for SchedulerService {
 
     async fn reconcile(&self, req: Request<v1::ReconcileRequest>) -> Result<Response<v1::ReconcileResponse>, Status> {
         let req = req.into_inner();
-        let framework_id = self.check_header(req.header.as_ref()).await?;
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
         validate::reconcile_tasks("tasks", &req.tasks).map_err(Status::invalid_argument)?;
         self.shared.linearizable().await?;
         let statuses: Vec<v1::TaskStatus> = {
@@ -421,23 +439,28 @@ impl Scheduler for SchedulerService {
                     .collect()
             }
         };
-        self.with_soft(|soft| {
-            for s in &statuses {
+        let sent = statuses.clone();
+        on_soft(&self.shared, &leader, move |_, soft| {
+            for s in sent {
                 soft.send_framework(
                     &framework_id,
-                    event(v1::event::Event::Update(v1::Update {
-                        status: Some(s.clone()),
-                    })),
+                    event(v1::event::Event::Update(v1::Update { status: Some(s) })),
                 );
             }
-        })?;
+        })
+        .await?;
         Ok(Response::new(v1::ReconcileResponse { statuses }))
     }
 
     async fn teardown(&self, req: Request<v1::TeardownRequest>) -> Result<Response<v1::TeardownResponse>, Status> {
-        let framework_id = self.check_header(req.get_ref().header.as_ref()).await?;
-        if let Outcome::Rejected(why) =
-            crate::leader::teardown(&self.shared, &framework_id, "the framework asked to be torn down").await?
+        let (framework_id, leader) = self.check_header(req.get_ref().header.as_ref()).await?;
+        if let Outcome::Rejected(why) = crate::leader::teardown(
+            &self.shared,
+            &leader,
+            &framework_id,
+            "the framework asked to be torn down",
+        )
+        .await?
         {
             return Err(Status::failed_precondition(why));
         }
@@ -448,7 +471,8 @@ impl Scheduler for SchedulerService {
 /// An accepted launch on its way: committed through Raft, then sent to its agent.
 struct Launch {
     shared: Shared,
-    term: u64,
+    /// The term whose offers it used: its reservation lives in that term's soft state.
+    leader: Leader,
     framework_id: String,
     agent_id: String,
     /// The resources reserved for it on the agent.
@@ -468,34 +492,33 @@ impl Launch {
         let written = self.shared.write(v1::command::Kind::LaunchTasks(command)).await;
         let committed = matches!(written, Ok(Outcome::Applied)).then(|| self.checked.elapsed());
         release_launch(
-            &self.shared,
-            self.term,
+            &self.leader,
             &self.framework_id,
             &self.agent_id,
             &self.asked,
             &self.tasks,
             committed,
-        );
+        )
+        .await;
         if let Outcome::Rejected(why) = written? {
             return Err(Status::failed_precondition(why));
         }
         let ids: Vec<String> = self.tasks.iter().map(|t| t.task_id.clone()).collect();
-        let mut guard = self.shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-        let soft = guard
-            .as_mut()
-            .filter(|soft| soft.term == self.term)
-            .ok_or_else(|| corral_proto::client::not_leader(None))?;
-        for task in self.tasks {
-            soft.send_agent(
-                &self.agent_id,
-                v1::master_message::Message::RunTask(v1::RunTask {
-                    framework_id: self.framework_id.clone(),
-                    task: Some(task),
-                    framework: None,
-                }),
-            );
-        }
-        tracing::debug!(framework_id = %self.framework_id, agent_id = %self.agent_id, tasks = ids.len(), "tasks launched");
+        let (framework_id, agent_id, tasks) = (self.framework_id, self.agent_id, self.tasks);
+        on_soft(&self.shared, &self.leader, move |_, soft| {
+            tracing::debug!(%framework_id, %agent_id, tasks = tasks.len(), "tasks launched");
+            for task in tasks {
+                soft.send_agent(
+                    &agent_id,
+                    v1::master_message::Message::RunTask(v1::RunTask {
+                        framework_id: framework_id.clone(),
+                        task: Some(task),
+                        framework: None,
+                    }),
+                );
+            }
+        })
+        .await?;
         Ok(ids)
     }
 }
@@ -503,34 +526,50 @@ impl Launch {
 /// A launch was committed (`committed`: how long it took) or refused: its reservation on
 /// the agent ends (committed, the resources are in the agent's `used`), and a launch that
 /// was not committed is no longer in flight.
-fn release_launch(
-    shared: &Shared,
-    term: u64,
+///
+/// A term that has ended has no reservation left to release.
+async fn release_launch(
+    leader: &Leader,
     framework_id: &str,
     agent_id: &str,
     asked: &Resources,
     tasks: &[v1::TaskInfo],
     committed: Option<Duration>,
 ) {
-    let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(soft) = guard.as_mut().filter(|soft| soft.term == term) else {
-        return;
+    let (framework_id, agent_id, asked) = (framework_id.to_string(), agent_id.to_string(), asked.clone());
+    let not_committed: Vec<String> = match committed {
+        Some(_) => Vec::new(),
+        None => tasks.iter().map(|t| t.task_id.clone()).collect(),
     };
-    soft.release_launch(agent_id, asked);
-    match committed {
-        Some(took) => soft.launches.committed(took),
-        None => {
-            for t in tasks {
-                soft.launches.done(framework_id, &t.task_id);
+    let _ = leader
+        .tell(move |_, soft| {
+            soft.release_launch(&agent_id, &asked);
+            match committed {
+                Some(took) => soft.launches.committed(took),
+                None => {
+                    for task_id in &not_committed {
+                        soft.launches.done(&framework_id, task_id);
+                    }
+                }
             }
-        }
-    }
+        })
+        .await;
+}
+
+/// What a heartbeat found.
+enum Beat {
+    Sent,
+    /// The session ended: record the disconnection.
+    Ended,
+    /// A newer subscription replaced it, or the term ended: nothing to record here.
+    Replaced,
 }
 
 /// Heartbeat a framework's stream; when the framework goes away, drop its session and
 /// record the disconnection (its failover timeout starts).
 async fn watch_framework(
     shared: Shared,
+    leader: Leader,
     framework_id: String,
     stream_id: String,
     mut gone: tokio::sync::oneshot::Receiver<()>,
@@ -541,38 +580,45 @@ async fn watch_framework(
         tokio::select! {
             _ = &mut gone => break,
             _ = beat.tick() => {
-                let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(soft) = guard.as_mut() else { return };
-                match soft.frameworks.get(&framework_id) {
-                    Some(s) if s.stream_id == stream_id => {}
-                    // Replaced by a newer subscription: that one's watcher takes over.
-                    Some(_) => return,
-                    // Ended (an event could not be queued): record the disconnection.
-                    None => break,
-                }
-                if !soft.send_framework(&framework_id, event(v1::event::Event::Heartbeat(v1::Heartbeat {}))) {
-                    break;
+                let (id, stream) = (framework_id.clone(), stream_id.clone());
+                let beat = leader
+                    .ask(move |_, soft| match soft.frameworks.get(&id) {
+                        Some(s) if s.stream_id == stream => {
+                            if soft.send_framework(&id, event(v1::event::Event::Heartbeat(v1::Heartbeat {}))) {
+                                Beat::Sent
+                            } else {
+                                Beat::Ended
+                            }
+                        }
+                        // Replaced by a newer subscription: that one's watcher takes over.
+                        Some(_) => Beat::Replaced,
+                        // Ended (an event could not be queued): record the disconnection.
+                        None => Beat::Ended,
+                    })
+                    .await;
+                match beat {
+                    Ok(Beat::Sent) => {}
+                    Ok(Beat::Ended) => break,
+                    Ok(Beat::Replaced) | Err(_) => return,
                 }
             }
         }
     }
-    let ours = {
-        let mut guard = shared.leader.lock().unwrap_or_else(|p| p.into_inner());
-        match guard.as_mut() {
-            Some(soft) => match soft.frameworks.get(&framework_id) {
-                Some(s) if s.stream_id == stream_id => {
-                    soft.end_framework_session(&framework_id, std::time::Instant::now());
-                    true
-                }
-                // A newer subscription replaced this one.
-                Some(_) => false,
-                // Ended already (an event could not be queued, which recorded when) or torn
-                // down: the disconnection is still to be recorded in the first case.
-                None => true,
-            },
-            None => false,
-        }
-    };
+    let (id, stream) = (framework_id.clone(), stream_id.clone());
+    let ours = leader
+        .ask(move |_, soft| match soft.frameworks.get(&id) {
+            Some(s) if s.stream_id == stream => {
+                soft.end_framework_session(&id, std::time::Instant::now());
+                true
+            }
+            // A newer subscription replaced this one.
+            Some(_) => false,
+            // Ended already (an event could not be queued, which recorded when) or torn
+            // down: the disconnection is still to be recorded in the first case.
+            None => true,
+        })
+        .await
+        .unwrap_or(false);
     if ours {
         tracing::info!(%framework_id, "framework disconnected");
         let connected = shared

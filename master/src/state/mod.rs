@@ -141,6 +141,17 @@ impl ClusterState {
     }
 }
 
+/// Whether this master version applies `command`'s kind. `apply_command` refuses the others
+/// (deterministically), but a committed one halts apply before it gets there
+/// (`StateMachine::decode`): a newer master may apply it.
+pub fn handled(command: &v1::Command) -> bool {
+    use v1::command::Kind;
+    !matches!(
+        command.kind,
+        None | Some(Kind::RemoveAgent(_)) | Some(Kind::DrainAgent(_))
+    )
+}
+
 /// The name of a command kind, for logs and errors.
 pub fn kind_name(kind: &v1::command::Kind) -> &'static str {
     use v1::command::Kind;

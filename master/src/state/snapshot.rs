@@ -133,8 +133,26 @@ impl ClusterState {
 impl StateMachine<CorralRaft> for ClusterState {
     type Decoded = v1::CommandBatch;
 
-    fn decode(_log_id: &LogId<u64>, data: &Proposal) -> Result<v1::CommandBatch, String> {
-        data.decode().map_err(|e| e.to_string())
+    /// A batch this master cannot apply as written (undecodable, or holding a command of a
+    /// kind it does not handle: written by a newer master) is an error, and the store then
+    /// stops this master's Raft: applying the rest and skipping that command would leave
+    /// this replica different from the masters that understood it (a rolling upgrade
+    /// must upgrade every master before the leader proposes a new kind).
+    fn decode(log_id: &LogId<u64>, data: &Proposal) -> Result<v1::CommandBatch, String> {
+        let batch = data.decode().map_err(|e| e.to_string())?;
+        if let Some((i, c)) = batch.commands.iter().enumerate().find(|(_, c)| !super::handled(c)) {
+            let kind = c.kind.as_ref().map_or("of an unknown kind", super::kind_name);
+            tracing::error!(
+                index = log_id.index,
+                command = i,
+                kind,
+                "a committed command this master cannot apply: stopping its apply (upgrade this master)"
+            );
+            return Err(format!(
+                "command {i} ({kind}) is not handled by this master version; it was written by a newer master"
+            ));
+        }
+        Ok(batch)
     }
 
     fn apply_cost(batch: &v1::CommandBatch) -> usize {

@@ -725,3 +725,24 @@ fn random_commands_keep_the_invariants_and_the_hash() {
     let back = ClusterState::decode(&s.encode()).unwrap();
     assert_eq!(back.hash(), s.hash());
 }
+
+#[test]
+fn a_batch_with_a_command_this_master_does_not_handle_halts_apply() {
+    use corral_raft_store::StateMachine;
+    let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 5);
+    let known = v1::Command {
+        timestamp_ms: 1,
+        kind: Some(v1::command::Kind::SetWeights(v1::SetWeights::default())),
+    };
+    let ok = crate::raft::types::Proposal::of(vec![known.clone()]);
+    assert!(<ClusterState as StateMachine<crate::raft::types::CorralRaft>>::decode(&log_id, &ok).is_ok());
+    // An unknown kind (from a newer master) decodes with no kind: refused, never skipped.
+    let unknown = v1::Command {
+        timestamp_ms: 1,
+        kind: None,
+    };
+    let bad = crate::raft::types::Proposal::of(vec![known, unknown]);
+    let err = <ClusterState as StateMachine<crate::raft::types::CorralRaft>>::decode(&log_id, &bad)
+        .expect_err("an unknown command kind must stop apply");
+    assert!(err.contains("command 1"), "{err}");
+}

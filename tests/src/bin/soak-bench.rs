@@ -76,6 +76,31 @@ fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// How often the leader's RSS and data dir are sampled. A minute's figures are the means of
+/// its samples: the log grows and is purged once per snapshot (every 10,000 entries, about
+/// half a minute at full churn), so a single sample a minute would land anywhere on that
+/// sawtooth.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The current leader's RSS and data-dir size, in MiB (None while there is no leader).
+async fn sample_leader(cluster: &Cluster, ids: &[u64]) -> Option<(f64, f64)> {
+    let leader = cluster.leader_among(ids).await?;
+    let m = &cluster.masters[&leader];
+    let rss = m.pid().and_then(rss_mib)?;
+    Some((rss, disk_bytes(&m.data_dir) as f64 / (1024.0 * 1024.0)))
+}
+
+/// The mean, lowest and highest of some samples (NaN when there are none).
+fn mean_and_range(v: impl Iterator<Item = f64>) -> (f64, (f64, f64)) {
+    let (n, sum, lo, hi) = v.fold((0usize, 0.0, f64::MAX, f64::MIN), |(n, sum, lo, hi), x| {
+        (n + 1, sum + x, lo.min(x), hi.max(x))
+    });
+    if n == 0 {
+        return (f64::NAN, (f64::NAN, f64::NAN));
+    }
+    (sum / n as f64, (lo, hi))
+}
+
 /// A gauge of the leader's /metrics with these labels, summed.
 fn metric(body: &str, name: &str, label: &str) -> Option<f64> {
     body.lines()
@@ -86,8 +111,12 @@ fn metric(body: &str, name: &str, label: &str) -> Option<f64> {
 
 struct Minute {
     minute: u64,
+    /// Means of the samples taken each second of the minute.
     rss_mib: f64,
     data_dir_mib: f64,
+    /// The lowest and highest sample of the minute.
+    rss_range: (f64, f64),
+    dir_range: (f64, f64),
     snapshot_mib: f64,
     tasks: f64,
     tasks_per_s: f64,
@@ -117,7 +146,7 @@ async fn soak() {
     };
     let _ = writeln!(
         csv,
-        "minute,leader_rss_mib,data_dir_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms"
+        "minute,leader_rss_mib,leader_rss_min_mib,leader_rss_max_mib,data_dir_mib,data_dir_min_mib,data_dir_max_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms"
     );
     let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
     let ids = [1, 2, 3];
@@ -151,8 +180,16 @@ async fn soak() {
     for minute in 1..=args.minutes {
         let until = start + Duration::from_secs(60 * minute);
         let mut killed = false;
+        let mut samples: Vec<(f64, f64)> = Vec::new();
+        let mut next_sample = Instant::now();
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if Instant::now() >= next_sample {
+                next_sample += SAMPLE_EVERY;
+                if let Some(sample) = sample_leader(&cluster, &ids).await {
+                    samples.push(sample);
+                }
+            }
             let kill_due = args.kill_every > 0 && minute % args.kill_every == 0 && !killed;
             if kill_due && until.saturating_duration_since(Instant::now()) < Duration::from_secs(30) {
                 killed = true;
@@ -185,8 +222,8 @@ async fn soak() {
         }
         let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
         let m = &cluster.masters[&leader];
-        let rss = m.pid().and_then(rss_mib).unwrap_or(f64::NAN);
-        let dir = disk_bytes(&m.data_dir) as f64 / (1024.0 * 1024.0);
+        let (rss, rss_range) = mean_and_range(samples.iter().map(|s| s.0));
+        let (dir, dir_range) = mean_and_range(samples.iter().map(|s| s.1));
         let snap = std::fs::metadata(m.data_dir.join("snapshots/current.snap"))
             .map_or(0.0, |s| s.len() as f64 / (1024.0 * 1024.0));
         let body = cluster
@@ -204,6 +241,8 @@ async fn soak() {
             minute,
             rss_mib: rss,
             data_dir_mib: dir,
+            rss_range,
+            dir_range,
             snapshot_mib: snap,
             tasks,
             tasks_per_s,
@@ -215,8 +254,18 @@ async fn soak() {
         );
         let _ = writeln!(
             csv,
-            "{},{:.1},{:.2},{:.3},{},{:.1},{:.2}",
-            row.minute, row.rss_mib, row.data_dir_mib, row.snapshot_mib, row.tasks, row.tasks_per_s, row.p99_ms
+            "{},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.3},{},{:.1},{:.2}",
+            row.minute,
+            row.rss_mib,
+            row.rss_range.0,
+            row.rss_range.1,
+            row.data_dir_mib,
+            row.dir_range.0,
+            row.dir_range.1,
+            row.snapshot_mib,
+            row.tasks,
+            row.tasks_per_s,
+            row.p99_ms
         );
         rows.push(row);
     }
@@ -238,6 +287,15 @@ async fn soak() {
     println!(
         "last {} minutes: leader RSS {rss:.0} MiB ({rss_lo:+.1} % / {rss_hi:+.1} %), data dir {dir:.1} MiB ({dir_lo:+.1} % / {dir_hi:+.1} %)",
         half.len()
+    );
+    let lowest = |f: &dyn Fn(&Minute) -> f64| half.iter().map(f).fold(f64::MAX, f64::min);
+    let highest = |f: &dyn Fn(&Minute) -> f64| half.iter().map(f).fold(f64::MIN, f64::max);
+    println!(
+        "single samples in those minutes: leader RSS {:.0}-{:.0} MiB, data dir {:.1}-{:.1} MiB (the snapshot cycle's sawtooth)",
+        lowest(&|m| m.rss_range.0),
+        highest(&|m| m.rss_range.1),
+        lowest(&|m| m.dir_range.0),
+        highest(&|m| m.dir_range.1)
     );
     println!(
         "p99: {:.1} ms in the first third of them, {:.1} ms in the last",
