@@ -226,17 +226,6 @@ impl Shared {
         self.leading()?.ask(f).await.map_err(|_| self.not_leading())
     }
 
-    /// Queue `f` for the current term's soft state; false if this master does not lead.
-    pub async fn tell<F>(&self, f: F) -> bool
-    where
-        F: FnOnce(&Shared, &mut crate::leader::Soft) + Send + 'static,
-    {
-        match self.leader.get() {
-            Some(leader) => leader.tell(f).await.is_ok(),
-            None => false,
-        }
-    }
-
     /// The current state hash and the applied index it belongs to.
     pub fn applied_and_hash(&self) -> (u64, String) {
         let applied = self.state.read();
