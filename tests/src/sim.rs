@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use corral_proto::client::Masters;
 use corral_proto::resources::Resources;
-use corral_proto::scheduler::{next_batch, ACKS_PER_CALL};
+use corral_proto::scheduler::{next_batch, ACKS_PER_CALL, ACK_QUEUE};
 use corral_proto::v1;
 use corral_proto::v1::agents_client::AgentsClient;
 use corral_proto::v1::scheduler_client::SchedulerClient;
@@ -116,6 +116,7 @@ impl Fleet {
         self.state.tasks.load(Ordering::Relaxed)
     }
 
+    /// Stop every simulated agent and wait for them to end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for h in self.handles {
@@ -277,13 +278,20 @@ pub enum Mode {
     /// Keep every offer (never accept or decline): for watching offers arrive.
     Hold,
     /// Launch `per_agent` long tasks on each agent once, then hold.
-    Populate { per_agent: usize },
+    Populate {
+        /// Tasks per agent.
+        per_agent: usize,
+    },
     /// Launch up to `per_offer` short tasks from every offer, as fast as offers come.
-    Churn { per_offer: usize },
+    Churn {
+        /// Most tasks launched from one offer.
+        per_offer: usize,
+    },
 }
 
 /// Each simulated task asks for this much.
 pub const TASK_CPUS: f64 = 0.01;
+/// Memory of each simulated task, in MiB.
 pub const TASK_MEM: f64 = 1.0;
 
 #[derive(Default)]
@@ -315,15 +323,20 @@ pub struct SimFramework {
 /// Counters of a simulated framework.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
+    /// Tasks whose launch was committed.
     pub launched: u64,
+    /// Tasks reported RUNNING.
     pub running: u64,
+    /// Tasks reported FINISHED.
     pub finished: u64,
+    /// Launches the master refused.
     pub refused: u64,
     /// Acknowledgements in flight.
     pub acks_pending: u64,
 }
 
 impl SimFramework {
+    /// Subscribe a simulated framework `name` to `masters` and run it in `mode`.
     pub fn start(masters: &[String], name: &str, mode: Mode) -> SimFramework {
         let state = Arc::new(FrameworkState::default());
         let (stop, stopped) = watch::channel(false);
@@ -348,6 +361,7 @@ impl SimFramework {
             .min()
     }
 
+    /// Its counts so far.
     pub fn counts(&self) -> Counts {
         Counts {
             launched: self.state.launched.load(Ordering::Relaxed),
@@ -369,6 +383,7 @@ impl SimFramework {
         std::mem::take(&mut *lock(&self.state.accept_latencies))
     }
 
+    /// Stop the framework and wait for its loop to end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.handle.await;
@@ -578,7 +593,7 @@ impl FrameworkRun {
         });
     }
 
-    fn on_update(&self, acks: &mpsc::UnboundedSender<v1::Acknowledgement>, s: v1::TaskStatus) {
+    fn on_update(&self, acks: &mpsc::Sender<v1::Acknowledgement>, s: v1::TaskStatus) {
         let now = Instant::now();
         if s.state == v1::TaskState::TaskRunning as i32 {
             self.state.running.fetch_add(1, Ordering::Relaxed);
@@ -594,17 +609,21 @@ impl FrameworkRun {
             return;
         }
         self.state.acks_pending.fetch_add(1, Ordering::Relaxed);
-        let _ = acks.send(v1::Acknowledgement {
+        let ack = v1::Acknowledgement {
             agent_id: s.agent_id,
             task_id: s.task_id,
             uuid: s.uuid,
-        });
+        };
+        // As the SDK does: a full queue drops the ack, and the master resends the update.
+        if acks.try_send(ack).is_err() {
+            self.state.acks_pending.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Acknowledge the updates of subscription `header` as they are queued, as the SDK
     /// does: one call at a time, each carrying what queued up while the last was in flight.
-    fn spawn_acker(&self, header: v1::CallHeader) -> mpsc::UnboundedSender<v1::Acknowledgement> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
+    fn spawn_acker(&self, header: v1::CallHeader) -> mpsc::Sender<v1::Acknowledgement> {
+        let (tx, mut rx) = mpsc::channel::<v1::Acknowledgement>(ACK_QUEUE);
         let this = self.clone();
         tokio::spawn(async move {
             while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {

@@ -7,11 +7,15 @@
 //! failover of the framework, and its tasks are kept. The [`Driver`] handed to every
 //! callback queues calls (accept, decline, kill, ...); they are sent in order by the run
 //! loop, and failures come back through [`Scheduler::error`].
+//!
+//! Files: this one holds the [`Scheduler`] trait and the run loop (subscribe, dispatch
+//! events, send calls, re-subscribe); `driver.rs` the [`Driver`] and its bounded call queue;
+//! `acknowledger.rs` the acknowledgements sent off the event loop; `placement.rs` the
+//! framework-side placement policies (data locality, delay scheduling).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
@@ -19,12 +23,19 @@ use crate::client::Masters;
 use crate::v1;
 use crate::v1::scheduler_client::SchedulerClient;
 
+mod acknowledger;
+mod driver;
+pub mod placement;
+
+use acknowledger::Acker;
+pub use acknowledger::{next_batch, ACKS_PER_CALL, ACK_QUEUE};
+use driver::Call;
+pub use driver::{Driver, DRIVER_QUEUE};
+
 /// How long to keep looking for a leader before reporting it and trying again.
 const FIND_LEADER: Duration = Duration::from_secs(10);
 /// Missing this many heartbeat intervals means the stream is dead.
 const HEARTBEATS_MISSED: u32 = 3;
-/// Most acknowledgements sent in one call (the master takes up to 1,024).
-pub const ACKS_PER_CALL: usize = 256;
 
 /// What a framework does with events. Every method gets the [`Driver`] to act with.
 pub trait Scheduler: Send {
@@ -32,7 +43,9 @@ pub trait Scheduler: Send {
     fn registered(&mut self, _driver: &Driver, _framework_id: &str, _master: &v1::MasterInfo) {}
     /// Subscribed again after a leader failover or a lost stream.
     fn reregistered(&mut self, _driver: &Driver, _master: &v1::MasterInfo) {}
+    /// Offers made to this framework; accept or decline them through `driver`.
     fn offers(&mut self, driver: &Driver, offers: Vec<v1::Offer>);
+    /// An offer was taken back (the agent went away, or it timed out).
     fn rescinded(&mut self, _driver: &Driver, _offer_id: &str) {}
     /// A status update; it is acknowledged after this returns.
     fn status_update(&mut self, driver: &Driver, status: &v1::TaskStatus);
@@ -49,88 +62,13 @@ pub trait Scheduler: Send {
     fn disconnected(&mut self, _driver: &Driver) {}
 }
 
-enum Call {
-    Accept {
-        offer_ids: Vec<String>,
-        tasks: Vec<v1::TaskInfo>,
-        refuse_seconds: Option<f64>,
-    },
-    Decline {
-        offer_ids: Vec<String>,
-        refuse_seconds: Option<f64>,
-    },
-    Kill {
-        task_id: String,
-        agent_id: String,
-    },
-    Reconcile(Vec<v1::ReconcileTask>),
-    Revive,
-    Suppress,
-    Stop {
-        teardown: bool,
-    },
-}
-
-/// The handle a scheduler acts with. Calls are queued and sent in order.
-#[derive(Clone)]
-pub struct Driver {
-    tx: mpsc::UnboundedSender<Call>,
-}
-
-impl Driver {
-    fn send(&self, call: Call) {
-        // The run loop owns the receiver for as long as callbacks can be called.
-        let _ = self.tx.send(call);
-    }
-
-    /// Launch `tasks` on `offer_ids` (all of one agent); unused resources are filtered for
-    /// `refuse_seconds` (the master's default, 5 s, when None).
-    pub fn accept(&self, offer_ids: Vec<String>, tasks: Vec<v1::TaskInfo>, refuse_seconds: Option<f64>) {
-        self.send(Call::Accept {
-            offer_ids,
-            tasks,
-            refuse_seconds,
-        });
-    }
-
-    pub fn decline(&self, offer_ids: Vec<String>, refuse_seconds: Option<f64>) {
-        self.send(Call::Decline {
-            offer_ids,
-            refuse_seconds,
-        });
-    }
-
-    pub fn kill(&self, task_id: &str, agent_id: &str) {
-        self.send(Call::Kill {
-            task_id: task_id.into(),
-            agent_id: agent_id.into(),
-        });
-    }
-
-    /// Explicit reconciliation of `tasks`, or implicit (all tasks) when empty.
-    pub fn reconcile(&self, tasks: Vec<v1::ReconcileTask>) {
-        self.send(Call::Reconcile(tasks));
-    }
-
-    pub fn revive(&self) {
-        self.send(Call::Revive);
-    }
-
-    pub fn suppress(&self) {
-        self.send(Call::Suppress);
-    }
-
-    /// End the run loop; with `teardown`, unregister the framework and kill its tasks.
-    pub fn stop(&self, teardown: bool) {
-        self.send(Call::Stop { teardown });
-    }
-}
-
 /// Why [`run`] ended without being stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// The master refused the subscription (an invalid or unknown framework).
     #[error("the master refused the framework: {0}")]
     Refused(String),
+    /// The framework was torn down.
     #[error("the framework was removed: {0}")]
     Removed(String),
 }
@@ -142,8 +80,7 @@ pub async fn run<S: Scheduler>(
     mut scheduler: S,
 ) -> Result<S, DriverError> {
     let client = Arc::new(Masters::new(masters, Duration::from_secs(10)));
-    let (tx, mut calls) = mpsc::unbounded_channel();
-    let driver = Driver { tx };
+    let (driver, mut calls) = Driver::new();
     let mut subscribed_once = false;
     loop {
         let request = v1::SubscribeRequest {
@@ -222,6 +159,7 @@ pub async fn run<S: Scheduler>(
                         }
                         Some(v1::event::Event::Message(_)) | Some(v1::event::Event::Failure(_)) | Some(v1::event::Event::Heartbeat(_)) | None => {}
                     }
+                    report_overflow(&mut scheduler, &driver);
                 }
                 // Calls wait for SUBSCRIBED: every call names the framework and its stream.
                 Some(c) = calls.recv(), if !header.framework_id.is_empty() => {
@@ -235,6 +173,7 @@ pub async fn run<S: Scheduler>(
                     if perform(&client, &header, c, &mut scheduler, &driver).await {
                         return Ok(scheduler);
                     }
+                    report_overflow(&mut scheduler, &driver);
                 }
             }
         };
@@ -243,65 +182,21 @@ pub async fn run<S: Scheduler>(
     }
 }
 
-/// Wait for the next item of `rx`, then take whatever else is already queued, up to `most`
-/// in all: a batch as large as what arrived during the caller's last call. `None` once the
-/// senders are gone and the queue is empty.
-pub async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, most: usize) -> Option<Vec<T>> {
-    let mut batch = vec![rx.recv().await?];
-    while batch.len() < most {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
+/// Tell the scheduler about calls its last callback queued beyond [`DRIVER_QUEUE`].
+fn report_overflow<S: Scheduler>(scheduler: &mut S, driver: &Driver) {
+    let overflow = driver.take_overflow();
+    if overflow.calls == 0 {
+        return;
     }
-    Some(batch)
-}
-
-/// Acknowledges status updates of one subscription as they are queued, without holding up
-/// the event loop: one call at a time, carrying every acknowledgement queued while the
-/// previous one was in flight. Dropped with its subscription (what it still holds is sent,
-/// or resent to the next subscription by the master).
-struct Acker {
-    tx: mpsc::UnboundedSender<v1::Acknowledgement>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Acker {
-    fn spawn(client: Arc<Masters>, header: v1::CallHeader) -> Acker {
-        let (tx, mut rx) = mpsc::unbounded_channel::<v1::Acknowledgement>();
-        let task = tokio::spawn(async move {
-            while let Some(batch) = next_batch(&mut rx, ACKS_PER_CALL).await {
-                let req = v1::AcknowledgeRequest {
-                    header: Some(header.clone()),
-                    acks: batch,
-                    ..Default::default()
-                };
-                // Unacknowledged updates are resent, so a lost ack only costs a duplicate.
-                let sent = call(&client, |mut c| {
-                    let req = req.clone();
-                    async move { c.acknowledge(req).await.map(|_| ()) }
-                })
-                .await;
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e.message(), acks = req.acks.len(), "acknowledgements not delivered");
-                }
-            }
-        });
-        Acker { tx, task }
+    let message = format!(
+        "{} calls dropped: the driver queue holds {DRIVER_QUEUE} calls (decline offers in one call)",
+        overflow.calls
+    );
+    tracing::warn!(dropped = overflow.calls, queue = DRIVER_QUEUE, "driver queue full");
+    if !overflow.tasks.is_empty() {
+        scheduler.accept_failed(driver, &overflow.tasks, &message);
     }
-
-    fn queue(&self, ack: v1::Acknowledgement) {
-        let _ = self.tx.send(ack);
-    }
-
-    /// Send everything queued and wait for it, for [`FIND_LEADER`] at most.
-    async fn flush(self) {
-        drop(self.tx);
-        let mut task = self.task;
-        if tokio::time::timeout(FIND_LEADER, &mut task).await.is_err() {
-            task.abort();
-        }
-    }
+    scheduler.error(driver, &message);
 }
 
 async fn call<F, Fut>(client: &Masters, f: F) -> Result<(), Status>
@@ -432,140 +327,4 @@ async fn perform<S: Scheduler>(
         scheduler.error(driver, e.message());
     }
     false
-}
-
-/// Framework-side placement policies from the Mesos paper's examples.
-pub mod placement {
-    use std::time::{Duration, Instant};
-
-    use crate::v1;
-
-    /// Data locality: where a task would rather run.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Preference {
-        /// An agent with this hostname.
-        Hostname(String),
-        /// An agent with this attribute value.
-        Attribute { name: String, value: String },
-    }
-
-    impl Preference {
-        /// `host-b` prefers a hostname; `rack:r1` prefers an attribute value.
-        pub fn parse(text: &str) -> Result<Preference, String> {
-            let text = text.trim();
-            if text.is_empty() {
-                return Err("empty preference".into());
-            }
-            Ok(match text.split_once(':') {
-                Some((name, value)) if !name.is_empty() && !value.is_empty() => Preference::Attribute {
-                    name: name.to_string(),
-                    value: value.to_string(),
-                },
-                Some(_) => return Err(format!("{text:?} is neither a hostname nor name:value")),
-                None => Preference::Hostname(text.to_string()),
-            })
-        }
-
-        pub fn matches(&self, offer: &v1::Offer) -> bool {
-            match self {
-                Preference::Hostname(h) => offer.hostname == *h,
-                Preference::Attribute { name, value } => {
-                    offer.attributes.iter().any(|a| a.name == *name && a.value == *value)
-                }
-            }
-        }
-    }
-
-    /// Delay scheduling (Zaharia et al., EuroSys 2010): skip offers that are not preferred
-    /// for up to `wait`, counted from the first one skipped, then take any offer.
-    #[derive(Debug, Clone)]
-    pub struct DelayScheduling {
-        wait: Duration,
-        skipping_since: Option<Instant>,
-    }
-
-    impl DelayScheduling {
-        pub fn new(wait: Duration) -> Self {
-            DelayScheduling {
-                wait,
-                skipping_since: None,
-            }
-        }
-
-        /// Whether to use an offer that is (or is not) preferred, at `now`.
-        pub fn take(&mut self, preferred: bool, now: Instant) -> bool {
-            if preferred {
-                self.skipping_since = None;
-                return true;
-            }
-            let since = *self.skipping_since.get_or_insert(now);
-            now.duration_since(since) >= self.wait
-        }
-
-        /// How much longer non-preferred offers will be skipped.
-        pub fn remaining(&self, now: Instant) -> Duration {
-            match self.skipping_since {
-                Some(since) => self.wait.saturating_sub(now.duration_since(since)),
-                None => self.wait,
-            }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn preferences() {
-            let offer = v1::Offer {
-                hostname: "b".into(),
-                attributes: vec![v1::Attribute {
-                    name: "rack".into(),
-                    value: "r2".into(),
-                }],
-                ..Default::default()
-            };
-            assert!(Preference::parse("b").unwrap().matches(&offer));
-            assert!(!Preference::parse("a").unwrap().matches(&offer));
-            assert!(Preference::parse("rack:r2").unwrap().matches(&offer));
-            assert!(!Preference::parse("rack:r1").unwrap().matches(&offer));
-            assert!(Preference::parse(":x").is_err());
-        }
-
-        #[test]
-        fn delay_scheduling_waits_then_takes_any() {
-            let t0 = Instant::now();
-            let mut d = DelayScheduling::new(Duration::from_secs(2));
-            assert!(!d.take(false, t0));
-            assert!(!d.take(false, t0 + Duration::from_millis(1500)));
-            assert!(d.take(false, t0 + Duration::from_secs(2)));
-            // A preferred offer is always taken and restarts the wait.
-            assert!(d.take(true, t0 + Duration::from_secs(3)));
-            assert!(!d.take(false, t0 + Duration::from_secs(3)));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_batch_is_what_queued_up_to_the_bound() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for i in 0..5 {
-            tx.send(i).unwrap();
-        }
-        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![0, 1, 2]));
-        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![3, 4]));
-        // Waits for the next item rather than returning an empty batch.
-        let sender = tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            tx.send(5).unwrap();
-        });
-        assert_eq!(next_batch(&mut rx, 3).await, Some(vec![5]));
-        sender.await.unwrap();
-        // Every sender gone and nothing queued: the end.
-        assert_eq!(next_batch(&mut rx, 3).await, None);
-    }
 }
