@@ -63,12 +63,19 @@ pub struct AgentArgs {
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Masters to contact (any of them; the agent finds the leader).
     pub masters: Vec<String>,
+    /// Address of the agent's HTTP endpoint (`/health`, `/state`).
     pub listen: SocketAddr,
+    /// Where sandboxes and checkpoints live.
     pub work_dir: PathBuf,
+    /// Resources offered to the cluster.
     pub resources: Resources,
+    /// Attributes (`name`, `value`) frameworks can place by.
     pub attributes: Vec<(String, String)>,
+    /// The hostname the agent registers with.
     pub hostname: String,
+    /// Default time between SIGTERM and SIGKILL when a task is killed.
     pub kill_grace: Duration,
     /// Finished sandboxes are kept this long at most.
     pub gc_delay: Duration,
@@ -95,6 +102,7 @@ pub fn parse_attributes(text: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 impl AgentArgs {
+    /// Check every flag; the error names the flag.
     pub fn validate(self) -> Result<Config, String> {
         let masters = corral_proto::client::parse_masters(&self.masters).map_err(|e| format!("--masters: {e}"))?;
         let resources = match &self.resources {

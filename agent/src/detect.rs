@@ -12,10 +12,12 @@ const MEM_RESERVE_MIB: u64 = 1024;
 /// Disk kept back: 5 GiB, or half the disk on small file systems.
 const DISK_RESERVE_MIB: u64 = 5 * 1024;
 
+/// Whether `r` holds any cpus or memory (an agent offering neither is useless).
 pub fn has_compute(r: &Resources) -> bool {
     r.scalar_milli("cpus") > 0 || r.scalar_milli("mem") > 0
 }
 
+/// This machine's hostname, or `localhost` when it cannot be read.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

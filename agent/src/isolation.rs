@@ -14,6 +14,7 @@ use corral_proto::resources::{Resources, MILLI};
 /// The cpu.max period, in microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// Per-task cgroups (v2) under the agent's own cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     root: PathBuf,

@@ -4,8 +4,11 @@
 //! - [`config`]: flags and their validation; [`detect`]: the machine's resources;
 //! - [`connection`]: the link to the leader (register with the inventory, obey commands of
 //!   the newest term, reconnect when the leader changes or goes silent);
-//! - [`tasks`]: processes in their own groups and sandboxes, kill with a grace period,
-//!   status updates checkpointed and resent until acknowledged, recovery after a restart;
+//! - [`tasks`]: the table of the agent's tasks (`tasks/mod.rs`), their processes in their own
+//!   groups and sandboxes with kill after a grace period (`tasks/process.rs`), checkpoints
+//!   written outside the table's lock and read back after a restart
+//!   (`tasks/checkpoint.rs`), and each task's outbox of status updates, sent in order once
+//!   durable and resent until acknowledged (`tasks/outbox.rs`);
 //! - [`supervisor`]: the small per-task process that lets tasks outlive the agent and keeps
 //!   their real exit status;
 //! - [`isolation`]: cpu and memory limits with cgroups v2 where possible;
@@ -20,7 +23,8 @@
 //!     tasks::Tasks::launch: sandbox, checkpoint (durable), spawn the supervisor
 //!         supervisor: starts the task in its own process group (cgroup limits if any),
 //!                     waits, writes the exit status (durable), exits
-//!     TASK_RUNNING, then the final state: each checkpointed, then queued
+//!     TASK_RUNNING, then the final state: each into the task's outbox, checkpointed
+//!     (durable, outside the lock), then sent
 //!     connection ──AgentMessage::StatusUpdate──▶ leader (resent until acknowledged)
 //! leader ──AckUpdate──▶ tasks: the update is dropped from the checkpoint; a task with
 //!     nothing left to send is let go, and its sandbox ages towards gc
@@ -28,6 +32,8 @@
 //!
 //! After an agent restart, [`tasks`] re-adopts the tasks its checkpoints name (their
 //! supervisors kept them running) and re-registers with their inventory.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod connection;
@@ -82,7 +88,9 @@ pub use tasks::Tasks;
 
 /// A running agent.
 pub struct Agent {
+    /// The agent's tasks.
     pub tasks: Tasks,
+    /// The address its HTTP endpoint is bound to.
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
