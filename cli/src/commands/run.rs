@@ -9,12 +9,95 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use corral_proto::client::Masters;
 use corral_proto::convert::{resources_from_wire, resources_to_wire};
 use corral_proto::resources::{scalar_from_f64, Resources, Value};
 use corral_proto::scheduler::placement::{DelayScheduling, Preference};
 use corral_proto::scheduler::{Driver, Scheduler};
 use corral_proto::v1;
 use v1::TaskState;
+
+/// `corral run`'s options.
+#[derive(Debug, clap::Args)]
+pub struct RunOpts {
+    /// Task name (and id; with --count, ids are NAME-0, NAME-1, ...).
+    #[arg(long, default_value = "corral-run")]
+    name: String,
+    #[arg(long, default_value_t = 0.1)]
+    cpus: f64,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 32.0)]
+    mem: f64,
+    #[arg(long, default_value = "*")]
+    role: String,
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// Prefer agents with this hostname, or this attribute (`name:value`).
+    #[arg(long)]
+    prefer: Option<String>,
+    /// How long to wait for a preferred agent before taking any (delay scheduling), e.g. 2s.
+    #[arg(long, default_value = "0s")]
+    locality_wait: String,
+    /// Give up after this long without progress (no registration, launch or status
+    /// update), saying what was awaited, e.g. 60s, 5m.
+    #[arg(long, default_value = "60s")]
+    timeout: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `corral run [OPTIONS] -- COMMAND...`: the exit code to leave with.
+pub async fn command(masters: &Masters, opts: RunOpts) -> Result<i32, String> {
+    let RunOpts {
+        name,
+        cpus,
+        mem,
+        role,
+        count,
+        prefer,
+        locality_wait,
+        timeout,
+        command,
+    } = opts;
+    let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+    if timeout.is_zero() {
+        return Err("--timeout: must be longer than 0s".into());
+    }
+    let prefer = prefer
+        .map(|p| Preference::parse(&p).map_err(|e| format!("--prefer: {e}")))
+        .transpose()?;
+    let locality_wait =
+        corral_proto::time::parse_duration(&locality_wait).map_err(|e| format!("--locality-wait: {e}"))?;
+    let runner = Run::new(RunArgs {
+        name: name.clone(),
+        cpus,
+        mem,
+        count,
+        prefer,
+        locality_wait,
+        command,
+    })?;
+    let info = v1::FrameworkInfo {
+        name: format!("corral run {name}"),
+        role,
+        user: std::env::var("USER").unwrap_or_default(),
+        failover_timeout_seconds: 10.0,
+        ..Default::default()
+    };
+    let progress = runner.progress();
+    let work = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner);
+    tokio::pin!(work);
+    let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(done.map_err(|e| e.to_string())?.exit_code()),
+            _ = watchdog.tick() => if let Some(what) = progress.stalled(timeout) {
+                return Err(format!("gave up after {timeout:?} without progress, waiting for {what}"));
+            }
+        }
+    }
+}
 
 pub struct RunArgs {
     pub name: String,
