@@ -149,6 +149,7 @@ pub fn test_image() -> &'static str {
 /// A compose project of one of the `deploy/` files, torn down (containers, networks,
 /// volumes) when dropped.
 pub struct Project {
+    /// The compose project's name.
     pub name: String,
     file: PathBuf,
 }
@@ -212,6 +213,7 @@ impl Project {
         ok(Command::new("docker").args(["network", "disconnect", &self.network(), &self.container(service)]));
     }
 
+    /// Connect `service`'s container to the project network again (after `disconnect`).
     pub fn connect(&self, service: &str) {
         ok(Command::new("docker").args([
             "network",
