@@ -17,11 +17,13 @@ use crate::raft::types::Outcome;
 use crate::state::FrameworkState;
 use crate::validate;
 
+/// The `corral.v1.Scheduler` service.
 pub struct SchedulerService {
     shared: Shared,
 }
 
 impl SchedulerService {
+    /// The service over `shared`.
     pub fn new(shared: Shared) -> Self {
         SchedulerService { shared }
     }
@@ -29,24 +31,49 @@ impl SchedulerService {
     /// The header names a subscribed framework and its current stream. Returns the
     /// framework id and the handle of the term it is subscribed in.
     async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<(String, Leader), Status> {
+        let (caller, leader) = self.caller(header).await?;
+        let framework_id = leader
+            .ask(move |_, soft| caller.check(soft))
+            .await
+            .map_err(|_| self.shared.not_leading())??;
+        Ok((framework_id, leader))
+    }
+
+    /// The header's checks that need no soft state, and the leader to ask: a call that runs
+    /// a job of its own checks the subscription in that job ([`Caller::check`]), one trip
+    /// through the leader's loop instead of two.
+    async fn caller(&self, header: Option<&v1::CallHeader>) -> Result<(Caller, Leader), Status> {
         self.shared.leader_or_hold().await?;
         let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
         validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
         let leader = self.shared.leading()?;
-        let (framework_id, stream_id) = (h.framework_id.clone(), h.stream_id.clone());
-        let checked = leader
-            .ask(move |_, soft| match soft.frameworks.get(&framework_id) {
-                None => Err(Status::invalid_argument(format!(
-                    "header.framework_id: {framework_id} is not subscribed to this leader"
-                ))),
-                Some(s) if s.stream_id != stream_id => Err(Status::invalid_argument(
-                    "header.stream_id: does not match the framework's current subscription",
-                )),
-                Some(_) => Ok(framework_id),
-            })
-            .await
-            .map_err(|_| self.shared.not_leading())??;
-        Ok((checked, leader))
+        let caller = Caller {
+            framework_id: h.framework_id.clone(),
+            stream_id: h.stream_id.clone(),
+        };
+        Ok((caller, leader))
+    }
+}
+
+/// A call's framework and subscription, as its header names them.
+struct Caller {
+    framework_id: String,
+    stream_id: String,
+}
+
+impl Caller {
+    /// The framework is subscribed to this term's leader with this stream: its id.
+    fn check(self, soft: &Soft) -> Result<String, Status> {
+        match soft.frameworks.get(&self.framework_id) {
+            None => Err(Status::invalid_argument(format!(
+                "header.framework_id: {} is not subscribed to this leader",
+                self.framework_id
+            ))),
+            Some(s) if s.stream_id != self.stream_id => Err(Status::invalid_argument(
+                "header.stream_id: does not match the framework's current subscription",
+            )),
+            Some(_) => Ok(self.framework_id),
+        }
     }
 }
 
@@ -193,7 +220,8 @@ impl Scheduler for SchedulerService {
 
     async fn accept(&self, req: Request<v1::AcceptRequest>) -> Result<Response<v1::AcceptResponse>, Status> {
         let req = req.into_inner();
-        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
+        let (caller, leader) = self.caller(req.header.as_ref()).await?;
+        let framework_id = caller.framework_id.clone();
         if req.offer_ids.is_empty() {
             return Err(Status::invalid_argument("offer_ids: at least one offer is required"));
         }
@@ -216,9 +244,8 @@ impl Scheduler for SchedulerService {
         // Check the offers and the tasks, then consume the offers, all in one job of the
         // term's loop, so that two accepts cannot use the same offer.
         let offer_ids = req.offer_ids;
-        let id = framework_id.clone();
         let (agent_id, asked, tasks) = on_soft(&self.shared, &leader, move |_, soft| -> Result<(String, Resources, Vec<v1::TaskInfo>), Status> {
-            let framework_id = id;
+            let framework_id = caller.check(soft)?;
             let mut agent: Option<String> = None;
             let mut held = Resources::new();
             for (i, id) in offer_ids.iter().enumerate() {
@@ -280,7 +307,7 @@ impl Scheduler for SchedulerService {
                 "operations.launch.tasks[{i}].task_id: {:?} was already used by this framework",
                 t.task_id
             );
-            release_launch(&leader, &framework_id, &agent_id, &asked, &tasks, None).await;
+            release_launch(&leader, &framework_id, &agent_id, &asked, &tasks).await;
             self.shared.allocate_now.notify_one();
             return Err(Status::invalid_argument(message));
         }
@@ -490,42 +517,62 @@ impl Launch {
             tasks: self.tasks.clone(),
         };
         let written = self.shared.write(v1::command::Kind::LaunchTasks(command)).await;
-        let committed = matches!(written, Ok(Outcome::Applied)).then(|| self.checked.elapsed());
-        release_launch(
-            &self.leader,
-            &self.framework_id,
-            &self.agent_id,
-            &self.asked,
-            &self.tasks,
-            committed,
-        )
-        .await;
-        if let Outcome::Rejected(why) = written? {
-            return Err(Status::failed_precondition(why));
+        let refused = match written {
+            Ok(Outcome::Applied) => None,
+            Ok(Outcome::Rejected(why)) => Some(Status::failed_precondition(why)),
+            Err(e) => Some(Status::from(e)),
+        };
+        if let Some(refused) = refused {
+            release_launch(
+                &self.leader,
+                &self.framework_id,
+                &self.agent_id,
+                &self.asked,
+                &self.tasks,
+            )
+            .await;
+            return Err(refused);
         }
+        let committed = self.checked.elapsed();
+        // Committed: end the reservation and send the tasks to their agent in one job. The
+        // caller is answered once the job is queued: a term that ends before it runs leaves
+        // the launch to the next leader, which sends committed launches still in STAGING
+        // again (and agents reconcile them when they re-register).
         let ids: Vec<String> = self.tasks.iter().map(|t| t.task_id.clone()).collect();
-        let (framework_id, agent_id, tasks) = (self.framework_id, self.agent_id, self.tasks);
-        on_soft(&self.shared, &self.leader, move |_, soft| {
-            tracing::debug!(%framework_id, %agent_id, tasks = tasks.len(), "tasks launched");
-            for task in tasks {
-                soft.send_agent(
-                    &agent_id,
-                    v1::master_message::Message::RunTask(v1::RunTask {
-                        framework_id: framework_id.clone(),
-                        task: Some(task),
-                        framework: None,
-                    }),
-                );
-            }
-        })
-        .await?;
+        let Launch {
+            shared,
+            leader,
+            framework_id,
+            agent_id,
+            asked,
+            tasks,
+            ..
+        } = self;
+        leader
+            .tell(move |_, soft| {
+                soft.release_launch(&agent_id, &asked);
+                soft.launches.committed(committed);
+                tracing::debug!(%framework_id, %agent_id, tasks = tasks.len(), "tasks launched");
+                for task in tasks {
+                    soft.send_agent(
+                        &agent_id,
+                        v1::master_message::Message::RunTask(v1::RunTask {
+                            framework_id: framework_id.clone(),
+                            task: Some(task),
+                            framework: None,
+                        }),
+                    );
+                }
+            })
+            .await
+            .map_err(|_| shared.not_leading())?;
         Ok(ids)
     }
 }
 
-/// A launch was committed (`committed`: how long it took) or refused: its reservation on
-/// the agent ends (committed, the resources are in the agent's `used`), and a launch that
-/// was not committed is no longer in flight.
+/// A launch was refused or not committed: its reservation on the agent ends and it is no
+/// longer in flight. (A committed launch ends its reservation in the job that sends it,
+/// [`Launch::run`]: its resources are then in the agent's `used`.)
 ///
 /// A term that has ended has no reservation left to release.
 async fn release_launch(
@@ -534,23 +581,14 @@ async fn release_launch(
     agent_id: &str,
     asked: &Resources,
     tasks: &[v1::TaskInfo],
-    committed: Option<Duration>,
 ) {
     let (framework_id, agent_id, asked) = (framework_id.to_string(), agent_id.to_string(), asked.clone());
-    let not_committed: Vec<String> = match committed {
-        Some(_) => Vec::new(),
-        None => tasks.iter().map(|t| t.task_id.clone()).collect(),
-    };
+    let not_committed: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
     let _ = leader
         .tell(move |_, soft| {
             soft.release_launch(&agent_id, &asked);
-            match committed {
-                Some(took) => soft.launches.committed(took),
-                None => {
-                    for task_id in &not_committed {
-                        soft.launches.done(&framework_id, task_id);
-                    }
-                }
+            for task_id in &not_committed {
+                soft.launches.done(&framework_id, task_id);
             }
         })
         .await;
