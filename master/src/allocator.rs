@@ -20,11 +20,13 @@ use corral_proto::resources::{Resources, MILLI};
 /// Free resources smaller than this are not worth an offer (Mesos' minimum allocatable
 /// resources): at least 0.01 cpus or 32 MiB of memory.
 pub const MIN_OFFER_CPUS_MILLI: u64 = 10;
+/// See [`MIN_OFFER_CPUS_MILLI`]: the memory half of the minimum.
 pub const MIN_OFFER_MEM_MILLI: u64 = 32 * MILLI;
 
 /// An agent as the allocator sees it.
 #[derive(Debug, Clone)]
 pub struct AgentView {
+    /// The agent's id.
     pub id: String,
     /// Total − used by tasks − outstanding offers.
     pub free: Resources,
@@ -33,6 +35,7 @@ pub struct AgentView {
 /// A framework as the allocator sees it.
 #[derive(Debug, Clone)]
 pub struct FrameworkView {
+    /// The framework's id.
     pub id: String,
     /// Weight of its role (> 0).
     pub weight: f64,
@@ -47,8 +50,11 @@ pub struct FrameworkView {
 /// One offer decided by a pass: the agent's free resources to the framework.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
+    /// Index of the framework in the pass's framework list.
     pub framework: usize,
+    /// Index of the agent in the pass's agent list.
     pub agent: usize,
+    /// What is offered.
     pub resources: Resources,
 }
 

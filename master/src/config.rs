@@ -152,23 +152,37 @@ fn valid_address(addr: &str) -> Result<(), String> {
 /// The validated configuration of a master.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This master's Raft node id.
     pub id: u64,
+    /// Where it listens (gRPC and HTTP on one port).
     pub listen: SocketAddr,
+    /// The address the other masters, agents and frameworks reach it at.
     pub advertise: String,
     /// Initial voters, when given.
     pub peers: Option<BTreeMap<u64, String>>,
+    /// Where the Raft log, snapshots and metadata live.
     pub data_dir: PathBuf,
+    /// The cluster's name; peers of another cluster are refused.
     pub cluster: String,
+    /// Silence from the leader after which a follower stands for election.
     pub election_timeout: Duration,
+    /// How often the leader sends AppendEntries when it has nothing else to send.
     pub heartbeat_interval: Duration,
+    /// How long a disconnected agent has to come back before it is unreachable.
     pub agent_ping_timeout: Duration,
+    /// How long after a failover agents have to re-register before they are unreachable.
     pub agent_reregister_timeout: Duration,
+    /// Time between full allocation passes (and timer checks).
     pub allocation_interval: Duration,
+    /// How long an offer stands before it is rescinded (None: until used or declined).
     pub offer_timeout: Option<Duration>,
+    /// Log entries between snapshots.
     pub snapshot_every_entries: u64,
+    /// Finished tasks kept per framework.
     pub max_completed_tasks_per_framework: u64,
     /// None: no age limit.
     pub completed_task_max_age: Option<Duration>,
+    /// Torn-down frameworks kept.
     pub max_completed_frameworks: u64,
     /// None: agents are never collected.
     pub agent_gc_age: Option<Duration>,

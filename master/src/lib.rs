@@ -12,6 +12,7 @@
 //! | [`service`] | the APIs: `scheduler` (frameworks), `agents`, `operator`, `http`: decode → validate → ask the leader → map the error |
 //! | [`allocator`] | DRF order and placement, pure functions |
 //! | [`validate`] | every request field and its limit, named |
+//! | [`limits`] | every limit, grouped, and the relations between them checked at compile time |
 //! | [`config`] | flags and their checks |
 //!
 //! Dependencies point one way: `service` → `leader` → `state`, `raft`. Nothing under
@@ -64,9 +65,12 @@
 //! A follower answers every leader-only call with UNAVAILABLE and the leader's address in
 //! the `corral-leader` metadata key; clients follow it (`corral_proto::client`).
 
+#![warn(missing_docs)]
+
 pub mod allocator;
 pub mod config;
 pub mod leader;
+pub mod limits;
 pub mod node;
 pub mod raft;
 pub mod service;

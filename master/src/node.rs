@@ -39,6 +39,8 @@ pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
 pub const MAX_PAYLOAD_ENTRIES: u64 = 2;
 
 /// Why a master could not start.
+// Each variant's message says what its fields are.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data dir belongs to another node or cluster, or is of a newer format: the
@@ -58,13 +60,16 @@ pub enum StartError {
         id: NodeId,
         source: StoreError,
     },
+    /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(StoreError),
+    /// The port could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// openraft refused to start.
     #[error("starting raft: {0}")]
     Raft(String),
 }
@@ -72,8 +77,11 @@ pub enum StartError {
 /// Everything the services of one master share. Cheap to clone.
 #[derive(Clone)]
 pub struct Shared {
+    /// The validated flags.
     pub config: Arc<Config>,
+    /// This master's Raft node.
     pub raft: Raft,
+    /// The applied replicated state (read side).
     pub state: StateReader<ClusterState>,
     /// The handle to the loop of the term this master leads (which owns the leader's soft
     /// state); empty while this master does not lead.
@@ -93,14 +101,23 @@ pub struct Shared {
 /// This master's own view of itself, read consistently (index and hash from one state).
 #[derive(Debug, Clone)]
 pub struct SelfView {
+    /// Node id.
     pub id: NodeId,
+    /// Advertised address.
     pub address: String,
+    /// `leader`, `follower` (a candidate too), `learner` or `unreachable` (shut down).
     pub role: &'static str,
+    /// Whether it votes (learners do not).
     pub voter: bool,
+    /// Its current term.
     pub term: u64,
+    /// The leader it knows of: id and address.
     pub leader: Option<(NodeId, String)>,
+    /// Index of the last entry in its log.
     pub last_log_index: u64,
+    /// Index of the last entry applied to its state.
     pub applied_index: u64,
+    /// Hash of its applied state (equal on every master at one index).
     pub state_hash: String,
 }
 
@@ -137,6 +154,7 @@ impl Shared {
         self.raft.metrics().borrow().membership_config.membership().clone()
     }
 
+    /// Whether this master is the Raft leader now (its soft state may still be starting).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -248,6 +266,7 @@ impl Shared {
         (role_name(m.state), m.current_term)
     }
 
+    /// This master's view of itself: role, indexes and state hash.
     pub fn self_view(&self) -> SelfView {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -314,7 +333,9 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A running master.
 pub struct Master {
+    /// What every service shares.
     pub shared: Shared,
+    /// The address the port is bound to.
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,

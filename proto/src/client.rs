@@ -98,6 +98,7 @@ pub struct Masters {
 }
 
 impl Masters {
+    /// Clients of `masters` (addresses, any of them), each call bounded by `request_timeout`.
     pub fn new(masters: Vec<String>, request_timeout: Duration) -> Self {
         Masters {
             masters,
@@ -299,6 +300,7 @@ pub async fn list_all<R: Paged>(masters: &Masters, deadline: Duration, request: 
     Ok(out)
 }
 
+/// Wrap a generated gRPC client so that it sends and accepts messages up to [`crate::MAX_MESSAGE_BYTES`].
 #[macro_export]
 macro_rules! limit_client {
     ($client:expr) => {

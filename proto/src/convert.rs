@@ -10,7 +10,9 @@ use crate::v1;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {source}")]
 pub struct FieldError {
+    /// The field that held it.
     pub field: String,
+    /// What is wrong with it.
     #[source]
     pub source: ResourceError,
 }

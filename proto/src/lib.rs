@@ -8,10 +8,13 @@
 //!   [`convert`] maps them to and from the wire;
 //! - [`codec`]: the gRPC codec (prost, with malformed bodies as INVALID_ARGUMENT);
 //! - [`client`]: leader following (redirects, retry with backoff and jitter) for every client;
-//! - [`scheduler`]: the framework SDK (a `Scheduler` trait and its driver) and the
-//!   placement policies (data locality, delay scheduling);
+//! - [`scheduler`]: the framework SDK: the `Scheduler` trait and run loop, the `Driver`
+//!   and its bounded call queue, the acknowledger, and the placement policies (data
+//!   locality, delay scheduling);
 //! - [`time`]: duration flags, wall-clock milliseconds, final task states;
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod codec;

@@ -26,6 +26,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_RANGES: usize = 1024;
 
 /// Why a resource description was rejected. The message names the offending part.
+// Each variant's message says what its fields are.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceError {
     #[error("resource entry {position} is empty")]
@@ -110,6 +112,7 @@ impl RangeSet {
         &self.ranges
     }
 
+    /// Whether the set holds no range.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -377,6 +380,7 @@ impl Resources {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Whether no resource has a value above zero.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

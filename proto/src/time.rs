@@ -10,6 +10,8 @@ use crate::v1;
 pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Why a duration flag was refused.
+// Each variant's message says what its fields are.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     #[error("{0:?} is not a duration like 500ms, 1.5s, 2m or 168h")]

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 /// An error opening, reading or writing a sled-backed Raft store.
+// Each variant's message says what its fields are.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled reported an I/O or internal error (its reports of corruption become

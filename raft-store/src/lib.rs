@@ -24,6 +24,8 @@
 //!  openraft ──snapshot─▶ SmStore ──▶ snapshots/current.snap (fsynced) ──▶ openraft purges log
 //! ```
 
+#![warn(missing_docs)]
+
 mod codec;
 mod error;
 mod flusher;
@@ -88,7 +90,9 @@ impl<C> StoreConfig for C where
 /// master pointed at another master's data dir refuses to start instead of corrupting Raft.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
+    /// This node's id (checked against the data dir).
     pub node_id: u64,
+    /// The cluster's name (checked against the data dir).
     pub cluster: String,
 }
 

@@ -53,11 +53,17 @@ impl<C: StoreConfig> Clone for LogStore<C> {
 /// A summary of the stored log, as checked by [`LogStore::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSummary {
+    /// The last log id purged (behind a snapshot).
     pub last_purged: Option<LogId<u64>>,
+    /// Index of the first entry kept.
     pub first_index: Option<u64>,
+    /// Id of the last entry.
     pub last_log_id: Option<LogId<u64>>,
+    /// Entries kept.
     pub entries: u64,
+    /// The vote saved.
     pub vote: Option<Vote<u64>>,
+    /// The committed log id saved.
     pub committed: Option<LogId<u64>>,
 }
 

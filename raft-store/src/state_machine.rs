@@ -95,8 +95,11 @@ pub const APPLY_IN_PLACE_MAX_COST: usize = 256;
 /// The applied state: the application's plus what openraft needs to know of it.
 #[derive(Default)]
 pub struct Applied<A> {
+    /// The last log id applied.
     pub last_applied: Option<LogId<u64>>,
+    /// The membership as of `last_applied`.
     pub membership: StoredMembership<u64, openraft::BasicNode>,
+    /// The application's state.
     pub app: A,
 }
 
@@ -133,6 +136,7 @@ pub struct SnapshotStats {
     /// Of that, the time the state's read lock was held to take the view (apply waits
     /// for it).
     pub locked: std::time::Duration,
+    /// Encoded size of the snapshot, in bytes.
     pub bytes: usize,
 }
 

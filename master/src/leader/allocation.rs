@@ -23,6 +23,7 @@ pub const OFFER_HOLD_BACKLOG: usize = 1024;
 /// What an allocation pass did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pass {
+    /// Offers were made (or there was nothing to offer).
     Done,
     /// Offers were held back (commit backlog); the touched agents wait for the next pass.
     Held,

@@ -30,6 +30,7 @@ pub const RESEND_CAPACITY: usize = 256;
 /// Tasks looked at per read of the state while resending: bounds how long apply waits.
 pub(super) const RESEND_SCAN: usize = 1024;
 
+/// An event wrapping `e`.
 pub fn event(e: v1::event::Event) -> v1::Event {
     v1::Event { event: Some(e) }
 }

@@ -12,6 +12,7 @@ pub const LAUNCH_COMMIT_TARGET: Duration = Duration::from_millis(40);
 /// Bounds of the adaptive limit on launches in flight (tasks).
 pub const MIN_LAUNCHES_IN_FLIGHT: usize = 32;
 
+/// Upper bound of the adaptive limit on launches in flight (tasks).
 pub const MAX_LAUNCHES_IN_FLIGHT: usize = 16_384;
 
 /// The limit a new leader starts from.
@@ -109,10 +110,12 @@ impl Launches {
         self.started.retain(|_, at| now.duration_since(*at) < LAUNCH_TTL);
     }
 
+    /// Launches in flight.
     pub fn len(&self) -> usize {
         self.started.len()
     }
 
+    /// No launch is in flight.
     pub fn is_empty(&self) -> bool {
         self.started.is_empty()
     }

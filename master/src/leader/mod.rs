@@ -152,7 +152,7 @@ pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
 }
 
 /// Most jobs run in a row before the loop looks at its timers again.
-const JOBS_PER_TURN: usize = 256;
+pub const JOBS_PER_TURN: usize = 256;
 
 /// The loop of one leader term: it owns the term's [`Soft`] and runs, one at a time, the
 /// jobs sent through its [`Leader`] handle, the allocation passes and the timers. A pass

@@ -29,18 +29,25 @@ pub const FRAMEWORK_HEARTBEAT: Duration = Duration::from_secs(10);
 /// How often the leader pings agents.
 pub const AGENT_PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The stream of messages to one agent.
 pub type AgentTx = mpsc::Sender<Result<v1::MasterMessage, Status>>;
 
+/// The stream of events to one framework.
 pub type FrameworkTx = mpsc::Sender<Result<v1::Event, Status>>;
 
+/// An agent attached to this leader.
 pub struct AgentSession {
+    /// This leader's number for the attachment (a newer one replaces an older).
     pub session: u64,
+    /// Where its messages go.
     pub tx: AgentTx,
     /// The agent's resources as it registered them (its part of the cluster total).
     pub resources: Resources,
 }
 
+/// A framework subscribed to this leader.
 pub struct FrameworkSession {
+    /// The subscription's id; every call must carry it.
     pub stream_id: String,
     /// Live events: offers, rescinds, new updates, heartbeats. Never waits: a framework
     /// that lets [`FRAMEWORK_STREAM_CAPACITY`] of them pile up is dropped.

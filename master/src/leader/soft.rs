@@ -8,10 +8,15 @@ use corral_proto::v1;
 
 use super::*;
 
+/// An offer outstanding with a framework.
 pub struct OfferRecord {
+    /// The framework it was made to.
     pub framework_id: String,
+    /// The agent whose resources it holds.
     pub agent_id: String,
+    /// What it holds.
     pub resources: Resources,
+    /// When it was made (offer timeout).
     pub created: Instant,
 }
 
@@ -26,6 +31,7 @@ pub struct Touched {
 }
 
 impl Touched {
+    /// Mark `agent_id` touched (once, however often it is called).
     pub fn insert(&mut self, agent_id: &str) {
         if !self.index.contains_key(agent_id) {
             self.index.insert(agent_id.to_string(), self.ids.len());
@@ -33,21 +39,25 @@ impl Touched {
         }
     }
 
+    /// Whether `agent_id` is touched.
     #[cfg(test)]
     pub fn contains(&self, agent_id: &str) -> bool {
         self.index.contains_key(agent_id)
     }
 
+    /// How many agents are touched.
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    /// No agent is touched.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
 
+    /// Forget every touched agent.
     pub fn clear(&mut self) {
         self.ids.clear();
         self.index.clear();
@@ -72,9 +82,13 @@ impl Touched {
 
 /// The leader's soft state for one term.
 pub struct Soft {
+    /// The term this soft state belongs to.
     pub term: u64,
+    /// Attached agents, by id.
     pub agents: HashMap<String, AgentSession>,
+    /// Subscribed frameworks, by id.
     pub frameworks: HashMap<String, FrameworkSession>,
+    /// Outstanding offers, by offer id.
     pub offers: HashMap<String, OfferRecord>,
     /// Outstanding offered resources per agent.
     pub offered: HashMap<String, Resources>,
@@ -96,11 +110,13 @@ pub struct Soft {
     /// kept up to date between them as agents connect and go (a registration storm after a
     /// failover would otherwise sum ten thousand agents on every pass).
     pub(super) total: Option<Resources>,
+    /// Frameworks that asked for no offers.
     pub suppressed: HashSet<String>,
     /// When this leader's term began (agents and frameworks must come back after it).
     pub since: Instant,
     /// When an agent's or framework's session with this leader ended.
     pub agent_gone_at: HashMap<String, Instant>,
+    /// When each framework's session ended in this term (its failover timeout counts from it).
     pub framework_gone_at: HashMap<String, Instant>,
     /// Timeouts being committed, so that each fires once.
     pub firing: HashSet<String>,
@@ -118,6 +134,7 @@ pub struct Soft {
 }
 
 impl Soft {
+    /// The empty soft state of a new term.
     pub fn new(term: u64) -> Self {
         Soft {
             term,
@@ -147,6 +164,7 @@ impl Soft {
         }
     }
 
+    /// A number for a new agent attachment, never used before in this term.
     pub fn next_session(&mut self) -> u64 {
         self.next_session += 1;
         self.next_session

@@ -108,18 +108,24 @@ pub enum Decision {
 /// Inputs of one decision, read from the Raft metrics and the hints.
 #[derive(Debug, Clone, Copy)]
 pub struct Look {
+    /// When the look was taken.
     pub now: Instant,
     /// The driver's start: a master that never heard a leader counts its silence from here.
     pub started: Instant,
+    /// This master's Raft role.
     pub state: ServerState,
+    /// Whether it votes.
     pub voter: bool,
+    /// Its current term.
     pub term: u64,
     /// Whether a leader was established in this term (openraft's vote is committed): only
     /// then is there a lease to respect.
     pub leader_known: bool,
     /// When a leader's AppendEntries was last accepted.
     pub last_heard: Option<Instant>,
+    /// When a peer last showed a longer log than this master's ([`Elections::outlogged`]).
     pub outlogged_at: Option<Instant>,
+    /// A peer with a shorter log stands in the way: stand at once ([`Elections::stand_now`]).
     pub stand_now: bool,
 }
 

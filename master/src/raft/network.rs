@@ -325,6 +325,7 @@ impl RaftNetwork<CorralRaft> for PeerClient {
 /// A master asking whether it should stand for election (see `raft.proto`, `PreVote`).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PreVoteRequest {
+    /// The master that would stand.
     pub candidate: NodeId,
     /// The candidate's current term (it would stand in the next).
     pub term: u64,
@@ -366,10 +367,15 @@ impl Network {
 
 /// The server side: hands peer requests to the local openraft node.
 pub struct RaftService {
+    /// The local Raft node.
     pub raft: Raft,
+    /// The cluster's name; requests of another cluster are refused.
     pub cluster: String,
+    /// This master's node id.
     pub id: NodeId,
+    /// When the leader was last heard from (AppendEntries it sent).
     pub contact: LeaderContact,
+    /// Hints to the election driver from the vote traffic.
     pub elections: Elections,
     /// The leader lease: a leader silent this long is taken for gone.
     pub lease: Duration,

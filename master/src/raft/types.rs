@@ -89,6 +89,7 @@ pub enum Outcome {
 /// and membership entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResult {
+    /// One outcome per command, in order.
     pub outcomes: Vec<Outcome>,
 }
 

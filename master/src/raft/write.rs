@@ -69,6 +69,8 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// the status a client acts on is chosen in one place, `From<WriteError> for Status`.
 /// (A command that was committed but refused by apply is not an error here: it is
 /// `Outcome::Rejected`, with apply's reason.)
+// Each variant's message says what its fields are.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// This master does not lead; `leader` is the leader's address when one is known.
@@ -132,7 +134,9 @@ pub type WriteResult = Result<Outcome, WriteError>;
 
 /// One command waiting to be committed.
 pub struct Pending {
+    /// The command to commit.
     pub command: v1::Command,
+    /// Where its outcome goes.
     pub reply: oneshot::Sender<WriteResult>,
 }
 
@@ -143,8 +147,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Latency of committed writes, for `/metrics`: a small fixed-bucket histogram.
 #[derive(Debug, Default)]
 pub struct WriteLatency {
+    /// Writes per bucket of [`WRITE_BUCKETS_MS`] (at most that many ms; the last holds the rest).
     pub buckets: [u64; WRITE_BUCKETS_MS.len()],
+    /// Writes committed.
     pub count: u64,
+    /// Total commit time of those writes.
     pub sum_secs: f64,
     /// Commands in the committed entries (more than `count` when batched).
     pub commands: u64,

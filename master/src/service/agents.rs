@@ -34,12 +34,14 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// is one group-committed write, so this many share a few Raft entries.
 pub const MAX_REGISTRATIONS_IN_FLIGHT: usize = 1024;
 
+/// The `corral.v1.Agents` service.
 pub struct AgentsService {
     shared: Shared,
     registering: Arc<Semaphore>,
 }
 
 impl AgentsService {
+    /// The service over `shared`.
     pub fn new(shared: Shared) -> Self {
         AgentsService {
             shared,

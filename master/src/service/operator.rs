@@ -89,11 +89,13 @@ impl Page {
     }
 }
 
+/// The `corral.v1.Operator` service.
 pub struct OperatorService {
     shared: Shared,
 }
 
 impl OperatorService {
+    /// The service over `shared`.
     pub fn new(shared: Shared) -> Self {
         OperatorService { shared }
     }

@@ -22,7 +22,9 @@ use super::ClusterState;
 /// Which record of the state a digest stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
+    /// An agent record, by id.
     Agent(String),
+    /// A framework record, by id.
     Framework(String),
     /// (framework id, task id)
     Task((String, String)),

@@ -68,13 +68,16 @@ pub const MAX_UNACKED_PER_FRAMEWORK: usize = 50_000;
 pub struct ClusterState {
     /// Role → weight in thousandths (DRF weights; roles not listed weigh 1).
     pub weights: BTreeMap<String, u64>,
+    /// Agents, by id.
     pub agents: OrdMap<String, AgentRecord>,
+    /// Frameworks, by id.
     pub frameworks: BTreeMap<String, FrameworkRecord>,
     /// Tasks by (framework id, task id), terminal ones included while retained: a retained
     /// task id is never launched again in its framework (S2).
     pub tasks: OrdMap<(String, String), TaskRecord>,
     /// Commands applied and rejected since the cluster began (diagnostics, part of the hash).
     pub applied_commands: u64,
+    /// Commands refused at apply (they change nothing but this count).
     pub rejected_commands: u64,
     /// What retention watches and has removed (DESIGN.md "Retention").
     pub retention: Retention,
@@ -109,7 +112,9 @@ pub struct Retention {
     pub unreachable_since: BTreeMap<String, i64>,
     /// Records removed since the cluster began.
     pub collected_tasks: u64,
+    /// Torn-down frameworks removed by retention.
     pub collected_frameworks: u64,
+    /// Gone agents removed by retention.
     pub collected_agents: u64,
     /// Unacknowledged status updates removed with their task or over
     /// [`MAX_UNACKED_PER_FRAMEWORK`].

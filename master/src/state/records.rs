@@ -5,49 +5,78 @@ use corral_proto::v1;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+/// Where an agent stands with the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentState {
+    /// Registered and reachable: its resources are offered.
     Active,
+    /// Out of touch past its timeout: its tasks are TASK_UNREACHABLE until it returns.
     Unreachable,
+    /// Being drained: no new offers.
     Draining,
+    /// Removed for good: its tasks are TASK_GONE.
     Gone,
 }
 
+/// An agent of the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
+    /// Its id, given by the master at first registration.
     pub id: String,
+    /// The hostname it registered with.
     pub hostname: String,
+    /// The address of its HTTP endpoint.
     pub address: String,
+    /// Its total resources.
     pub resources: Resources,
+    /// Its attributes (`name`, `value`).
     pub attributes: Vec<(String, String)>,
+    /// Whether it runs tasks in cgroups with limits.
     pub isolation: bool,
+    /// Where it stands with the cluster.
     pub state: AgentState,
     /// Sum of the resources of the agent's non-terminal tasks; never above `resources` (S1).
     pub used: Resources,
+    /// When it first registered (leader's clock, ms since the epoch).
     pub registered_at_ms: i64,
+    /// When its record last changed (leader's clock).
     pub updated_at_ms: i64,
     /// This record's part of the state hash (see [`crate::digest`]); derived, not replicated.
     #[serde(skip)]
     pub(crate) digest: u128,
 }
 
+/// Where a framework stands with the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FrameworkState {
+    /// Subscribed.
     Connected,
+    /// Its stream is gone; its failover timeout runs.
     Disconnected,
+    /// Ended: its tasks were killed; kept for a while by retention.
     TornDown,
 }
 
+/// A framework of the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrameworkRecord {
+    /// Its id, given by the master at first subscription.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// The role its resources count against (DRF shares and weights are per role).
     pub role: String,
+    /// The user its tasks run as.
     pub user: String,
+    /// The host it subscribed from.
     pub hostname: String,
+    /// How long it may stay away before it is torn down.
     pub failover_timeout_ms: u64,
+    /// Where it stands with the cluster.
     pub state: FrameworkState,
+    /// When it first subscribed (leader's clock).
     pub registered_at_ms: i64,
+    /// When its stream was last lost, while it is disconnected.
     pub disconnected_at_ms: Option<i64>,
     /// This record's part of the state hash (see [`crate::digest`]); derived, not replicated.
     #[serde(skip)]
@@ -57,27 +86,42 @@ pub struct FrameworkRecord {
 /// One status of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRecord {
+    /// The task state (`v1::TaskState`).
     pub state: i32,
+    /// A human-readable explanation.
     pub message: String,
+    /// Why (`v1::Reason`).
     pub reason: i32,
+    /// Who reported it (`v1::Source`).
     pub source: i32,
+    /// The exit code, when the task's process ended.
     pub exit_code: Option<i32>,
+    /// The update's id, which its acknowledgement names (empty for the master's own).
     pub uuid: Vec<u8>,
+    /// When it was reported (ms since the epoch).
     pub timestamp_ms: i64,
 }
 
+/// A task of the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
+    /// The framework that launched it.
     pub framework_id: String,
+    /// Its id, unique within the framework while it is retained (S2).
     pub task_id: String,
+    /// Its name.
     pub name: String,
+    /// The agent it runs on.
     pub agent_id: String,
+    /// What it uses on that agent.
     pub resources: Resources,
     /// The TaskInfo as launched (protobuf), sent again to an agent that lacks the task.
     pub info: Vec<u8>,
+    /// Its latest status.
     pub status: StatusRecord,
     /// Updates the framework has not acknowledged yet, oldest first; resent by the leader.
     pub unacked: Vec<StatusRecord>,
+    /// When its launch was committed (leader's clock).
     pub launched_at_ms: i64,
     /// This record's part of the state hash (see [`crate::digest`]); derived, not replicated.
     #[serde(skip)]
@@ -85,10 +129,12 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// Its latest state.
     pub fn state(&self) -> v1::TaskState {
         v1::TaskState::try_from(self.status.state).unwrap_or(v1::TaskState::Unspecified)
     }
 
+    /// Whether its latest state is terminal.
     pub fn is_terminal(&self) -> bool {
         self.state().is_terminal()
     }
