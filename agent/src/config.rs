@@ -28,6 +28,10 @@ pub struct AgentArgs {
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:5051")]
     pub listen: SocketAddr,
 
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "CORRAL_LOG_FORMAT", default_value = "text")]
+    pub log_format: corral_proto::logging::LogFormat,
+
     /// Directory for task sandboxes and the agent's checkpoints.
     #[arg(long, env = "CORRAL_WORK_DIR")]
     pub work_dir: PathBuf,

@@ -126,12 +126,7 @@ fn main() -> ExitCode {
         data_dir,
     } = cli.command
     {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,openraft=off".into()),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        corral_proto::logging::init(corral_proto::logging::LogFormat::Text, "warn,openraft=off");
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(r) => r,
             Err(e) => {

@@ -37,6 +37,10 @@ pub struct MasterArgs {
     #[arg(long, env = "CORRAL_ID")]
     pub id: u64,
 
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "CORRAL_LOG_FORMAT", default_value = "text")]
+    pub log_format: corral_proto::logging::LogFormat,
+
     /// Address to serve gRPC and HTTP on.
     #[arg(long, env = "CORRAL_LISTEN", default_value = "127.0.0.1:5050")]
     pub listen: SocketAddr,

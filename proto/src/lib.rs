@@ -12,6 +12,7 @@
 //!   and its bounded call queue, the acknowledger, and the placement policies (data
 //!   locality, delay scheduling);
 //! - [`time`]: duration flags, wall-clock milliseconds, final task states;
+//! - [`logging`]: the binaries' log set-up (plain text off a terminal, or JSON lines);
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod logging;
 pub mod resources;
 pub mod scheduler;
 pub mod time;

@@ -10,17 +10,16 @@ use corral_agent::{Agent, AgentArgs};
 fn main() -> ExitCode {
     // Each task's supervisor is this binary started with a special first argument.
     corral_agent::supervisor::run_if_requested();
-    let config = match AgentArgs::parse().validate() {
+    let args = AgentArgs::parse();
+    let log_format = args.log_format;
+    let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("corral-agent: error: {e}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    corral_proto::logging::init(log_format, "info");
     let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
         Ok(r) => r,
         Err(e) => {

@@ -23,6 +23,7 @@ const EXIT_RAFT_STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
     let args = MasterArgs::parse(); // clap exits with code 2 on usage errors
+    let log_format = args.log_format;
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -30,12 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    corral_proto::logging::init(log_format, "info,openraft=warn");
     let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
         Ok(r) => r,
         Err(e) => {
