@@ -17,6 +17,7 @@ mod commands;
 mod output;
 
 use commands::{agents, frameworks, health, local, members, run, status, tasks, weights};
+use output::{usage, Failure};
 
 #[derive(Debug, Parser)]
 #[command(name = "corral", version, about = "Operate a Corral cluster")]
@@ -26,7 +27,7 @@ struct Cli {
     masters: String,
 
     /// How long to keep trying to reach the leader.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     timeout_secs: f64,
 
     #[command(subcommand)]
@@ -154,15 +155,15 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
             eprintln!("corral: error: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<i32, String> {
-    let masters = parse_masters(&cli.masters).map_err(|e| format!("--masters: {e}"))?;
+async fn run(cli: Cli) -> Result<i32, Failure> {
+    let masters = parse_masters(&cli.masters).map_err(|e| usage(format!("--masters: {e}")))?;
     if !(cli.timeout_secs.is_finite() && cli.timeout_secs > 0.0) {
-        return Err("--timeout-secs: must be a positive number".into());
+        return Err(usage("--timeout-secs: must be a positive number"));
     }
     let deadline = Duration::from_secs_f64(cli.timeout_secs);
     let masters = Masters::new(masters, deadline);
@@ -190,7 +191,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
             framework,
             limit,
         } => tasks::run(&masters, deadline, &states, framework, limit, json).await?,
-        Command::Run(opts) => return run::command(&masters, opts).await,
+        Command::Run(opts) => return run::command(&masters, deadline, opts).await,
         Command::Health { address } => health::run(&address, deadline).await?,
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -5,6 +5,46 @@ use corral_proto::v1;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 
+/// Why a command failed, which decides the exit code: 2 for a usage error (a flag or
+/// argument the CLI refuses before asking the cluster), 1 for everything else (the cluster
+/// refused, could not be reached, or a task failed to run).
+#[derive(Debug)]
+pub enum Failure {
+    /// The command line is wrong; the message names the flag.
+    Usage(String),
+    /// The cluster refused or could not be reached.
+    Cluster(String),
+}
+
+impl Failure {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Cluster(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Cluster(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Cluster(message)
+    }
+}
+
+/// A usage error (exit 2).
+pub fn usage(message: impl Into<String>) -> Failure {
+    Failure::Usage(message.into())
+}
+
 /// One line for a failed call: what the cluster said, without transport noise.
 pub fn describe(status: &Status) -> String {
     let what = match status.code() {

@@ -35,3 +35,129 @@ async fn operator_logs_are_plain_off_a_terminal_and_json_lines_on_request() {
         "no info event among:\n{json}"
     );
 }
+
+/// A `corral` process killed when the test ends, whatever happens.
+struct Cli(std::process::Child);
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait for `child` to exit, or panic naming `what` after `deadline`.
+async fn exit_of(child: &mut std::process::Child, deadline: Duration, what: &str) -> std::process::ExitStatus {
+    corral_tests::wait_for(deadline, what, || {
+        let status = child.try_wait().expect("try_wait");
+        async move { status }
+    })
+    .await
+}
+
+fn corral(args: &[&str], masters: &str, out: &std::path::Path, err: &std::path::Path) -> Cli {
+    let child = std::process::Command::new(corral_tests::binary("corral"))
+        .args(args)
+        .env("CORRAL_MASTERS", masters)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(out).expect("stdout file"))
+        .stderr(std::fs::File::create(err).expect("stderr file"))
+        .spawn()
+        .expect("spawn corral");
+    Cli(child)
+}
+
+/// Usage errors exit 2 and name the flag, before any master is asked: a negative number is
+/// the flag's value (not clap's "did you mean `-- -1`"), and a scalar below the smallest
+/// amount (0.001) is refused rather than run as zero.
+#[test]
+fn operator_usage_errors_exit_2_and_name_the_flag() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["run", "--cpus", "-1", "--", "true"], "--cpus"),
+        (&["run", "--cpus", "0.0001", "--", "true"], "--cpus"),
+        (&["run", "--mem", "0.0004", "--", "true"], "--mem"),
+        (&["run", "--count", "0", "--", "true"], "--count"),
+        (&["run", "--timeout", "0s", "--", "true"], "--timeout"),
+        (&["--timeout-secs", "-2", "status"], "--timeout-secs"),
+        (&["tasks", "--state", "sleeping"], "--state"),
+    ];
+    for (args, flag) in cases {
+        let out = std::process::Command::new(corral_tests::binary("corral"))
+            .args(args)
+            // Nothing listens there: a usage error must not need a master.
+            .env("CORRAL_MASTERS", format!("127.0.0.1:{}", corral_tests::free_port()))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run corral");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "corral {args:?}: {err}");
+        assert!(err.contains(flag), "corral {args:?} does not name {flag}: {err}");
+    }
+}
+
+/// With no master to answer, `corral run` gives up after --timeout-secs with a message
+/// (it once printed nothing for ten minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_run_with_no_master_gives_up_with_a_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let nobody = format!("127.0.0.1:{}", corral_tests::free_port());
+    let mut run = corral(&["--timeout-secs", "2", "run", "--", "echo", "hi"], &nobody, &out, &err);
+    let status = exit_of(&mut run.0, T, "corral run to give up").await;
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.starts_with("corral: error: ") && text.len() > 20, "{text}");
+}
+
+/// A task that no registered agent could ever hold is refused at once, naming the largest
+/// agent; one that fits but must wait says what it waits for every few seconds; Ctrl-C on
+/// a running `corral run` tears its framework down (its task is killed) and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_run_refuses_what_never_fits_and_ctrl_c_kills_its_task() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(&[1], T).await;
+    cluster.start_agent("a", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let masters = cluster.masters_arg();
+
+    let mut big = corral(&["run", "--cpus", "64", "--", "true"], &masters, &out, &err);
+    let status = exit_of(&mut big.0, T, "corral run --cpus 64 to be refused").await;
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no registered agent can ever hold") && text.contains("cpus:2"),
+        "{text}"
+    );
+
+    // Two tasks of 1.5 cpus on an agent of 2: one runs, the other waits for room.
+    let args = [
+        "run", "--name", "sleeper", "--count", "2", "--cpus", "1.5", "--", "sleep", "600",
+    ];
+    let mut sleeper = corral(&args, &masters, &out, &err);
+    corral_tests::wait_for(T, "the first task to run", || async {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("sleeper-0 TASK_RUNNING")
+            .then_some(())
+    })
+    .await;
+    corral_tests::wait_for(T, "corral run to say what it waits for", || async {
+        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        (text.contains("corral: waiting") && text.contains("an offer with room for")).then_some(())
+    })
+    .await;
+    // SAFETY: interrupting our own child, as Ctrl-C would.
+    unsafe { libc::kill(sleeper.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = exit_of(&mut sleeper.0, T, "corral run to stop on Ctrl-C").await;
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("tearing down framework"), "{text}");
+    corral_tests::wait_for(T, "the task killed by the teardown", || async {
+        let tasks = cluster.tasks().await.ok()?;
+        let t = tasks.iter().find(|t| t.task_id == "sleeper-0")?;
+        (t.state == corral_proto::v1::TaskState::TaskKilled as i32).then_some(())
+    })
+    .await;
+}

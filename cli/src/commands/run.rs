@@ -3,7 +3,10 @@
 //!
 //! It never hangs silently: a launch the leader did not confirm (an Accept cut by a
 //! failover) is reconciled and launched again if the master never made it, and the caller
-//! gives up after a time without progress, saying what it was waiting for ([`Progress`]).
+//! gives up after a time without progress, saying what it was waiting for ([`Progress`]),
+//! and says what it waits for every few seconds meanwhile. A task no registered agent could
+//! ever hold is refused at once, naming the largest agent. Ctrl-C tears the framework down
+//! (the master kills its tasks) and says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -17,16 +20,19 @@ use corral_proto::scheduler::{Driver, Scheduler};
 use corral_proto::v1;
 use v1::TaskState;
 
+use crate::output::{describe, usage, Failure};
+
 /// `corral run`'s options.
 #[derive(Debug, clap::Args)]
 pub struct RunOpts {
     /// Task name (and id; with --count, ids are NAME-0, NAME-1, ...).
     #[arg(long, default_value = "corral-run")]
     name: String,
-    #[arg(long, default_value_t = 0.1)]
+    /// CPUs per task (at least 0.001 when not 0).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     cpus: f64,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 32.0)]
+    /// Memory in MiB per task (at least 0.001 when not 0).
+    #[arg(long, default_value_t = 32.0, allow_negative_numbers = true)]
     mem: f64,
     #[arg(long, default_value = "*")]
     role: String,
@@ -47,8 +53,15 @@ pub struct RunOpts {
     command: Vec<String>,
 }
 
+/// How often a run that waits says what it waits for.
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(5);
+/// How long a run interrupted by Ctrl-C waits for its teardown to be sent.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(10);
+/// The exit code after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
 /// `corral run [OPTIONS] -- COMMAND...`: the exit code to leave with.
-pub async fn command(masters: &Masters, opts: RunOpts) -> Result<i32, String> {
+pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Result<i32, Failure> {
     let RunOpts {
         name,
         cpus,
@@ -60,15 +73,15 @@ pub async fn command(masters: &Masters, opts: RunOpts) -> Result<i32, String> {
         timeout,
         command,
     } = opts;
-    let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+    let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     if timeout.is_zero() {
-        return Err("--timeout: must be longer than 0s".into());
+        return Err(usage("--timeout: must be longer than 0s"));
     }
     let prefer = prefer
-        .map(|p| Preference::parse(&p).map_err(|e| format!("--prefer: {e}")))
+        .map(|p| Preference::parse(&p).map_err(|e| usage(format!("--prefer: {e}"))))
         .transpose()?;
     let locality_wait =
-        corral_proto::time::parse_duration(&locality_wait).map_err(|e| format!("--locality-wait: {e}"))?;
+        corral_proto::time::parse_duration(&locality_wait).map_err(|e| usage(format!("--locality-wait: {e}")))?;
     let runner = Run::new(RunArgs {
         name: name.clone(),
         cpus,
@@ -77,7 +90,13 @@ pub async fn command(masters: &Masters, opts: RunOpts) -> Result<i32, String> {
         prefer,
         locality_wait,
         command,
-    })?;
+    })
+    .map_err(usage)?;
+    // Before registering: a task that no registered agent could ever hold would wait forever.
+    let agents = corral_proto::client::list_all(masters, deadline, v1::ListAgentsRequest::default())
+        .await
+        .map_err(|s| describe(&s))?;
+    check_fits(&runner.per_task, &agents)?;
     let info = v1::FrameworkInfo {
         name: format!("corral run {name}"),
         role,
@@ -86,17 +105,66 @@ pub async fn command(masters: &Masters, opts: RunOpts) -> Result<i32, String> {
         ..Default::default()
     };
     let progress = runner.progress();
+    let driver = runner.driver.clone();
     let work = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner);
     tokio::pin!(work);
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
+    let mut noted = Instant::now();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             done = &mut work => return Ok(done.map_err(|e| e.to_string())?.exit_code()),
-            _ = watchdog.tick() => if let Some(what) = progress.stalled(timeout) {
-                return Err(format!("gave up after {timeout:?} without progress, waiting for {what}"));
+            _ = &mut interrupted => break,
+            _ = watchdog.tick() => {
+                if let Some(what) = progress.stalled(timeout) {
+                    return Err(Failure::Cluster(format!("gave up after {timeout:?} without progress, waiting for {what}")));
+                }
+                let (idle, what) = progress.idle();
+                if idle >= WAITING_NOTE_EVERY && noted.elapsed() >= WAITING_NOTE_EVERY {
+                    noted = Instant::now();
+                    eprintln!("corral: waiting {}s for {what}", idle.as_secs());
+                }
             }
         }
     }
+    // Ctrl-C: end the framework, which kills its tasks, rather than leave them running until
+    // its failover timeout.
+    let registered = driver.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match registered {
+        Some((framework_id, driver)) => {
+            eprintln!("corral: interrupted: tearing down framework {framework_id}; the master kills its tasks");
+            driver.stop(true);
+            if tokio::time::timeout(TEARDOWN_WAIT, &mut work).await.is_err() {
+                eprintln!("corral: the teardown was not confirmed within {TEARDOWN_WAIT:?}; the framework ends after its failover timeout (10s)");
+            }
+        }
+        None => eprintln!("corral: interrupted before the framework registered; nothing was launched"),
+    }
+    Ok(EXIT_INTERRUPTED)
+}
+
+/// Refuse a task no registered agent could ever hold, naming the largest agent. With no
+/// agent registered yet, the run waits for one (saying so).
+fn check_fits(per_task: &Resources, agents: &[v1::AgentSummary]) -> Result<(), Failure> {
+    let totals: Vec<(String, Resources)> = agents
+        .iter()
+        .filter(|a| a.state == v1::AgentState::AgentActive as i32)
+        .map(|a| {
+            let total = resources_from_wire("resources", &a.resources).unwrap_or_default();
+            (a.hostname.clone(), total)
+        })
+        .collect();
+    if totals.is_empty() || totals.iter().any(|(_, total)| total.contains(per_task)) {
+        return Ok(());
+    }
+    let (host, largest) = totals
+        .iter()
+        .max_by_key(|(_, t)| (t.scalar_milli("cpus"), t.scalar_milli("mem")))
+        .expect("not empty");
+    Err(Failure::Cluster(format!(
+        "no registered agent can ever hold a task of {per_task}: the largest ({host}) has {largest}"
+    )))
 }
 
 pub struct RunArgs {
@@ -112,6 +180,8 @@ pub struct RunArgs {
 pub struct Run {
     args: RunArgs,
     per_task: Resources,
+    /// The framework's id and driver once registered (for Ctrl-C).
+    driver: Arc<Mutex<Option<(String, Driver)>>>,
     delay: DelayScheduling,
     next: u32,
     /// task id → (state, exit code)
@@ -139,6 +209,12 @@ impl Progress {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long nothing moved, and what is awaited.
+    pub fn idle(&self) -> (Duration, String) {
+        let p = self.lock();
+        (p.0.elapsed(), p.1.clone())
+    }
+
     /// What is awaited, if nothing moved for `timeout`.
     pub fn stalled(&self, timeout: Duration) -> Option<String> {
         let p = self.lock();
@@ -151,6 +227,11 @@ impl Run {
         let mut per_task = Resources::new();
         let cpus = scalar_from_f64("cpus", args.cpus).map_err(|e| format!("--cpus: {e}"))?;
         let mem = scalar_from_f64("mem", args.mem).map_err(|e| format!("--mem: {e}"))?;
+        for (flag, value, milli) in [("--cpus", args.cpus, cpus), ("--mem", args.mem, mem)] {
+            if value > 0.0 && milli == 0 {
+                return Err(format!("{flag}: {value} is below the smallest amount, 0.001"));
+            }
+        }
         if cpus == 0 && mem == 0 {
             return Err("--cpus and --mem: a task needs some cpus or memory".into());
         }
@@ -170,6 +251,7 @@ impl Run {
         Ok(Run {
             args,
             per_task,
+            driver: Arc::default(),
             delay,
             next: 0,
             tasks: BTreeMap::new(),
@@ -273,7 +355,8 @@ fn reconcile_task(task_id: &str) -> v1::ReconcileTask {
 }
 
 impl Scheduler for Run {
-    fn registered(&mut self, _d: &Driver, framework_id: &str, master: &v1::MasterInfo) {
+    fn registered(&mut self, driver: &Driver, framework_id: &str, master: &v1::MasterInfo) {
+        *self.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some((framework_id.to_string(), driver.clone()));
         println!(
             "registered as framework {framework_id} with leader {}; waiting for offers",
             master.address

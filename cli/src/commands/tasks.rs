@@ -6,7 +6,7 @@ use corral_proto::client::Masters;
 use corral_proto::v1;
 use serde_json::json;
 
-use crate::output::{describe, print_rows, resources_text};
+use crate::output::{describe, print_rows, resources_text, usage, Failure};
 
 /// `corral tasks [--state S]... [--framework F] [--limit N] [--json]`.
 pub async fn run(
@@ -16,17 +16,18 @@ pub async fn run(
     framework: Option<String>,
     limit: Option<u64>,
     json: bool,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let states = states
         .iter()
         .map(|s| parse_task_state(s).map(|st| st as i32))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
     let filter = v1::ListTasksRequest {
         framework_id: framework.unwrap_or_default(),
         states,
         ..Default::default()
     };
-    print_tasks(masters, deadline, filter, limit, json).await
+    Ok(print_tasks(masters, deadline, filter, limit, json).await?)
 }
 
 /// A task state as the user writes it: `running`, `TASK_RUNNING`, `task_running`.
