@@ -13,7 +13,8 @@
 //!   their real exit status;
 //! - [`isolation`]: cpu and memory limits with cgroups v2 where possible;
 //! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills;
-//! - [`durable`]: checkpoints written whole and fsynced (temporary file, rename, directory).
+//! - [`durable`]: checkpoints written whole and fsynced (temporary file, rename, directory);
+//! - [`files`]: the sandboxes served read-only (`/files/read`, `/files/browse`, Mesos' shape).
 //!
 //! # A task, end to end
 //!
@@ -39,6 +40,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod durable;
+pub mod files;
 pub mod gc;
 pub mod isolation;
 pub mod supervisor;
@@ -125,6 +127,8 @@ impl Agent {
         let app = Router::new()
             .route("/health", get(health))
             .route("/state", get(state))
+            .route("/files/read", get(files::read))
+            .route("/files/browse", get(files::browse))
             .with_state(tasks.clone());
         let mut http_stop = stopped.clone();
         handles.push(tokio::spawn(async move {

@@ -4,8 +4,9 @@
 //! a non-zero exit: 1 when the cluster refused or could not be reached, 2 for usage errors.
 //!
 //! Files: this one parses the command line and dispatches; `commands/` holds one file per
-//! command (`status`, `members`, `weights`, `agents`, `frameworks`, `tasks`, `run`,
-//! `health`, `local`); `output.rs` the one-line errors, tables and JSON they print with.
+//! command (`status`, `members`, `weights`, `agents`, `frameworks`, `tasks`, `run`, `logs`,
+//! `health`, `local`); `output.rs` the one-line errors, tables and JSON they print with;
+//! `http.rs` the GET the CLI sends to HTTP endpoints (health, agents' files).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use clap::{Parser, Subcommand};
 use corral_proto::client::{parse_masters, Masters};
 
 mod commands;
+mod http;
 mod output;
 
-use commands::{agents, frameworks, health, local, members, run, status, tasks, weights};
+use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, weights};
 use output::{usage, Failure};
 
 #[derive(Debug, Parser)]
@@ -80,6 +82,8 @@ enum Command {
     /// Run a command as a task (or several) on the cluster, print each status change, and
     /// exit with its exit code. `corral run -- sh -c 'echo hello'`.
     Run(run::RunOpts),
+    /// A task's output (stdout, or stderr with --stderr), read from its agent's sandbox.
+    Logs(logs::LogsOpts),
     /// Exit 0 if the HTTP endpoint at HOST:PORT answers `GET /health` with 200 (for
     /// container health checks, without curl).
     Health { address: String },
@@ -192,6 +196,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             limit,
         } => tasks::run(&masters, deadline, &states, framework, limit, json).await?,
         Command::Run(opts) => return run::command(&masters, deadline, opts).await,
+        Command::Logs(opts) => logs::run(&masters, deadline, opts).await?,
         Command::Health { address } => health::run(&address, deadline).await?,
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -51,9 +51,11 @@ fn cli_errors_unreachable_cluster_is_one_line_exit_1() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // A flag the CLI refuses before asking anyone is a usage error (issue 22: usage errors
+    // exit 2).
     let out = corral(&["--masters", "nonsense", "status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--masters"), "{stderr}");
 }
 

@@ -989,6 +989,7 @@ fn methods() -> Vec<(&'static str, Shape, Vec<u8>)> {
                 states: vec![3],
                 limit: 2,
                 page_token: "f/t".into(),
+                task_id: "t".into(),
             }
             .encode_to_vec(),
         ),

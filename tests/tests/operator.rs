@@ -161,3 +161,102 @@ async fn operator_run_refuses_what_never_fits_and_ctrl_c_kills_its_task() {
     })
     .await;
 }
+
+/// A task's output, through the agent's sandbox: `corral run` prints what its one task
+/// writes; `corral logs` shows a finished task's and a running task's output, its last
+/// lines with --tail, its stderr with --stderr, and with --follow prints lines as they come
+/// until the task ends. The agent serves only the sandboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_task_output_through_corral_run_and_corral_logs() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(&[1], T).await;
+    cluster.start_agent("a", "cpus:2;mem:1024", "");
+    let agent = cluster.wait_agents(1, T).await.remove(0);
+
+    let out = cluster.cli(&["run", "--name", "hello", "--", "echo", "hello"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.lines().any(|l| l == "hello"),
+        "corral run did not print the task's output:\n{text}"
+    );
+    let quiet = cluster.cli(&["run", "--name", "quiet", "--quiet", "--", "echo", "hello"]);
+    let text = String::from_utf8_lossy(&quiet.stdout);
+    assert!(quiet.status.success() && !text.lines().any(|l| l == "hello"), "{text}");
+
+    let logs = |args: &[&str]| {
+        let out = cluster.cli(args);
+        assert!(
+            out.status.success(),
+            "corral {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(logs(&["logs", "hello"]), "hello\n", "a finished task's stdout");
+
+    // A task that writes, then waits for a file in its sandbox before it writes again.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = "echo first; echo oops >&2; while [ ! -e go ]; do sleep 0.1; done; echo last";
+    let (out, err) = (dir.path().join("run.out"), dir.path().join("run.err"));
+    let _talker = corral(
+        &["run", "--name", "talker", "--quiet", "--", "sh", "-c", script],
+        &cluster.masters_arg(),
+        &out,
+        &err,
+    );
+    let framework_id = corral_tests::wait_for(T, "the talker to run and write", || async {
+        let tasks = cluster.tasks().await.ok()?;
+        let t = tasks.iter().find(|t| t.task_id == "talker")?;
+        let running = t.state == corral_proto::v1::TaskState::TaskRunning as i32;
+        let sandbox = cluster.sandbox("a", &t.framework_id, "talker");
+        let wrote = std::fs::read_to_string(sandbox.join("stdout")).is_ok_and(|s| s == "first\n");
+        (running && wrote).then(|| t.framework_id.clone())
+    })
+    .await;
+    assert_eq!(logs(&["logs", "talker"]), "first\n", "a running task's stdout");
+    assert_eq!(logs(&["logs", "--tail", "1", "talker"]), "first\n");
+    assert_eq!(logs(&["logs", "--stderr", "talker"]), "oops\n");
+
+    let (fout, ferr) = (dir.path().join("follow.out"), dir.path().join("follow.err"));
+    let mut follow = corral(&["logs", "--follow", "talker"], &cluster.masters_arg(), &fout, &ferr);
+    corral_tests::wait_for(T, "--follow to print what is there", || async {
+        (std::fs::read_to_string(&fout).unwrap_or_default() == "first\n").then_some(())
+    })
+    .await;
+    std::fs::write(cluster.sandbox("a", &framework_id, "talker").join("go"), b"").expect("go file");
+    let status = exit_of(&mut follow.0, T, "--follow to end with the task").await;
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&ferr).unwrap_or_default()
+    );
+    assert_eq!(std::fs::read_to_string(&fout).unwrap_or_default(), "first\nlast\n");
+
+    // The agent serves the sandboxes and nothing else.
+    let code = |target: String| {
+        let address = agent.address.clone();
+        async move {
+            corral_tests::http_request(&address, "GET", &target, b"")
+                .await
+                .map(|(code, _)| code)
+        }
+    };
+    assert_eq!(code("/files/read?path=meta/agent_id".into()).await, Some(403));
+    assert_eq!(code("/files/read?path=frameworks/nothing/here".into()).await, Some(404));
+    assert_eq!(code("/files/read".into()).await, Some(400));
+    let listing = corral_tests::http_request(
+        &agent.address,
+        "GET",
+        &format!("/files/browse?path=frameworks/{framework_id}/tasks/talker"),
+        b"",
+    )
+    .await
+    .expect("browse answers");
+    assert_eq!(listing.0, 200, "{}", listing.1);
+    assert!(
+        listing.1.contains("/stdout\"") && listing.1.contains("\"mode\""),
+        "{}",
+        listing.1
+    );
+}

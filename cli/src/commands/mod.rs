@@ -5,6 +5,7 @@ pub mod agents;
 pub mod frameworks;
 pub mod health;
 pub mod local;
+pub mod logs;
 pub mod members;
 pub mod run;
 pub mod status;

@@ -20,7 +20,11 @@ use corral_proto::scheduler::{Driver, Scheduler};
 use corral_proto::v1;
 use v1::TaskState;
 
+use super::logs::{agent_address, Output, Stream};
 use crate::output::{describe, usage, Failure};
+
+/// The running task whose output is followed: framework, agent and task ids.
+type Running = Arc<Mutex<Option<(String, String, String)>>>;
 
 /// `corral run`'s options.
 #[derive(Debug, clap::Args)]
@@ -48,6 +52,9 @@ pub struct RunOpts {
     /// update), saying what was awaited, e.g. 60s, 5m.
     #[arg(long, default_value = "60s")]
     timeout: String,
+    /// Do not print the task's output (printed as it comes when one task runs).
+    #[arg(long)]
+    quiet: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -71,6 +78,7 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
         prefer,
         locality_wait,
         timeout,
+        quiet,
         command,
     } = opts;
     let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
@@ -93,9 +101,16 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     })
     .map_err(usage)?;
     // Before registering: a task that no registered agent could ever hold would wait forever.
-    let agents = corral_proto::client::list_all(masters, deadline, v1::ListAgentsRequest::default())
+    let wait = deadline.min(timeout);
+    let agents = corral_proto::client::list_all(masters, wait, v1::ListAgentsRequest::default())
         .await
-        .map_err(|s| describe(&s))?;
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Failure::Cluster(format!(
+                "gave up after {wait:?} without progress, waiting for a leader to answer ({})",
+                describe(&s)
+            )),
+            _ => Failure::Cluster(describe(&s)),
+        })?;
     check_fits(&runner.per_task, &agents)?;
     let info = v1::FrameworkInfo {
         name: format!("corral run {name}"),
@@ -106,6 +121,10 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     };
     let progress = runner.progress();
     let driver = runner.driver.clone();
+    let running = runner.running.clone();
+    // One task: its stdout and stderr are printed as they come.
+    let follow = count == 1 && !quiet;
+    let mut output: Option<[Output; 2]> = None;
     let work = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner);
     tokio::pin!(work);
     let mut watchdog = tokio::time::interval(Duration::from_millis(250));
@@ -114,11 +133,33 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     tokio::pin!(interrupted);
     loop {
         tokio::select! {
-            done = &mut work => return Ok(done.map_err(|e| e.to_string())?.exit_code()),
+            done = &mut work => {
+                let code = done.map_err(|e| e.to_string())?.exit_code();
+                if follow {
+                    // The task has ended: what it wrote is all there.
+                    if output.is_none() {
+                        output = open_output(masters, deadline, &running).await;
+                    }
+                    for o in output.iter_mut().flatten() {
+                        drain(o).await;
+                    }
+                }
+                return Ok(code);
+            }
             _ = &mut interrupted => break,
             _ = watchdog.tick() => {
                 if let Some(what) = progress.stalled(timeout) {
                     return Err(Failure::Cluster(format!("gave up after {timeout:?} without progress, waiting for {what}")));
+                }
+                if follow {
+                    if output.is_none() {
+                        output = open_output(masters, deadline, &running).await;
+                    }
+                    for o in output.iter_mut().flatten() {
+                        if let Err(e) = o.print_more().await {
+                            tracing::debug!(error = %e, "task output not read");
+                        }
+                    }
                 }
                 let (idle, what) = progress.idle();
                 if idle >= WAITING_NOTE_EVERY && noted.elapsed() >= WAITING_NOTE_EVERY {
@@ -142,6 +183,42 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
         None => eprintln!("corral: interrupted before the framework registered; nothing was launched"),
     }
     Ok(EXIT_INTERRUPTED)
+}
+
+/// The task's stdout and stderr, once it runs and its agent is known.
+async fn open_output(masters: &Masters, deadline: Duration, running: &Running) -> Option<[Output; 2]> {
+    let (framework_id, agent_id, task_id) = running.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+    match agent_address(masters, deadline, &agent_id).await {
+        Ok(agent) => Some([
+            Output::new(
+                agent.clone(),
+                &framework_id,
+                &task_id,
+                Stream::Stdout,
+                Stream::Stdout,
+                deadline,
+            ),
+            Output::new(agent, &framework_id, &task_id, Stream::Stderr, Stream::Stderr, deadline),
+        ]),
+        Err(e) => {
+            eprintln!("corral: cannot show the task's output: {e}");
+            None
+        }
+    }
+}
+
+/// Print what is left of `output` (bounded, in case the task wrote without end).
+async fn drain(output: &mut Output) {
+    for _ in 0..64 {
+        match output.print_more().await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                eprintln!("corral: the rest of the task's output could not be read: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Refuse a task no registered agent could ever hold, naming the largest agent. With no
@@ -182,6 +259,8 @@ pub struct Run {
     per_task: Resources,
     /// The framework's id and driver once registered (for Ctrl-C).
     driver: Arc<Mutex<Option<(String, Driver)>>>,
+    /// The task once it runs (its output is followed when it is the only one).
+    running: Running,
     delay: DelayScheduling,
     next: u32,
     /// task id → (state, exit code)
@@ -252,6 +331,7 @@ impl Run {
             args,
             per_task,
             driver: Arc::default(),
+            running: Arc::default(),
             delay,
             next: 0,
             tasks: BTreeMap::new(),
@@ -471,6 +551,13 @@ impl Scheduler for Run {
             format!(": {}", status.message)
         };
         println!("{} {}{code}{message}", status.task_id, state.as_str_name());
+        if state == TaskState::TaskRunning {
+            *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+                status.framework_id.clone(),
+                status.agent_id.clone(),
+                status.task_id.clone(),
+            ));
+        }
         self.tasks.insert(status.task_id.clone(), (state, status.exit_code));
         self.moved();
         if self.all_done() {

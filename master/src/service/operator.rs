@@ -396,6 +396,10 @@ impl Operator for OperatorService {
         if !only.is_empty() {
             crate::validate::id("framework_id", &only).map_err(Status::invalid_argument)?;
         }
+        let task_id = req.task_id;
+        if !task_id.is_empty() {
+            crate::validate::id("task_id", &task_id).map_err(Status::invalid_argument)?;
+        }
         if req.states.len() > MAX_STATE_FILTERS {
             return Err(Status::invalid_argument(format!(
                 "states: {} entries, at most {MAX_STATE_FILTERS}",
@@ -433,6 +437,7 @@ impl Operator for OperatorService {
             .range((start, Bound::Unbounded))
             .take_while(|((f, _), _)| only.is_empty() || *f == only)
             .filter(|(_, t)| req.states.is_empty() || req.states.contains(&t.status.state))
+            .filter(|(_, t)| task_id.is_empty() || t.task_id == task_id)
             .map(|((f, id), t)| {
                 let summary = v1::TaskSummary {
                     framework_id: t.framework_id.clone(),
