@@ -79,6 +79,7 @@ async fn collect_sandboxes(tasks: Tasks, gc_delay: Duration, headroom: f64, mut 
         });
         match scan.await {
             Ok((usage, age, removed)) if !removed.is_empty() => {
+                tasks.collected(removed.len() as u64);
                 tracing::info!(removed = removed.len(), disk_usage = usage, max_age = ?age, "removed finished sandboxes");
             }
             Ok(_) => {}
@@ -127,6 +128,7 @@ impl Agent {
         let app = Router::new()
             .route("/health", get(health))
             .route("/state", get(state))
+            .route("/metrics", get(metrics))
             .route("/files/read", get(files::read))
             .route("/files/browse", get(files::browse))
             .with_state(tasks.clone());
@@ -181,6 +183,41 @@ impl Agent {
 
 async fn health(State(tasks): State<Tasks>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "agent_id": tasks.agent_id(), "isolation": tasks.isolation()}))
+}
+
+/// Prometheus text: the agent's tasks by state, whether it isolates them, the newest
+/// leader term it obeys, and the sandboxes it removed.
+async fn metrics(State(tasks): State<Tasks>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write;
+    let mut by_state: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+    for (_, _, _, s) in tasks.running() {
+        let name = corral_proto::v1::TaskState::try_from(s).map_or("TASK_UNKNOWN", |s| s.as_str_name());
+        *by_state.entry(name).or_default() += 1;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_tasks Tasks this agent holds (running, or with updates not yet acknowledged), by state.\n# TYPE corral_agent_tasks gauge"
+    );
+    for (state, n) in by_state {
+        let _ = writeln!(out, "corral_agent_tasks{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_isolation 1 if tasks run in cgroups with cpu and memory limits.\n# TYPE corral_agent_isolation gauge\ncorral_agent_isolation {}",
+        u8::from(tasks.isolation())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_leader_term The newest leader term this agent obeys.\n# TYPE corral_agent_leader_term gauge\ncorral_agent_leader_term {}",
+        tasks.max_term()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_sandboxes_collected_total Finished sandboxes removed since the agent started.\n# TYPE corral_agent_sandboxes_collected_total counter\ncorral_agent_sandboxes_collected_total {}",
+        tasks.collected_total()
+    );
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 async fn state(State(tasks): State<Tasks>) -> Json<serde_json::Value> {

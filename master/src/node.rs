@@ -597,7 +597,7 @@ async fn serve(
         .add_service(agents);
     let http = crate::service::http::router(shared.clone());
     let grpc = std::mem::take(routes.axum_router_mut());
-    *routes.axum_router_mut() = grpc.merge(http);
+    *routes.axum_router_mut() = grpc.merge(http).fallback(crate::service::http::fallback);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .accept_http1(true)

@@ -260,3 +260,154 @@ async fn operator_task_output_through_corral_run_and_corral_logs() {
         listing.1
     );
 }
+
+/// Every sample of a Prometheus text answer: (metric, labels, value), parsed as Prometheus
+/// parses it (a line it cannot read fails the parse).
+fn prometheus(text: &str) -> Vec<(String, prometheus_parse::Labels, f64)> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (s.metric, s.labels, v)
+        })
+        .collect()
+}
+
+fn sample(
+    samples: &[(String, prometheus_parse::Labels, f64)],
+    metric: &str,
+    label: Option<(&str, &str)>,
+) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(m, labels, _)| m == metric && label.is_none_or(|(k, v)| labels.get(k) == Some(v)))
+        .map(|(_, _, v)| *v)
+}
+
+/// `/metrics` of the leader and of an agent parse as Prometheus text and hold the cluster's
+/// figures; `/state` is the real applied state, its tasks paged; unknown paths answer 404
+/// and a known path with another method 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_metrics_and_state_hold_the_cluster() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(&[1], T).await;
+    cluster.start_agent("a", "cpus:2;mem:1024", "");
+    let agent = cluster.wait_agents(1, T).await.remove(0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let args = [
+        "run", "--name", "m", "--count", "2", "--cpus", "0.5", "--mem", "64", "--", "sleep", "600",
+    ];
+    let _run = corral(&args, &cluster.masters_arg(), &out, &err);
+    corral_tests::wait_for(T, "two running tasks", || async {
+        let tasks = cluster.tasks().await.ok()?;
+        let running = tasks
+            .iter()
+            .filter(|t| t.state == corral_proto::v1::TaskState::TaskRunning as i32)
+            .count();
+        (running == 2).then_some(())
+    })
+    .await;
+    let finished = cluster.cli(&["run", "--name", "done", "--", "true"]);
+    assert!(finished.status.success());
+
+    let (code, text) = cluster.http_get(1, "/metrics").await.expect("master /metrics");
+    assert_eq!(code, 200);
+    let m = prometheus(&text);
+    assert_eq!(
+        sample(&m, "corral_agents", Some(("state", "active"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "corral_frameworks", Some(("state", "connected"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "corral_tasks", Some(("state", "TASK_RUNNING"))),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "corral_tasks", Some(("state", "TASK_FINISHED"))),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "corral_resources_total", Some(("resource", "cpus"))),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "corral_resources_used", Some(("resource", "cpus"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "corral_resources_used", Some(("resource", "mem"))),
+        Some(128.0)
+    );
+    assert_eq!(
+        sample(&m, "corral_role_dominant_share", Some(("role", "*"))),
+        Some(0.5),
+        "{text}"
+    );
+    assert!(
+        sample(&m, "corral_allocation_passes_total", None).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&m, "corral_allocation_last_pass_seconds", None).is_some(),
+        "{text}"
+    );
+    assert!(sample(&m, "corral_offers_outstanding", None).is_some(), "{text}");
+    assert!(
+        sample(&m, "corral_resources_offered", Some(("resource", "cpus"))).is_some(),
+        "{text}"
+    );
+
+    let (code, text) = corral_tests::http_request(&agent.address, "GET", "/metrics", b"")
+        .await
+        .expect("agent /metrics");
+    assert_eq!(code, 200);
+    let a = prometheus(&text);
+    assert_eq!(
+        sample(&a, "corral_agent_tasks", Some(("state", "TASK_RUNNING"))),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&a, "corral_agent_sandboxes_collected_total", None).is_some(),
+        "{text}"
+    );
+
+    let (code, body) = cluster.http_get(1, "/state?tasks_limit=2").await.expect("/state");
+    assert_eq!(code, 200);
+    let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(state["agents"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(state["agents"][0]["resources"]["cpus"], 2.0, "{body}");
+    assert_eq!(state["frameworks_total"], 2, "{body}");
+    assert_eq!(state["tasks_total"], 3, "{body}");
+    assert_eq!(state["tasks"].as_array().map(Vec::len), Some(2), "{body}");
+    let next = state["tasks_next"].as_str().expect("a next page").to_string();
+    assert!(!next.is_empty(), "{body}");
+    let (_, body) = cluster
+        .http_get(1, &format!("/state?tasks_limit=2&tasks_after={next}"))
+        .await
+        .expect("/state page 2");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(page["tasks_next"], "", "{body}");
+
+    assert_eq!(cluster.http_get(1, "/").await.map(|r| r.0), Some(404));
+    assert_eq!(cluster.http_get(1, "/no/such/page").await.map(|r| r.0), Some(404));
+    let posted = corral_tests::http_request(cluster.address(1), "POST", "/health", b"").await;
+    assert_eq!(posted.map(|r| r.0), Some(405));
+}

@@ -96,6 +96,8 @@ pub struct Tasks {
     cgroups: Option<Cgroups>,
     /// The executable started as each task's supervisor.
     exe: PathBuf,
+    /// Sandboxes removed by garbage collection since the agent started.
+    collected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Tasks {
@@ -115,6 +117,7 @@ impl Tasks {
             kill_grace,
             cgroups,
             exe,
+            collected: Arc::default(),
         }
     }
 
@@ -258,6 +261,16 @@ impl Tasks {
     /// sandboxes are never collected.
     pub fn held(&self) -> std::collections::BTreeSet<Key> {
         self.lock().tasks.keys().cloned().collect()
+    }
+
+    /// `n` more sandboxes were removed by garbage collection.
+    pub fn collected(&self, n: u64) {
+        self.collected.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sandboxes removed by garbage collection since the agent started.
+    pub fn collected_total(&self) -> u64 {
+        self.collected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The agent's work dir.

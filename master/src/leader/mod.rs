@@ -179,7 +179,9 @@ async fn run_term(shared: Shared, me: Leader, mut jobs: mpsc::Receiver<Job>, mut
                 if full {
                     next_full = now + interval;
                 }
+                let started = std::time::Instant::now();
                 wanted = allocation_pass(&shared, &me, &mut soft, full) == Pass::Held;
+                soft.passes.record(started.elapsed());
                 pass_at = now + PASS_COALESCE;
             }
             _ = tokio::time::sleep_until(next_full), if !wanted => wanted = true,

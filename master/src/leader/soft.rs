@@ -131,6 +131,28 @@ pub struct Soft {
     /// When retention was last considered, and whether a `CollectGarbage` is in flight.
     pub(super) last_gc: Instant,
     pub(super) collecting: bool,
+    /// Allocation passes run in this term, their total time and the last one's.
+    pub passes: PassTimes,
+}
+
+/// How long allocation passes take (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassTimes {
+    /// Passes run.
+    pub count: u64,
+    /// Their total time, in seconds.
+    pub total_seconds: f64,
+    /// The last one's, in seconds.
+    pub last_seconds: f64,
+}
+
+impl PassTimes {
+    /// A pass took `took`.
+    pub fn record(&mut self, took: std::time::Duration) {
+        self.count += 1;
+        self.total_seconds += took.as_secs_f64();
+        self.last_seconds = took.as_secs_f64();
+    }
 }
 
 impl Soft {
@@ -161,6 +183,7 @@ impl Soft {
             last_staging_resend: Instant::now(),
             last_gc: Instant::now(),
             collecting: false,
+            passes: PassTimes::default(),
         }
     }
 

@@ -1,9 +1,13 @@
 //! Plain HTTP on the gRPC port: `/health`, `/metrics` (Prometheus text), `/state` (JSON)
-//! and `/redirect` (307 to the leader), as Mesos masters serve them.
+//! and `/redirect` (307 to the leader), as Mesos masters serve them. Any other path answers
+//! 404 (a gRPC request for an unknown method gets gRPC's UNIMPLEMENTED), a known path with
+//! another method 405.
 
 use std::fmt::Write;
 
-use axum::extract::State;
+use std::ops::Bound;
+
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,8 +15,15 @@ use axum::{Json, Router};
 use openraft::ServerState;
 use serde_json::json;
 
+use corral_proto::resources::{scalar_to_f64, Resources, Value};
+
 use crate::node::Shared;
 use crate::raft::write::WRITE_BUCKETS_MS;
+use crate::service::operator::{DEFAULT_PAGE_RECORDS, MAX_PAGE_RECORDS};
+use crate::state::{AgentState, ClusterState, FrameworkState};
+
+/// Most agents, and most frameworks, `/state` lists (the counts say how many there are).
+pub const MAX_STATE_RECORDS: usize = 10_000;
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -21,6 +32,34 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/state", get(state))
         .route("/redirect", get(redirect))
         .with_state(shared)
+}
+
+/// What no route takes: gRPC's UNIMPLEMENTED for a gRPC request (as tonic answers an
+/// unknown method), 404 for anything else.
+pub(crate) async fn fallback(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/grpc"),
+                (axum::http::HeaderName::from_static("grpc-status"), "12"),
+            ],
+        )
+            .into_response();
+    }
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} is not served here: /health, /metrics, /state, /redirect (and the gRPC API)\n",
+            corral_proto::quote(request.uri().path())
+        ),
+    )
+        .into_response()
 }
 
 /// 200 while this master can take part in the quorum; 503, with the reason, when it cannot
@@ -95,14 +134,27 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             ack as f64 / 1000.0,
         );
     }
-    let launches = match shared.leader.get() {
+    let leading = match shared.leader.get() {
         Some(leader) => leader
-            .ask(|_, soft| (soft.launches.len(), soft.launches.limit()))
+            .ask(|_, soft| {
+                let mut offered = Resources::new();
+                for o in soft.offers.values() {
+                    offered = offered.checked_add(&o.resources).unwrap_or(offered);
+                }
+                (
+                    soft.launches.len(),
+                    soft.launches.limit(),
+                    soft.offers.len(),
+                    offered,
+                    soft.passes,
+                )
+            })
             .await
             .ok(),
         None => None,
     };
-    if let Some((in_flight, limit)) = launches {
+    let offered = leading.as_ref().map(|l| l.3.clone());
+    if let Some((in_flight, limit, offers, _, passes)) = leading {
         gauge(
             "corral_launches_in_flight",
             "Tasks accepted and not yet reported on by their agent (leader only).",
@@ -112,6 +164,26 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             "corral_launch_limit",
             "Launches allowed in flight before offers wait; adapts to the commit latency (leader only).",
             limit as f64,
+        );
+        gauge(
+            "corral_offers_outstanding",
+            "Offers made and not yet accepted, declined or rescinded (leader only).",
+            offers as f64,
+        );
+        gauge(
+            "corral_allocation_last_pass_seconds",
+            "Time the last allocation pass took (leader only).",
+            passes.last_seconds,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP corral_allocation_passes_total Allocation passes run in this leader's term.\n# TYPE corral_allocation_passes_total counter\ncorral_allocation_passes_total{{id=\"{id}\"}} {}",
+            passes.count
+        );
+        let _ = writeln!(
+            out,
+            "# HELP corral_allocation_pass_seconds_total Time spent in allocation passes in this leader's term.\n# TYPE corral_allocation_pass_seconds_total counter\ncorral_allocation_pass_seconds_total{{id=\"{id}\"}} {}",
+            passes.total_seconds
         );
     }
     if let Some(replication) = &m.replication {
@@ -131,6 +203,18 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     }
     let (retained, retention) = {
         let state = shared.state.read();
+        let total = cluster_figures(&mut out, id, &state.app);
+        if let Some(offered) = offered {
+            // Every resource the cluster has, 0 when none of it is on offer.
+            per_resource(
+                &mut out,
+                id,
+                "corral_resources_offered",
+                "Resources in outstanding offers, by resource (leader only).",
+                &total,
+                &offered,
+            );
+        }
         (state.app.retained(), state.app.retention.clone())
     };
     let _ = writeln!(
@@ -220,30 +304,274 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// This master's applied state as JSON (not a linearizable read: use the leader's).
-async fn state(State(shared): State<Shared>) -> Json<serde_json::Value> {
-    let v = shared.self_view();
-    let weights: serde_json::Map<String, serde_json::Value> = {
-        let s = shared.state.read();
-        s.app
-            .weights
-            .iter()
-            .map(|(r, m)| (r.clone(), json!(*m as f64 / 1000.0)))
-            .collect()
+/// `value` as a Prometheus label value (backslash, quote and newline escaped).
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One gauge per resource named in `names`: how much of it `r` holds (range sets count
+/// their members; 0 when `r` has none).
+fn per_resource(out: &mut String, id: u64, name: &str, help: &str, names: &Resources, r: &Resources) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (resource, kind) in names.iter() {
+        let v = match kind {
+            Value::Scalar(_) => scalar_to_f64(r.scalar_milli(resource)),
+            Value::Ranges(_) => r.ranges(resource).len() as f64,
+        };
+        let _ = writeln!(out, "{name}{{id=\"{id}\",resource=\"{resource}\"}} {v}");
+    }
+}
+
+/// The cluster as this master's applied state has it: agents, frameworks and tasks by
+/// state, resources in all and used, and each role's dominant share (DRF). Returns the
+/// active agents' resources in all.
+fn cluster_figures(out: &mut String, id: u64, app: &ClusterState) -> Resources {
+    let _ = writeln!(
+        out,
+        "# HELP corral_agents Agents in the replicated state, by state.\n# TYPE corral_agents gauge"
+    );
+    for s in [
+        AgentState::Active,
+        AgentState::Unreachable,
+        AgentState::Draining,
+        AgentState::Gone,
+    ] {
+        let n = app.agents.values().filter(|a| a.state == s).count();
+        let _ = writeln!(
+            out,
+            "corral_agents{{id=\"{id}\",state=\"{}\"}} {n}",
+            agent_state(s).to_lowercase()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_frameworks Frameworks in the replicated state, by state.\n# TYPE corral_frameworks gauge"
+    );
+    for s in [
+        FrameworkState::Connected,
+        FrameworkState::Disconnected,
+        FrameworkState::TornDown,
+    ] {
+        let n = app.frameworks.values().filter(|f| f.state == s).count();
+        let _ = writeln!(
+            out,
+            "corral_frameworks{{id=\"{id}\",state=\"{}\"}} {n}",
+            framework_state(s).to_lowercase()
+        );
+    }
+    let mut by_state: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
+    for t in app.tasks.values() {
+        *by_state.entry(t.state().as_str_name()).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_tasks Tasks in the replicated state (running and retained), by state.\n# TYPE corral_tasks gauge"
+    );
+    for (state, n) in by_state {
+        let _ = writeln!(out, "corral_tasks{{id=\"{id}\",state=\"{state}\"}} {n}");
+    }
+    let mut total = Resources::new();
+    let mut used = Resources::new();
+    for a in app.agents.values().filter(|a| a.state == AgentState::Active) {
+        total = total.checked_add(&a.resources).unwrap_or(total);
+        used = used.checked_add(&a.used).unwrap_or(used);
+    }
+    per_resource(
+        out,
+        id,
+        "corral_resources_total",
+        "Resources of the active agents, by resource.",
+        &total,
+        &total,
+    );
+    per_resource(
+        out,
+        id,
+        "corral_resources_used",
+        "Resources the active agents' tasks use, by resource.",
+        &total,
+        &used,
+    );
+    let mut by_role: std::collections::BTreeMap<&str, Resources> = std::collections::BTreeMap::new();
+    for (framework_id, r) in &app.framework_used {
+        if let Some(f) = app.frameworks.get(framework_id) {
+            let role = by_role.entry(f.role.as_str()).or_default();
+            *role = role.checked_add(r).unwrap_or_else(|_| role.clone());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_role_dominant_share Each role's dominant share of the active agents' resources (DRF).\n# TYPE corral_role_dominant_share gauge"
+    );
+    for (role, r) in by_role {
+        let _ = writeln!(
+            out,
+            "corral_role_dominant_share{{id=\"{id}\",role=\"{}\"}} {}",
+            label(role),
+            r.dominant_share(&total)
+        );
+    }
+    total
+}
+
+/// The query of `/state`: which page of the tasks.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct StateQuery {
+    /// Most tasks listed (default 1,000, at most 5,000).
+    tasks_limit: Option<usize>,
+    /// List the tasks after this `framework_id/task_id` (the last page's `tasks_next`).
+    tasks_after: Option<String>,
+}
+
+/// Resources as a JSON object: scalars as numbers, range sets as `[b-e,...]`.
+fn resources_json(r: &Resources) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = r
+        .iter()
+        .map(|(name, value)| {
+            let v = match value {
+                Value::Scalar(m) => json!(scalar_to_f64(*m)),
+                Value::Ranges(set) => {
+                    let ranges: Vec<String> = set.ranges().iter().map(|(b, e)| format!("{b}-{e}")).collect();
+                    json!(format!("[{}]", ranges.join(",")))
+                }
+            };
+            (name.to_string(), v)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+fn agent_state(s: AgentState) -> &'static str {
+    match s {
+        AgentState::Active => "ACTIVE",
+        AgentState::Unreachable => "UNREACHABLE",
+        AgentState::Draining => "DRAINING",
+        AgentState::Gone => "GONE",
+    }
+}
+
+fn framework_state(s: FrameworkState) -> &'static str {
+    match s {
+        FrameworkState::Connected => "CONNECTED",
+        FrameworkState::Disconnected => "DISCONNECTED",
+        FrameworkState::TornDown => "TORN_DOWN",
+    }
+}
+
+/// This master's applied state as JSON (not a linearizable read: use the leader's): its
+/// own view, the weights, every agent and framework (up to [`MAX_STATE_RECORDS`] each;
+/// `agents_total` and `frameworks_total` count them all) and a page of the tasks in
+/// (framework, task) order, `tasks_next` naming the next page (empty on the last).
+async fn state(State(shared): State<Shared>, Query(q): Query<StateQuery>) -> Response {
+    let limit = match q.tasks_limit {
+        None | Some(0) => DEFAULT_PAGE_RECORDS,
+        Some(n) => n.min(MAX_PAGE_RECORDS),
     };
-    Json(json!({
-        "id": v.id,
-        "address": v.address,
-        "role": v.role,
-        "term": v.term,
-        "leader": v.leader.map(|(id, address)| json!({"id": id, "address": address})),
-        "applied_index": v.applied_index,
-        "state_hash": v.state_hash,
+    let after = match q.tasks_after.as_deref() {
+        None | Some("") => None,
+        Some(token) => match token.split_once('/') {
+            Some((f, t)) => Some((f.to_string(), t.to_string())),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "tasks_after: not a framework_id/task_id of the last page\n",
+                )
+                    .into_response()
+            }
+        },
+    };
+    let v = shared.self_view();
+    let body = {
+        let s = shared.state.read();
+        state_json(&s.app, limit, after)
+    };
+    let mut body = body;
+    body["id"] = json!(v.id);
+    body["address"] = json!(v.address);
+    body["role"] = json!(v.role);
+    body["term"] = json!(v.term);
+    body["leader"] = json!(v.leader.map(|(id, address)| json!({"id": id, "address": address})));
+    body["applied_index"] = json!(v.applied_index);
+    body["state_hash"] = json!(v.state_hash);
+    Json(body).into_response()
+}
+
+/// The records part of `/state`.
+fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>) -> serde_json::Value {
+    let weights: serde_json::Map<String, serde_json::Value> = app
+        .weights
+        .iter()
+        .map(|(r, m)| (r.clone(), json!(*m as f64 / 1000.0)))
+        .collect();
+    let agents: Vec<serde_json::Value> = app
+        .agents
+        .values()
+        .take(MAX_STATE_RECORDS)
+        .map(|a| {
+            json!({
+                "agent_id": a.id,
+                "hostname": a.hostname,
+                "address": a.address,
+                "state": agent_state(a.state),
+                "resources": resources_json(&a.resources),
+                "used": resources_json(&a.used),
+                "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+                "isolation": a.isolation,
+                "registered_at_ms": a.registered_at_ms,
+            })
+        })
+        .collect();
+    let frameworks: Vec<serde_json::Value> = app
+        .frameworks
+        .values()
+        .take(MAX_STATE_RECORDS)
+        .map(|f| {
+            json!({
+                "framework_id": f.id,
+                "name": f.name,
+                "role": f.role,
+                "user": f.user,
+                "state": framework_state(f.state),
+                "failover_timeout_seconds": f.failover_timeout_ms as f64 / 1000.0,
+                "registered_at_ms": f.registered_at_ms,
+                "used": resources_json(&app.framework_used.get(&f.id).cloned().unwrap_or_default()),
+            })
+        })
+        .collect();
+    let start = match after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Unbounded,
+    };
+    let mut page = app.tasks.range((start, Bound::Unbounded));
+    let mut tasks = Vec::new();
+    let mut last = None;
+    for (key, t) in page.by_ref().take(limit) {
+        last = Some(format!("{}/{}", key.0, key.1));
+        tasks.push(json!({
+            "framework_id": t.framework_id,
+            "task_id": t.task_id,
+            "name": t.name,
+            "agent_id": t.agent_id,
+            "state": t.state().as_str_name(),
+            "resources": resources_json(&t.resources),
+            "exit_code": t.status.exit_code,
+        }));
+    }
+    let next = if page.next().is_some() {
+        last.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    json!({
         "weights": weights,
-        "agents": [],
-        "frameworks": [],
-        "tasks": [],
-    }))
+        "agents_total": app.agents.len(),
+        "agents": agents,
+        "frameworks_total": app.frameworks.len(),
+        "frameworks": frameworks,
+        "tasks_total": app.tasks.len(),
+        "tasks": tasks,
+        "tasks_next": next,
+    })
 }
 
 /// 307 to the leader's base URL, or 503 while there is none.
