@@ -40,6 +40,7 @@ struct Cli {
 enum Command {
     /// Leader, term, members with their indexes and state hashes, and counts.
     Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -50,6 +51,7 @@ enum Command {
     },
     /// Show role weights, or set one with `corral weights set ROLE WEIGHT`.
     Weights {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
@@ -57,16 +59,19 @@ enum Command {
     },
     /// Registered agents.
     Agents {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Registered frameworks.
     Frameworks {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Tasks of every framework (paged from the leader: any number of them).
     Tasks {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Only tasks in this state (`running`, `TASK_FINISHED`, ...); may be repeated.
@@ -86,11 +91,16 @@ enum Command {
     Logs(logs::LogsOpts),
     /// Exit 0 if the HTTP endpoint at HOST:PORT answers `GET /health` with 200 (for
     /// container health checks, without curl).
-    Health { address: String },
+    Health {
+        /// The endpoint, HOST:PORT.
+        address: String,
+    },
     /// A whole cluster in one process (3 masters, 2 agents) for trying Corral out.
     Local {
+        /// Masters to run (a Raft group of this size).
         #[arg(long, default_value_t = 3)]
         masters: u32,
+        /// Agents to run.
         #[arg(long, default_value_t = 2)]
         agents: u32,
         /// Keep state here instead of a temporary directory.
@@ -101,21 +111,33 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum MembersAction {
+    /// The masters: id, address, role, voter, last log and applied index, state hash.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Add master ID at HOST:PORT: it catches up as a learner, then becomes a voter.
-    Add { id: u64, address: String },
+    Add {
+        /// The new master's Raft id (positive, unique, stable for life).
+        id: u64,
+        /// The address it serves on (its --advertise).
+        address: String,
+    },
     /// Remove master ID from the cluster.
-    Remove { id: u64 },
+    Remove {
+        /// The master's Raft id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum WeightsAction {
     /// Set the DRF weight of ROLE (a number greater than 0; roles not set weigh 1).
     Set {
+        /// The role (`*` is the default role).
         role: String,
+        /// Its weight, greater than 0.
         #[arg(allow_negative_numbers = true)]
         weight: f64,
     },
@@ -201,4 +223,32 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is in `--help`.
+    #[test]
+    fn every_command_and_flag_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if !matches!(id, "help" | "version") && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(format!("{name} (no description)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "corral", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:#?}");
+    }
 }

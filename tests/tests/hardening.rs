@@ -1234,13 +1234,14 @@ async fn hardening_p1_corral_run_through_three_leader_kills_never_hangs() {
     } else {
         assert!(err.contains("gave up after"), "a failed run says why:\n{err}");
     }
-    // A task no agent can hold: the run gives up and says so instead of waiting forever.
+    // A task no agent can hold: the run says so instead of waiting forever (since issue 22,
+    // at once, naming the largest agent, rather than after --timeout).
     let out = cluster.cli(&["run", "--cpus", "64", "--timeout", "3s", "--", "true"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("waiting for an offer with room for cpus:64"),
-        "the message says what was awaited: {err}"
+        err.contains("no registered agent can ever hold a task of cpus:64") && err.contains("cpus:4"),
+        "the message says why and names the largest agent: {err}"
     );
 }
 
@@ -1378,7 +1379,8 @@ async fn hardening_p2_corral_tasks_lists_100000_tasks() {
     let out = cluster.cli(&["tasks", "--json", "--framework", "fw-other"]);
     let none: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
     assert!(none.is_empty());
+    // A usage error (exit 2 since issue 22).
     let out = cluster.cli(&["tasks", "--state", "nonsense"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--state"));
 }

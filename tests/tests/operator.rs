@@ -180,6 +180,13 @@ async fn operator_task_output_through_corral_run_and_corral_logs() {
         text.lines().any(|l| l == "hello"),
         "corral run did not print the task's output:\n{text}"
     );
+    let several = cluster.cli(&["run", "--name", "pair", "--count", "2", "--", "true"]);
+    let text = String::from_utf8_lossy(&several.stdout);
+    assert!(several.status.success(), "{text}");
+    assert!(
+        text.contains("1/2 tasks ended (1 finished)") && text.contains("2/2 tasks ended (2 finished)"),
+        "{text}"
+    );
     let quiet = cluster.cli(&["run", "--name", "quiet", "--quiet", "--", "echo", "hello"]);
     let text = String::from_utf8_lossy(&quiet.stdout);
     assert!(quiet.status.success() && !text.lines().any(|l| l == "hello"), "{text}");

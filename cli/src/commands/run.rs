@@ -38,8 +38,10 @@ pub struct RunOpts {
     /// Memory in MiB per task (at least 0.001 when not 0).
     #[arg(long, default_value_t = 32.0, allow_negative_numbers = true)]
     mem: f64,
+    /// The framework's role (its DRF share and weight).
     #[arg(long, default_value = "*")]
     role: String,
+    /// How many tasks to run (progress is printed as they end).
     #[arg(long, default_value_t = 1)]
     count: u32,
     /// Prefer agents with this hostname, or this attribute (`name:value`).
@@ -560,6 +562,15 @@ impl Scheduler for Run {
         }
         self.tasks.insert(status.task_id.clone(), (state, status.exit_code));
         self.moved();
+        if self.args.count > 1 && state.is_terminal() {
+            let ended = self.tasks.values().filter(|(s, _)| s.is_terminal()).count();
+            let finished = self
+                .tasks
+                .values()
+                .filter(|(s, _)| *s == TaskState::TaskFinished)
+                .count();
+            println!("{ended}/{} tasks ended ({finished} finished)", self.args.count);
+        }
         if self.all_done() {
             driver.stop(true);
         }
