@@ -5,7 +5,7 @@
 //!
 //! Files: this one parses the command line and dispatches; `commands/` holds one file per
 //! command (`status`, `members`, `weights`, `agents`, `frameworks`, `tasks`, `run`, `logs`,
-//! `health`, `local`); `output.rs` the one-line errors, tables and JSON they print with;
+//! `watch`, `health`, `local`); `output.rs` the one-line errors, tables and JSON they print with;
 //! `http.rs` the GET the CLI sends to HTTP endpoints (health, agents' files).
 
 use std::process::ExitCode;
@@ -18,7 +18,7 @@ mod commands;
 mod http;
 mod output;
 
-use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, weights};
+use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, watch, weights};
 use output::{usage, Failure};
 
 #[derive(Debug, Parser)]
@@ -89,6 +89,13 @@ enum Command {
     Run(run::RunOpts),
     /// A task's output (stdout, or stderr with --stderr), read from its agent's sandbox.
     Logs(logs::LogsOpts),
+    /// The cluster's changes as the leader applies them (tasks, agents, frameworks, leader),
+    /// one line each, until interrupted.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 if the HTTP endpoint at HOST:PORT answers `GET /health` with 200 (for
     /// container health checks, without curl).
     Health {
@@ -219,6 +226,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         } => tasks::run(&masters, deadline, &states, framework, limit, json).await?,
         Command::Run(opts) => return run::command(&masters, deadline, opts).await,
         Command::Logs(opts) => logs::run(&masters, deadline, opts).await?,
+        Command::Watch { json } => watch::run(&masters, deadline, json).await?,
         Command::Health { address } => health::run(&address, deadline).await?,
         Command::Local { .. } => unreachable!("handled before the runtime starts"),
     }

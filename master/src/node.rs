@@ -96,6 +96,8 @@ pub struct Shared {
     pub writer: Writer,
     /// Hints from vote traffic to the election driver.
     elections: crate::raft::election::Elections,
+    /// The changes this master applies, for `Operator.Watch` ([`crate::service::watch`]).
+    pub watch: tokio::sync::broadcast::Sender<v1::WatchEvent>,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -466,11 +468,13 @@ impl Master {
             contact: Default::default(),
             writer: writer.clone(),
             elections: elections.clone(),
+            watch: crate::service::watch::channel(),
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::raft::write::run(writer, commit_rx, stopped.clone()));
         tasks.spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
+        tasks.spawn(crate::service::watch::publish(shared.clone(), stopped.clone()));
         tasks.spawn(crate::raft::election::run(
             shared.raft.clone(),
             network_for_elections,

@@ -994,6 +994,7 @@ fn methods() -> Vec<(&'static str, Shape, Vec<u8>)> {
             .encode_to_vec(),
         ),
         ("/corral.v1.Operator/GetWeights", Shape::Unary, vec![]),
+        ("/corral.v1.Operator/Watch", Shape::ServerStream, vec![]),
         (
             "/corral.v1.Operator/SetWeights",
             Shape::Unary,

@@ -418,3 +418,65 @@ async fn operator_metrics_and_state_hold_the_cluster() {
     let posted = corral_tests::http_request(cluster.address(1), "POST", "/health", b"").await;
     assert_eq!(posted.map(|r| r.0), Some(405));
 }
+
+/// `corral watch --json` prints the cluster's changes as they are applied: who leads, an
+/// agent registering, a framework subscribing, a task's states, one JSON object a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_watch_prints_changes_as_they_happen() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_leader(&[1], T).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out, err) = (dir.path().join("watch.out"), dir.path().join("watch.err"));
+    let _watch = corral(&["watch", "--json"], &cluster.masters_arg(), &out, &err);
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let has = |kind: &str, field: &str, value: &str| {
+        lines()
+            .iter()
+            .any(|e| e["kind"] == kind && e[field].as_str() == Some(value))
+    };
+    corral_tests::wait_for(T, "the watch to name the leader", || async {
+        lines()
+            .iter()
+            .any(|e| e["kind"] == "leader" && e["leader_id"] == 1)
+            .then_some(())
+    })
+    .await;
+    cluster.start_agent("a", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    // Changes applied within 50 ms are coalesced: a task that runs for a second is seen
+    // running, then finished.
+    let run = cluster.cli(&["run", "--name", "watched", "--", "sleep", "1"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let seen = || {
+        let task = |state: &str| {
+            lines()
+                .iter()
+                .any(|e| e["kind"] == "task" && e["task_id"] == "watched" && e["state"] == state)
+        };
+        has("agent", "state", "AGENT_ACTIVE")
+            && has("framework", "state", "FRAMEWORK_CONNECTED")
+            && task("TASK_RUNNING")
+            && task("TASK_FINISHED")
+    };
+    let give_up = std::time::Instant::now() + T;
+    while !seen() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the agent, the framework and the task's states are not all in the watch:\n{}\nstderr: {}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every event of a change names the index it was read at.
+    assert!(lines()
+        .iter()
+        .filter(|e| e["kind"] != "leader")
+        .all(|e| e["index"].as_u64() > Some(0)));
+}

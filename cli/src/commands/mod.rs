@@ -10,4 +10,5 @@ pub mod members;
 pub mod run;
 pub mod status;
 pub mod tasks;
+pub mod watch;
 pub mod weights;

@@ -470,8 +470,8 @@ async fn state(State(shared): State<Shared>, Query(q): Query<StateQuery>) -> Res
     let after = match q.tasks_after.as_deref() {
         None | Some("") => None,
         Some(token) => match token.split_once('/') {
-            Some((f, t)) => Some((f.to_string(), t.to_string())),
-            None => {
+            Some((f, t)) if token.len() <= 2 * crate::validate::MAX_ID_LEN + 1 => Some((f.to_string(), t.to_string())),
+            _ => {
                 return (
                     StatusCode::BAD_REQUEST,
                     "tasks_after: not a framework_id/task_id of the last page\n",

@@ -4,3 +4,4 @@ pub mod agents;
 pub mod http;
 pub mod operator;
 pub mod scheduler;
+pub mod watch;

@@ -205,6 +205,12 @@ impl Operator for OperatorService {
         Ok(Response::new(member_status(&self.shared.self_view())))
     }
 
+    type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, _: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(Box::pin(crate::service::watch::stream(&self.shared))))
+    }
+
     async fn list_members(
         &self,
         _: Request<v1::ListMembersRequest>,

@@ -23,6 +23,7 @@
 //! - `snapshot`: the snapshot encoding and openraft's state machine.
 
 mod apply;
+pub mod changes;
 pub mod digest;
 mod invariants;
 mod records;

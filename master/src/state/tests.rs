@@ -746,3 +746,76 @@ fn a_batch_with_a_command_this_master_does_not_handle_halts_apply() {
         .expect_err("an unknown command kind must stop apply");
     assert!(err.contains("command 1"), "{err}");
 }
+
+/// Watch events: what appeared, changed state or went, between two views; a status update
+/// that does not change a task's state (its acknowledgement) is no event.
+#[test]
+fn watch_events_say_what_changed_between_two_views() {
+    use super::changes::changes;
+    use v1::watch_event::Event;
+    let describe = |events: Vec<v1::WatchEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| match e.event {
+                Some(Event::Task(t)) => format!(
+                    "task {} {}{}",
+                    t.task_id,
+                    v1::TaskState::try_from(t.state).map_or("?", |s| s.as_str_name()),
+                    if t.removed { " removed" } else { "" }
+                ),
+                Some(Event::Agent(a)) => format!("agent {} {}", a.agent_id, a.state),
+                Some(Event::Framework(f)) => format!("framework {} {}", f.framework_id, f.state),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let empty = ClusterState::default().watch_view(0);
+    let mut s = cluster_with_agent(4.0, 1024.0);
+    let v1_ = s.watch_view(2);
+    assert_eq!(
+        describe(changes(&empty, &v1_)),
+        ["agent a1 1", "framework f1 1"],
+        "registered: AGENT_ACTIVE, FRAMEWORK_CONNECTED"
+    );
+    assert!(changes(&v1_, &s.watch_view(2)).is_empty(), "nothing changed");
+
+    assert_eq!(
+        s.apply_command(&cmd(launch(&[("t1", 1.0), ("t2", 1.0)]))),
+        Outcome::Applied
+    );
+    assert_eq!(
+        s.apply_command(&cmd(status("t1", v1::TaskState::TaskRunning, 1))),
+        Outcome::Applied
+    );
+    let v2 = s.watch_view(4);
+    assert_eq!(
+        describe(changes(&v1_, &v2)),
+        ["task t1 TASK_RUNNING", "task t2 TASK_STAGING"]
+    );
+    assert!(changes(&v1_, &v2).iter().all(|e| e.index == 4));
+
+    // An acknowledgement changes the record, not the task's state: no event.
+    let ack = v1::command::Kind::AcknowledgeStatuses(v1::AcknowledgeStatuses {
+        acks: vec![v1::StatusAck {
+            framework_id: "f1".into(),
+            task_id: "t1".into(),
+            uuid: vec![1],
+        }],
+    });
+    assert_eq!(s.apply_command(&cmd(ack)), Outcome::Applied);
+    let v3 = s.watch_view(5);
+    assert!(changes(&v2, &v3).is_empty(), "{:?}", describe(changes(&v2, &v3)));
+
+    assert_eq!(
+        s.apply_command(&at(10, finish_at("t1", v1::TaskState::TaskFinished, 2, 10))),
+        Outcome::Applied
+    );
+    let v4 = s.watch_view(6);
+    assert_eq!(describe(changes(&v3, &v4)), ["task t1 TASK_FINISHED"]);
+    assert_eq!(s.apply_command(&at(11, gc(0, 0, 50, 0))), Outcome::Applied);
+    let v5 = s.watch_view(7);
+    assert_eq!(describe(changes(&v4, &v5)), ["task t1 TASK_FINISHED removed"]);
+    // Coalesced: a task that ended and was removed between two views is reported removed
+    // with the last state the watcher saw.
+    assert_eq!(describe(changes(&v3, &v5)), ["task t1 TASK_RUNNING removed"]);
+}
