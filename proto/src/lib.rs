@@ -13,6 +13,7 @@
 //!   locality, delay scheduling);
 //! - [`time`]: duration flags, wall-clock milliseconds, final task states;
 //! - [`logging`]: the binaries' log set-up (plain text off a terminal, or JSON lines);
+//! - [`watch`]: watch events as JSON (`corral watch --json`, the master's `/events`);
 //! - [`LEADER_METADATA_KEY`]: how a follower points a client at the leader.
 
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod logging;
 pub mod resources;
 pub mod scheduler;
 pub mod time;
+pub mod watch;
 
 /// The generated `corral.v1` API.
 pub mod v1 {

@@ -447,8 +447,32 @@ async fn operator_watch_prints_changes_as_they_happen() {
             .then_some(())
     })
     .await;
+    // The same events as Server-Sent Events, for browsers.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sse = tokio::net::TcpStream::connect(cluster.address(1))
+        .await
+        .expect("connect");
+    sse.write_all(b"GET /events HTTP/1.1\r\nHost: corral\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("request /events");
     cluster.start_agent("a", "cpus:2;mem:1024", "");
     cluster.wait_agents(1, T).await;
+    let mut got = String::new();
+    let give_up = std::time::Instant::now() + T;
+    while !(got.contains("event: leader") && got.contains("event: agent") && got.contains("\"AGENT_ACTIVE\"")) {
+        assert!(std::time::Instant::now() < give_up, "/events sent:\n{got}");
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("/events closed:\n{got}"),
+            Ok(Ok(n)) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(Err(e)) => panic!("/events: {e}\n{got}"),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.contains("text/event-stream"),
+        "{got}"
+    );
     // Changes applied within 50 ms are coalesced: a task that runs for a second is seen
     // running, then finished.
     let run = cluster.cli(&["run", "--name", "watched", "--", "sleep", "1"]);

@@ -7,8 +7,9 @@ use std::time::Duration;
 use corral_proto::client::Masters;
 use corral_proto::v1;
 use corral_proto::v1::operator_client::OperatorClient;
-use serde_json::{json, Value};
 use tokio_stream::StreamExt;
+
+use corral_proto::watch::{agent_state, framework_state, task_state};
 
 use crate::output::{describe, Failure};
 
@@ -46,23 +47,15 @@ pub async fn run(masters: &Masters, deadline: Duration, json: bool) -> Result<()
 }
 
 fn print(e: &v1::WatchEvent, json: bool) -> Result<(), String> {
-    let line = if json { to_json(e).to_string() } else { to_text(e) };
+    let line = if json {
+        corral_proto::watch::to_json(e).to_string()
+    } else {
+        to_text(e)
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|_| out.flush())
         .map_err(|e| format!("writing the output: {e}"))
-}
-
-fn task_state(s: i32) -> &'static str {
-    v1::TaskState::try_from(s).map_or("TASK_UNKNOWN", |s| s.as_str_name())
-}
-
-fn agent_state(s: i32) -> &'static str {
-    v1::AgentState::try_from(s).map_or("AGENT_STATE_UNSPECIFIED", |s| s.as_str_name())
-}
-
-fn framework_state(s: i32) -> &'static str {
-    v1::FrameworkState::try_from(s).map_or("FRAMEWORK_STATE_UNSPECIFIED", |s| s.as_str_name())
 }
 
 /// One line for a person.
@@ -94,31 +87,4 @@ fn to_text(e: &v1::WatchEvent) -> String {
         Some(Event::Leader(l)) => format!("leader {} at {} (term {})", l.leader_id, l.address, l.term),
         None => "an event of a kind this corral does not know".to_string(),
     }
-}
-
-/// One JSON object per event: `kind` and the event's fields.
-fn to_json(e: &v1::WatchEvent) -> Value {
-    use v1::watch_event::Event;
-    let body = match &e.event {
-        Some(Event::Task(t)) => json!({
-            "kind": "task", "framework_id": t.framework_id, "task_id": t.task_id,
-            "agent_id": t.agent_id, "state": task_state(t.state), "exit_code": t.exit_code,
-            "removed": t.removed,
-        }),
-        Some(Event::Agent(a)) => json!({
-            "kind": "agent", "agent_id": a.agent_id, "hostname": a.hostname,
-            "state": agent_state(a.state), "removed": a.removed,
-        }),
-        Some(Event::Framework(f)) => json!({
-            "kind": "framework", "framework_id": f.framework_id, "name": f.name, "role": f.role,
-            "state": framework_state(f.state), "removed": f.removed,
-        }),
-        Some(Event::Leader(l)) => json!({
-            "kind": "leader", "leader_id": l.leader_id, "address": l.address, "term": l.term,
-        }),
-        None => json!({"kind": "unknown"}),
-    };
-    let mut body = body;
-    body["index"] = json!(e.index);
-    body
 }

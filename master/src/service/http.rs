@@ -31,6 +31,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/state", get(state))
         .route("/redirect", get(redirect))
+        .route("/events", get(events))
         .with_state(shared)
 }
 
@@ -55,7 +56,7 @@ pub(crate) async fn fallback(request: axum::extract::Request) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!(
-            "{} is not served here: /health, /metrics, /state, /redirect (and the gRPC API)\n",
+            "{} is not served here: /health, /metrics, /state, /events, /redirect (and the gRPC API)\n",
             corral_proto::quote(request.uri().path())
         ),
     )
@@ -572,6 +573,30 @@ fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>)
         "tasks": tasks,
         "tasks_next": next,
     })
+}
+
+/// How often an idle `/events` stream sends a comment (so proxies keep it open and a
+/// client notices a dead master).
+pub const EVENTS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /events`: this master's watch events (`Operator.Watch`) as Server-Sent Events, each
+/// named by its kind (`task`, `agent`, `framework`, `leader`) with the JSON of
+/// [`corral_proto::watch::to_json`] as data; a watcher that falls behind gets an `error`
+/// event and the stream ends (the browser's EventSource reconnects).
+async fn events(State(shared): State<Shared>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio_stream::StreamExt;
+    let stream = crate::service::watch::stream(&shared).map(|item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Ok(e) => {
+                let data = corral_proto::watch::to_json(&e);
+                let kind = data["kind"].as_str().unwrap_or("unknown").to_string();
+                Event::default().event(kind).data(data.to_string())
+            }
+            Err(status) => Event::default().event("error").data(status.message()),
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
 }
 
 /// 307 to the leader's base URL, or 503 while there is none.
