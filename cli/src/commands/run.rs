@@ -125,7 +125,7 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     let driver = runner.driver.clone();
     let running = runner.running.clone();
     // One task: its stdout and stderr are printed as they come.
-    let follow = count == 1 && !quiet;
+    let mut follow = count == 1 && !quiet;
     let mut output: Option<[Output; 2]> = None;
     let work = corral_proto::scheduler::run(masters.addresses().to_vec(), info, runner);
     tokio::pin!(work);
@@ -140,7 +140,7 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
                 if follow {
                     // The task has ended: what it wrote is all there.
                     if output.is_none() {
-                        output = open_output(masters, deadline, &running).await;
+                        output = open_output(masters, deadline, &running).await.ok().flatten();
                     }
                     for o in output.iter_mut().flatten() {
                         drain(o).await;
@@ -155,7 +155,14 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
                 }
                 if follow {
                     if output.is_none() {
-                        output = open_output(masters, deadline, &running).await;
+                        match open_output(masters, deadline, &running).await {
+                            Ok(opened) => output = opened,
+                            Err(e) => {
+                                // Said once; the run goes on without the output.
+                                eprintln!("corral: cannot show the task's output: {e}");
+                                follow = false;
+                            }
+                        }
                     }
                     for o in output.iter_mut().flatten() {
                         if let Err(e) = o.print_more().await {
@@ -187,26 +194,23 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     Ok(EXIT_INTERRUPTED)
 }
 
-/// The task's stdout and stderr, once it runs and its agent is known.
-async fn open_output(masters: &Masters, deadline: Duration, running: &Running) -> Option<[Output; 2]> {
-    let (framework_id, agent_id, task_id) = running.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-    match agent_address(masters, deadline, &agent_id).await {
-        Ok(agent) => Some([
-            Output::new(
-                agent.clone(),
-                &framework_id,
-                &task_id,
-                Stream::Stdout,
-                Stream::Stdout,
-                deadline,
-            ),
-            Output::new(agent, &framework_id, &task_id, Stream::Stderr, Stream::Stderr, deadline),
-        ]),
-        Err(e) => {
-            eprintln!("corral: cannot show the task's output: {e}");
-            None
-        }
-    }
+/// The task's stdout and stderr once it runs (`Ok(None)` before), or why they cannot be read.
+async fn open_output(masters: &Masters, deadline: Duration, running: &Running) -> Result<Option<[Output; 2]>, Failure> {
+    let Some((framework_id, agent_id, task_id)) = running.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return Ok(None);
+    };
+    let agent = agent_address(masters, deadline, &agent_id).await?;
+    Ok(Some([
+        Output::new(
+            agent.clone(),
+            &framework_id,
+            &task_id,
+            Stream::Stdout,
+            Stream::Stdout,
+            deadline,
+        ),
+        Output::new(agent, &framework_id, &task_id, Stream::Stderr, Stream::Stderr, deadline),
+    ]))
 }
 
 /// Print what is left of `output` (bounded, in case the task wrote without end).
