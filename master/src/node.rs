@@ -97,7 +97,7 @@ pub struct Shared {
     /// Hints from vote traffic to the election driver.
     elections: crate::raft::election::Elections,
     /// The changes this master applies, for `Operator.Watch` ([`crate::service::watch`]).
-    pub watch: tokio::sync::broadcast::Sender<v1::WatchEvent>,
+    pub watch: crate::service::watch::Hub,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -458,6 +458,7 @@ impl Master {
         })?;
 
         let (writer, commit_rx) = Writer::new(raft.clone());
+        let (watch_hub, watch_joins) = crate::service::watch::hub();
         let shared = Shared {
             config: Arc::new(config),
             raft: raft.clone(),
@@ -468,13 +469,17 @@ impl Master {
             contact: Default::default(),
             writer: writer.clone(),
             elections: elections.clone(),
-            watch: crate::service::watch::channel(),
+            watch: watch_hub,
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::raft::write::run(writer, commit_rx, stopped.clone()));
         tasks.spawn(crate::leader::run_leadership(shared.clone(), stopped.clone()));
-        tasks.spawn(crate::service::watch::publish(shared.clone(), stopped.clone()));
+        tasks.spawn(crate::service::watch::publish(
+            shared.clone(),
+            watch_joins,
+            stopped.clone(),
+        ));
         tasks.spawn(crate::raft::election::run(
             shared.raft.clone(),
             network_for_elections,

@@ -400,6 +400,10 @@ async fn operator_metrics_and_state_hold_the_cluster() {
     let state: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(state["agents"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(state["agents"][0]["resources"]["cpus"], 2.0, "{body}");
+    assert_eq!(
+        state["agents"][0]["state"], "AGENT_ACTIVE",
+        "the wire's names, as corral watch: {body}"
+    );
     assert_eq!(state["frameworks_total"], 2, "{body}");
     assert_eq!(state["tasks_total"], 3, "{body}");
     assert_eq!(state["tasks"].as_array().map(Vec::len), Some(2), "{body}");
@@ -455,20 +459,30 @@ async fn operator_watch_prints_changes_as_they_happen() {
     sse.write_all(b"GET /events HTTP/1.1\r\nHost: corral\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .expect("request /events");
-    cluster.start_agent("a", "cpus:2;mem:1024", "");
-    cluster.wait_agents(1, T).await;
-    let mut got = String::new();
-    let give_up = std::time::Instant::now() + T;
-    while !(got.contains("event: leader") && got.contains("event: agent") && got.contains("\"AGENT_ACTIVE\"")) {
-        assert!(std::time::Instant::now() < give_up, "/events sent:\n{got}");
-        let mut buf = [0u8; 4096];
-        match tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
-            Ok(Ok(0)) => panic!("/events closed:\n{got}"),
-            Ok(Ok(n)) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-            Ok(Err(e)) => panic!("/events: {e}\n{got}"),
-            Err(_) => {}
+    // Read /events until `done` holds for what it sent, or fail after T.
+    async fn read_until(sse: &mut tokio::net::TcpStream, got: &mut String, done: impl Fn(&str) -> bool) {
+        let give_up = std::time::Instant::now() + T;
+        while !done(got) {
+            assert!(std::time::Instant::now() < give_up, "/events sent:\n{got}");
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(200), sse.read(&mut buf)).await {
+                Ok(Ok(0)) => panic!("/events closed:\n{got}"),
+                Ok(Ok(n)) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(Err(e)) => panic!("/events: {e}\n{got}"),
+                Err(_) => {}
+            }
         }
     }
+    let mut got = String::new();
+    // The first event (who leads) is sent once the stream has joined: everything applied
+    // after it comes too.
+    read_until(&mut sse, &mut got, |g| g.contains("event: leader")).await;
+    cluster.start_agent("a", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    read_until(&mut sse, &mut got, |g| {
+        g.contains("event: agent") && g.contains("\"AGENT_ACTIVE\"")
+    })
+    .await;
     assert!(
         got.starts_with("HTTP/1.1 200") && got.contains("text/event-stream"),
         "{got}"

@@ -338,11 +338,7 @@ fn cluster_figures(out: &mut String, id: u64, app: &ClusterState) -> Resources {
         AgentState::Gone,
     ] {
         let n = app.agents.values().filter(|a| a.state == s).count();
-        let _ = writeln!(
-            out,
-            "corral_agents{{id=\"{id}\",state=\"{}\"}} {n}",
-            agent_state(s).to_lowercase()
-        );
+        let _ = writeln!(out, "corral_agents{{id=\"{id}\",state=\"{}\"}} {n}", agent_label(s));
     }
     let _ = writeln!(
         out,
@@ -357,7 +353,7 @@ fn cluster_figures(out: &mut String, id: u64, app: &ClusterState) -> Resources {
         let _ = writeln!(
             out,
             "corral_frameworks{{id=\"{id}\",state=\"{}\"}} {n}",
-            framework_state(s).to_lowercase()
+            framework_label(s)
         );
     }
     let mut by_state: std::collections::BTreeMap<&'static str, u64> = std::collections::BTreeMap::new();
@@ -442,20 +438,22 @@ fn resources_json(r: &Resources) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-fn agent_state(s: AgentState) -> &'static str {
+/// An agent state as a metric label (`active`).
+fn agent_label(s: AgentState) -> &'static str {
     match s {
-        AgentState::Active => "ACTIVE",
-        AgentState::Unreachable => "UNREACHABLE",
-        AgentState::Draining => "DRAINING",
-        AgentState::Gone => "GONE",
+        AgentState::Active => "active",
+        AgentState::Unreachable => "unreachable",
+        AgentState::Draining => "draining",
+        AgentState::Gone => "gone",
     }
 }
 
-fn framework_state(s: FrameworkState) -> &'static str {
+/// A framework state as a metric label (`connected`).
+fn framework_label(s: FrameworkState) -> &'static str {
     match s {
-        FrameworkState::Connected => "CONNECTED",
-        FrameworkState::Disconnected => "DISCONNECTED",
-        FrameworkState::TornDown => "TORN_DOWN",
+        FrameworkState::Connected => "connected",
+        FrameworkState::Disconnected => "disconnected",
+        FrameworkState::TornDown => "torn_down",
     }
 }
 
@@ -513,7 +511,7 @@ fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>)
                 "agent_id": a.id,
                 "hostname": a.hostname,
                 "address": a.address,
-                "state": agent_state(a.state),
+                "state": crate::state::changes::agent_state(a.state).as_str_name(),
                 "resources": resources_json(&a.resources),
                 "used": resources_json(&a.used),
                 "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
@@ -532,7 +530,7 @@ fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>)
                 "name": f.name,
                 "role": f.role,
                 "user": f.user,
-                "state": framework_state(f.state),
+                "state": crate::state::changes::framework_state(f.state).as_str_name(),
                 "failover_timeout_seconds": f.failover_timeout_ms as f64 / 1000.0,
                 "registered_at_ms": f.registered_at_ms,
                 "used": resources_json(&app.framework_used.get(&f.id).cloned().unwrap_or_default()),
@@ -583,10 +581,14 @@ pub const EVENTS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_sec
 /// named by its kind (`task`, `agent`, `framework`, `leader`) with the JSON of
 /// [`corral_proto::watch::to_json`] as data; a watcher that falls behind gets an `error`
 /// event and the stream ends (the browser's EventSource reconnects).
-async fn events(State(shared): State<Shared>) -> impl IntoResponse {
+async fn events(State(shared): State<Shared>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio_stream::StreamExt;
-    let stream = crate::service::watch::stream(&shared).map(|item| {
+    let stream = match crate::service::watch::stream(&shared).await {
+        Ok(stream) => stream,
+        Err(status) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", status.message())).into_response(),
+    };
+    let stream = stream.map(|item| {
         Ok::<_, std::convert::Infallible>(match item {
             Ok(e) => {
                 let data = corral_proto::watch::to_json(&e);
@@ -596,7 +598,9 @@ async fn events(State(shared): State<Shared>) -> impl IntoResponse {
             Err(status) => Event::default().event("error").data(status.message()),
         })
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+        .into_response()
 }
 
 /// 307 to the leader's base URL, or 503 while there is none.

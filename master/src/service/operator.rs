@@ -208,7 +208,9 @@ impl Operator for OperatorService {
     type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, _: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(Box::pin(crate::service::watch::stream(&self.shared))))
+        Ok(Response::new(Box::pin(
+            crate::service::watch::stream(&self.shared).await?,
+        )))
     }
 
     async fn list_members(

@@ -7,8 +7,9 @@
 //! The publisher holds a view of the state only while someone watches: a view shares the
 //! state's persistent trees, and while it does, apply copies each node it changes instead
 //! of changing it in place (measured: holding one all the time cost about a fifth of the
-//! throughput). A watcher's events start from the publisher's first view after it subscribed
-//! (within [`WATCH_COALESCE`]).
+//! throughput). So a watcher joins through the publisher ([`Hub::join`]): the publisher
+//! takes a view if it holds none and subscribes the watcher at that moment, and the watcher
+//! gets every change applied after it.
 
 use std::time::Duration;
 
@@ -23,22 +24,58 @@ pub const WATCH_BUFFER: usize = 16_384;
 /// Changes applied within this time are read as one diff.
 pub const WATCH_COALESCE: Duration = Duration::from_millis(50);
 
-/// The broadcast every watcher subscribes to.
-pub fn channel() -> broadcast::Sender<v1::WatchEvent> {
-    broadcast::channel(WATCH_BUFFER).0
+/// A watcher asking to join: where its subscription goes.
+type Join = tokio::sync::oneshot::Sender<broadcast::Receiver<v1::WatchEvent>>;
+
+/// Where watchers join, and the broadcast the publisher sends on. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    events: broadcast::Sender<v1::WatchEvent>,
+    joins: tokio::sync::mpsc::Sender<Join>,
+}
+
+/// The publisher's end of a [`Hub`].
+pub struct Joins(tokio::sync::mpsc::Receiver<Join>);
+
+/// A hub and the end the publisher reads joins from.
+pub fn hub() -> (Hub, Joins) {
+    let (joins, rx) = tokio::sync::mpsc::channel(64);
+    let hub = Hub {
+        events: broadcast::channel(WATCH_BUFFER).0,
+        joins,
+    };
+    (hub, Joins(rx))
+}
+
+impl Hub {
+    /// Subscribe to every change applied from now on (None once the publisher is gone).
+    pub async fn join(&self) -> Option<broadcast::Receiver<v1::WatchEvent>> {
+        let (reply, subscribed) = tokio::sync::oneshot::channel();
+        self.joins.send(reply).await.ok()?;
+        subscribed.await.ok()
+    }
 }
 
 /// Publish what changes (leader, agents, frameworks, tasks) until `stop`.
-pub async fn publish(shared: Shared, mut stop: watch::Receiver<bool>) {
+pub async fn publish(shared: Shared, Joins(mut joins): Joins, mut stop: watch::Receiver<bool>) {
     let mut metrics = shared.raft.metrics();
     let mut view: Option<crate::state::changes::WatchView> = None;
     let mut leader: Option<(u64, u64)> = None;
+    let events = shared.watch.events.clone();
     loop {
-        // A new watcher needs a first view even if nothing is applied for a while.
-        let first_view = view.is_none() && shared.watch.receiver_count() > 0;
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(WATCH_COALESCE), if first_view => {}
+            join = joins.recv() => {
+                let Some(reply) = join else { return };
+                // Subscribed at the view the next diff starts from: nothing applied after
+                // it is missed.
+                if view.is_none() {
+                    let s = shared.state.read();
+                    view = Some(s.app.watch_view(s.last_applied.map_or(0, |l| l.index)));
+                }
+                let _ = reply.send(events.subscribe());
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
         // Let a burst of applies land: one diff for all of them.
@@ -58,7 +95,7 @@ pub async fn publish(shared: Shared, mut stop: watch::Receiver<bool>) {
                 .filter(|(id, _)| Some(*id) == current)
                 .map(|(_, a)| a)
                 .unwrap_or_default();
-            let _ = shared.watch.send(v1::WatchEvent {
+            let _ = events.send(v1::WatchEvent {
                 index: 0,
                 event: Some(v1::watch_event::Event::Leader(v1::LeaderChanged {
                     leader_id: now.0,
@@ -67,7 +104,7 @@ pub async fn publish(shared: Shared, mut stop: watch::Receiver<bool>) {
                 })),
             });
         }
-        if shared.watch.receiver_count() == 0 {
+        if events.receiver_count() == 0 {
             // Nobody watches: hold no view (see the module's docs).
             view = None;
             continue;
@@ -82,7 +119,7 @@ pub async fn publish(shared: Shared, mut stop: watch::Receiver<bool>) {
         };
         if let Some(old) = &view {
             for event in crate::state::changes::changes(old, &new) {
-                let _ = shared.watch.send(event);
+                let _ = events.send(event);
             }
         }
         view = Some(new);
@@ -90,8 +127,14 @@ pub async fn publish(shared: Shared, mut stop: watch::Receiver<bool>) {
 }
 
 /// One watcher's stream: the broadcast, ended with RESOURCE_EXHAUSTED if it falls behind.
-pub fn stream(shared: &Shared) -> impl tokio_stream::Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static {
-    let mut rx = shared.watch.subscribe();
+pub async fn stream(
+    shared: &Shared,
+) -> Result<impl tokio_stream::Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static, Status> {
+    let mut rx = shared
+        .watch
+        .join()
+        .await
+        .ok_or_else(|| Status::unavailable("this master is shutting down"))?;
     // Start with who leads, so a watcher need not wait for the next change to know.
     let (id, term) = {
         let m = shared.raft.metrics();
@@ -131,5 +174,5 @@ pub fn stream(shared: &Shared) -> impl tokio_stream::Stream<Item = Result<v1::Wa
             }
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(out)
+    Ok(tokio_stream::wrappers::ReceiverStream::new(out))
 }

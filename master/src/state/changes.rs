@@ -34,7 +34,8 @@ impl ClusterState {
     }
 }
 
-fn agent_state(s: AgentState) -> v1::AgentState {
+/// The wire form of an agent state.
+pub fn agent_state(s: AgentState) -> v1::AgentState {
     match s {
         AgentState::Active => v1::AgentState::AgentActive,
         AgentState::Unreachable => v1::AgentState::AgentUnreachable,
@@ -43,7 +44,8 @@ fn agent_state(s: AgentState) -> v1::AgentState {
     }
 }
 
-fn framework_state(s: FrameworkState) -> v1::FrameworkState {
+/// The wire form of a framework state.
+pub fn framework_state(s: FrameworkState) -> v1::FrameworkState {
     match s {
         FrameworkState::Connected => v1::FrameworkState::FrameworkConnected,
         FrameworkState::Disconnected => v1::FrameworkState::FrameworkDisconnected,
