@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use corral_proto::client::{parse_masters, Masters};
 
 mod commands;
-mod http;
 mod output;
 
 use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, watch, weights};

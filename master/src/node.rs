@@ -604,7 +604,7 @@ async fn serve(
         .add_service(operator)
         .add_service(scheduler)
         .add_service(agents);
-    let http = crate::service::http::router(shared.clone());
+    let http = crate::service::http::router(shared.clone()).merge(crate::service::ui::router(shared.clone()));
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http).fallback(crate::service::http::fallback);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

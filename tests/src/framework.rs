@@ -26,6 +26,8 @@ pub struct Framework {
     pub rescinded: Vec<String>,
     /// Whether status updates are acknowledged as they arrive.
     pub ack: bool,
+    /// Acknowledgements the master refused or that failed, with the task they were for.
+    pub ack_failures: Vec<(String, Status)>,
     /// The event stream ended (the leader went away): [`Framework::resubscribe`].
     pub closed: bool,
     info: v1::FrameworkInfo,
@@ -44,6 +46,7 @@ impl Framework {
             offers: Vec::new(),
             rescinded: Vec::new(),
             ack: true,
+            ack_failures: Vec::new(),
             closed: false,
             info,
         })
@@ -124,12 +127,15 @@ impl Framework {
                             uuid: s.uuid.clone(),
                             acks: Vec::new(),
                         };
-                        let _ = self
+                        let acked = self
                             .call(|mut c| {
                                 let req = req.clone();
                                 async move { c.acknowledge(req).await.map(|_| ()) }
                             })
                             .await;
+                        if let Err(e) = acked {
+                            self.ack_failures.push((s.task_id.clone(), e));
+                        }
                     }
                     self.updates.push(s);
                 }

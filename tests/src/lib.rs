@@ -10,10 +10,11 @@
 //! Files: `cluster` starts and controls the processes; `framework` is a test framework on
 //! the raw Scheduler API; `waits` waits on conditions with a deadline; `sim` simulates
 //! fleets of agents and frameworks on the real protocol (for the benches); `docker` runs
-//! the deploy files with real containers.
+//! the deploy files with real containers; `browser` drives headless Chromium (the web UI).
 
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod cluster;
 pub mod docker;
 pub mod framework;

@@ -703,6 +703,11 @@ async fn failover_p2_a_returning_framework_gets_thousands_of_unacknowledged_upda
         running(fw) == launched
     })
     .await;
+    assert!(
+        fw.ack_failures.is_empty(),
+        "acknowledgements failed: {:?}",
+        fw.ack_failures.first()
+    );
     // Every one was acknowledged (pump waits for each Acknowledge): a new subscription gets
     // none again. The resend starts with the subscription, so a second is plenty.
     fw.updates.clear();

@@ -417,7 +417,11 @@ async fn operator_metrics_and_state_hold_the_cluster() {
     assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(page["tasks_next"], "", "{body}");
 
-    assert_eq!(cluster.http_get(1, "/").await.map(|r| r.0), Some(404));
+    assert_eq!(
+        cluster.http_get(1, "/").await.map(|r| r.0),
+        Some(307),
+        "/ redirects to the UI"
+    );
     assert_eq!(cluster.http_get(1, "/no/such/page").await.map(|r| r.0), Some(404));
     let posted = corral_tests::http_request(cluster.address(1), "POST", "/health", b"").await;
     assert_eq!(posted.map(|r| r.0), Some(405));

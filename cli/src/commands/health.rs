@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// `corral health ADDRESS`: Ok when `GET /health` answers 200.
 pub async fn run(address: &str, deadline: Duration) -> Result<(), String> {
-    match crate::http::get(address, "/health", deadline).await? {
+    match corral_proto::http::get(address, "/health", deadline).await? {
         (200, _) => {
             println!("{address}: healthy");
             Ok(())

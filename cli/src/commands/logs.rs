@@ -118,15 +118,7 @@ pub async fn agent_address(masters: &Masters, deadline: Duration, agent_id: &str
             "agent {agent_id}: not registered (its sandboxes are out of reach)"
         ))
     })?;
-    Ok(reachable(&agent.address, &agent.hostname))
-}
-
-/// `address`, with an unspecified host (`0.0.0.0`, `[::]`) replaced by `hostname`.
-fn reachable(address: &str, hostname: &str) -> String {
-    match address.rsplit_once(':') {
-        Some(("0.0.0.0" | "[::]" | "::", port)) => format!("{hostname}:{port}"),
-        _ => address.to_string(),
-    }
+    Ok(corral_proto::http::reachable(&agent.address, &agent.hostname))
 }
 
 /// Which of a task's outputs.
@@ -179,11 +171,16 @@ impl Output {
         let offset = offset.map_or(-1, |o| o as i64);
         let target = format!(
             "/files/read?path={}&offset={offset}&length={length}",
-            crate::http::query_value(&self.path)
+            corral_proto::http::query_value(&self.path)
         );
-        let (code, body) = crate::http::get(&self.agent, &target, self.deadline).await?;
-        let v: Value =
-            serde_json::from_str(&body).map_err(|_| format!("{}: answered {code}: {}", self.agent, body.trim()))?;
+        let (code, body) = corral_proto::http::get(&self.agent, &target, self.deadline).await?;
+        let v: Value = serde_json::from_str(&body).map_err(|_| {
+            format!(
+                "{}: answered {code}, not a file read: {}",
+                self.agent,
+                corral_proto::quote(body.trim())
+            )
+        })?;
         if code != 200 {
             let why = v["error"].as_str().unwrap_or("no reason given");
             return Err(format!("{}: {why}", self.agent));
@@ -265,12 +262,5 @@ mod tests {
         );
         assert_eq!(nth_line_from_end(b"a\nb", 1), Some(2), "a last line without a newline");
         assert_eq!(nth_line_from_end(text, 0), Some(text.len()));
-    }
-
-    #[test]
-    fn an_agent_listening_everywhere_is_reached_by_its_hostname() {
-        assert_eq!(reachable("0.0.0.0:5051", "h1"), "h1:5051");
-        assert_eq!(reachable("[::]:5051", "h1"), "h1:5051");
-        assert_eq!(reachable("10.0.0.7:5051", "h1"), "10.0.0.7:5051");
     }
 }

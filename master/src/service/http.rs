@@ -56,7 +56,7 @@ pub(crate) async fn fallback(request: axum::extract::Request) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!(
-            "{} is not served here: /health, /metrics, /state, /events, /redirect (and the gRPC API)\n",
+            "{} is not served here: /ui/, /health, /metrics, /state, /events, /redirect (and the gRPC API)\n",
             corral_proto::quote(request.uri().path())
         ),
     )
@@ -421,7 +421,7 @@ pub(crate) struct StateQuery {
 }
 
 /// Resources as a JSON object: scalars as numbers, range sets as `[b-e,...]`.
-fn resources_json(r: &Resources) -> serde_json::Value {
+pub(crate) fn resources_json(r: &Resources) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = r
         .iter()
         .map(|(name, value)| {
@@ -581,7 +581,7 @@ pub const EVENTS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_sec
 /// named by its kind (`task`, `agent`, `framework`, `leader`) with the JSON of
 /// [`corral_proto::watch::to_json`] as data; a watcher that falls behind gets an `error`
 /// event and the stream ends (the browser's EventSource reconnects).
-async fn events(State(shared): State<Shared>) -> Response {
+pub(crate) async fn events(State(shared): State<Shared>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio_stream::StreamExt;
     let stream = match crate::service::watch::stream(&shared).await {

@@ -4,4 +4,5 @@ pub mod agents;
 pub mod http;
 pub mod operator;
 pub mod scheduler;
+pub mod ui;
 pub mod watch;

@@ -100,51 +100,56 @@ impl OperatorService {
         OperatorService { shared }
     }
 
-    /// Every member's status: this master's own view, and each other member's answer to
-    /// `Member`, or "unreachable".
+    /// Every member's status (see [`members`]).
     async fn members(&self) -> Vec<v1::MemberStatus> {
-        let metrics = self.shared.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership().clone();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let nodes: Vec<(NodeId, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (id, addr) in nodes.clone() {
-            if id == self.shared.config.id {
-                continue;
-            }
-            tasks.spawn(async move {
-                let answer = async {
-                    let channel = corral_proto::client::channel(&addr, MEMBER_QUERY_TIMEOUT)?;
-                    let mut client = OperatorClient::new(channel);
-                    client.member(v1::MemberRequest {}).await.map(Response::into_inner)
-                };
-                let answer = tokio::time::timeout(MEMBER_QUERY_TIMEOUT, answer).await;
-                (id, addr, answer)
-            });
-        }
-        let mut out: BTreeMap<NodeId, v1::MemberStatus> = BTreeMap::new();
-        if nodes.iter().any(|(id, _)| *id == self.shared.config.id) {
-            out.insert(self.shared.config.id, member_status(&self.shared.self_view()));
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((id, addr, answer)) = joined else { continue };
-            let status = match answer {
-                Ok(Ok(mut s)) if s.id == id => {
-                    s.voter = voters.contains(&id);
-                    s
-                }
-                _ => v1::MemberStatus {
-                    id,
-                    address: addr,
-                    role: "unreachable".into(),
-                    voter: voters.contains(&id),
-                    ..Default::default()
-                },
-            };
-            out.insert(id, status);
-        }
-        out.into_values().collect()
+        members(&self.shared).await
     }
+}
+
+/// Every member's status: this master's own view, and each other member's answer to
+/// `Member`, or "unreachable".
+pub(crate) async fn members(shared: &Shared) -> Vec<v1::MemberStatus> {
+    let metrics = shared.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership().clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let nodes: Vec<(NodeId, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, addr) in nodes.clone() {
+        if id == shared.config.id {
+            continue;
+        }
+        tasks.spawn(async move {
+            let answer = async {
+                let channel = corral_proto::client::channel(&addr, MEMBER_QUERY_TIMEOUT)?;
+                let mut client = OperatorClient::new(channel);
+                client.member(v1::MemberRequest {}).await.map(Response::into_inner)
+            };
+            let answer = tokio::time::timeout(MEMBER_QUERY_TIMEOUT, answer).await;
+            (id, addr, answer)
+        });
+    }
+    let mut out: BTreeMap<NodeId, v1::MemberStatus> = BTreeMap::new();
+    if nodes.iter().any(|(id, _)| *id == shared.config.id) {
+        out.insert(shared.config.id, member_status(&shared.self_view()));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((id, addr, answer)) = joined else { continue };
+        let status = match answer {
+            Ok(Ok(mut s)) if s.id == id => {
+                s.voter = voters.contains(&id);
+                s
+            }
+            _ => v1::MemberStatus {
+                id,
+                address: addr,
+                role: "unreachable".into(),
+                voter: voters.contains(&id),
+                ..Default::default()
+            },
+        };
+        out.insert(id, status);
+    }
+    out.into_values().collect()
 }
 
 fn member_status(v: &SelfView) -> v1::MemberStatus {
@@ -156,6 +161,7 @@ fn member_status(v: &SelfView) -> v1::MemberStatus {
         last_log_index: v.last_log_index,
         applied_index: v.applied_index,
         state_hash: v.state_hash.clone(),
+        term: v.term,
     }
 }
 
