@@ -62,6 +62,23 @@ pub struct AgentArgs {
     /// `gc_delay × max(0, 1 − headroom − disk usage)`, as in Mesos.
     #[arg(long, env = "CORRAL_GC_DISK_HEADROOM", default_value_t = DEFAULT_GC_DISK_HEADROOM)]
     pub gc_disk_headroom: f64,
+
+    /// The cluster's name: with TLS, the masters' certificates must be of this cluster.
+    #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = "corral")]
+    pub cluster_name: String,
+
+    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, the agent reaches
+    /// the masters over mutual TLS 1.3 and takes only master certificates for masters.
+    #[arg(long, env = "CORRAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This agent's certificate (PEM), of role agent (`corral tls cert create --role agent`).
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This agent's private key (PEM).
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Validated agent configuration.

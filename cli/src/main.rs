@@ -5,8 +5,8 @@
 //!
 //! Files: this one parses the command line and dispatches; `commands/` holds one file per
 //! command (`status`, `members`, `weights`, `agents`, `frameworks`, `tasks`, `run`, `logs`,
-//! `watch`, `health`, `local`); `output.rs` the one-line errors, tables and JSON they print with;
-//! `http.rs` the GET the CLI sends to HTTP endpoints (health, agents' files).
+//! `watch`, `health`, `local`, `tls`); `output.rs` the one-line errors, tables and JSON they
+//! print with.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use corral_proto::client::{parse_masters, Masters};
 mod commands;
 mod output;
 
-use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, watch, weights};
+use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, tls, watch, weights};
 use output::{usage, Failure};
 
 #[derive(Debug, Parser)]
@@ -30,6 +30,23 @@ struct Cli {
     /// How long to keep trying to reach the leader.
     #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     timeout_secs: f64,
+
+    /// The cluster's name: with TLS, the masters' certificates must be of this cluster.
+    #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = "corral")]
+    cluster_name: String,
+
+    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, talk to the
+    /// masters over mutual TLS 1.3.
+    #[arg(long, env = "CORRAL_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// This client's certificate (PEM), of role client (`corral tls cert create --role client`).
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// This client's private key (PEM).
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -101,6 +118,11 @@ enum Command {
         /// The endpoint, HOST:PORT.
         address: String,
     },
+    /// Make the cluster's CA and its masters', agents' and clients' certificates.
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
     /// A whole cluster in one process (3 masters, 2 agents) for trying Corral out.
     Local {
         /// Masters to run (a Raft group of this size).
@@ -134,6 +156,55 @@ enum MembersAction {
     Remove {
         /// The master's Raft id.
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsAction {
+    /// The cluster's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// A certificate signed by the CA.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaAction {
+    /// Write DIR/ca.pem and DIR/ca-key.pem (0600): a new CA for cluster NAME.
+    Create {
+        /// Where to write them.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The cluster the CA is for (the masters' --cluster-name).
+        #[arg(long, default_value = "corral")]
+        cluster: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    /// Write DIR/NAME.pem and DIR/NAME-key.pem (0600), signed by DIR's CA, of role ROLE.
+    Create {
+        /// The directory of the CA (ca.pem, ca-key.pem), where the certificate is written.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// master, agent or client.
+        #[arg(long)]
+        role: String,
+        /// The certificate's name: its common name and file name.
+        #[arg(long)]
+        name: String,
+        /// Extra host names and IP addresses it is valid for (for browsers and curl).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = commands::tls::DEFAULT_CERT_DAYS)]
+        days: u32,
     },
 }
 
@@ -193,6 +264,36 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
+    if let Command::Tls { action } = &cli.command {
+        match action {
+            TlsAction::Ca {
+                action: CaAction::Create { dir, cluster },
+            } => tls::ca_create(dir, cluster)?,
+            TlsAction::Cert {
+                action:
+                    CertAction::Create {
+                        dir,
+                        role,
+                        name,
+                        hosts,
+                        days,
+                    },
+            } => tls::cert_create(tls::CertRequest {
+                dir,
+                role,
+                name,
+                hosts,
+                days: *days,
+            })?,
+        }
+        return Ok(0);
+    }
+    let files = corral_proto::tls::TlsFiles::from_flags(cli.tls_ca.clone(), cli.tls_cert.clone(), cli.tls_key.clone())
+        .map_err(|e| usage(e.to_string()))?;
+    if let Some(files) = files {
+        let tls = corral_proto::tls::ClientTls::load(&files, &cli.cluster_name).map_err(|e| usage(e.to_string()))?;
+        corral_proto::tls::set_client(Some(tls));
+    }
     let masters = parse_masters(&cli.masters).map_err(|e| usage(format!("--masters: {e}")))?;
     if !(cli.timeout_secs.is_finite() && cli.timeout_secs > 0.0) {
         return Err(usage("--timeout-secs: must be a positive number"));
@@ -227,7 +328,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Logs(opts) => logs::run(&masters, deadline, opts).await?,
         Command::Watch { json } => watch::run(&masters, deadline, json).await?,
         Command::Health { address } => health::run(&address, deadline).await?,
-        Command::Local { .. } => unreachable!("handled before the runtime starts"),
+        Command::Local { .. } | Command::Tls { .. } => unreachable!("handled before"),
     }
     Ok(0)
 }

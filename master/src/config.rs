@@ -114,6 +114,19 @@ pub struct MasterArgs {
     /// cluster, and masters refuse Raft traffic from another cluster.
     #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = DEFAULT_CLUSTER)]
     pub cluster_name: String,
+
+    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, every connection
+    /// (gRPC, HTTP, Raft) is mutual TLS 1.3 and each peer's role is checked.
+    #[arg(long, env = "CORRAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This master's certificate (PEM), of role master (`corral tls cert create --role master`).
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This master's private key (PEM).
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Parse `--peers`: `id=host:port,...` with unique ids and addresses.
@@ -190,6 +203,8 @@ pub struct Config {
     pub max_completed_frameworks: u64,
     /// None: agents are never collected.
     pub agent_gc_age: Option<Duration>,
+    /// Mutual TLS for every connection, when set.
+    pub tls: Option<corral_proto::tls::TlsFiles>,
 }
 
 impl MasterArgs {
@@ -242,6 +257,8 @@ impl MasterArgs {
         if self.data_dir.as_os_str().is_empty() {
             return Err("--data-dir: must not be empty".into());
         }
+        let tls = corral_proto::tls::TlsFiles::from_flags(self.tls_ca, self.tls_cert, self.tls_key)
+            .map_err(|e| e.to_string())?;
         Ok(Config {
             id: self.id,
             listen: self.listen,
@@ -260,6 +277,7 @@ impl MasterArgs {
             completed_task_max_age: (!self.completed_task_max_age.is_zero()).then_some(self.completed_task_max_age),
             max_completed_frameworks: self.max_completed_frameworks,
             agent_gc_age: (!self.agent_gc_age.is_zero()).then_some(self.agent_gc_age),
+            tls,
         })
     }
 }

@@ -72,6 +72,9 @@ pub enum StartError {
     /// openraft refused to start.
     #[error("starting raft: {0}")]
     Raft(String),
+    /// The TLS files could not be used (exit code 2).
+    #[error("{0}")]
+    Tls(corral_proto::tls::TlsError),
 }
 
 /// Everything the services of one master share. Cheap to clone.
@@ -383,6 +386,16 @@ impl Master {
     /// Open the store, start Raft and the servers, and form the cluster if this is the first
     /// start with `--peers`.
     pub async fn start(config: Config) -> Result<Master, StartError> {
+        // TLS first: bad files are said before anything is opened.
+        let tls = match &config.tls {
+            Some(files) => {
+                let server = corral_proto::tls::server_config(files).map_err(StartError::Tls)?;
+                let client = corral_proto::tls::ClientTls::load(files, &config.cluster).map_err(StartError::Tls)?;
+                corral_proto::tls::set_client(Some(client));
+                Some(Arc::new(std::sync::RwLock::new(server)))
+            }
+            None => None,
+        };
         let identity = Identity {
             node_id: config.id,
             cluster: config.cluster.clone(),
@@ -489,7 +502,7 @@ impl Master {
             shared.config.election_timeout,
             stopped.clone(),
         ));
-        let server = tokio::spawn(serve(shared.clone(), listener, stopped));
+        let server = tokio::spawn(serve(shared.clone(), listener, tls, stopped));
 
         if fresh {
             if let Some(peers) = &shared.config.peers {
@@ -575,6 +588,7 @@ async fn initialize(raft: &Raft, peers: &BTreeMap<NodeId, String>) {
 async fn serve(
     shared: Shared,
     listener: tokio::net::TcpListener,
+    tls: Option<corral_proto::tls::SharedServerConfig>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let max = corral_proto::MAX_MESSAGE_BYTES;
@@ -586,6 +600,7 @@ async fn serve(
         elections: shared.elections.clone(),
         lease: shared.config.election_timeout * 2,
         pre_vote_silence: shared.config.election_timeout,
+        tls: tls.is_some(),
     })
     .max_decoding_message_size(max * 4)
     .max_encoding_message_size(max * 4);
@@ -607,16 +622,25 @@ async fn serve(
     let http = crate::service::http::router(shared.clone()).merge(crate::service::ui::router(shared.clone()));
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http).fallback(crate::service::http::fallback);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .initial_stream_window_size(crate::raft::network::PEER_WINDOW_BYTES)
         .initial_connection_window_size(crate::raft::network::PEER_WINDOW_BYTES)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await
+        .add_routes(routes);
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(config) => {
+            router
+                .serve_with_incoming_shutdown(corral_proto::tls::incoming(listener, config), shutdown)
+                .await
+        }
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    }
 }

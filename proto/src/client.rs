@@ -75,10 +75,19 @@ pub fn parse_masters(list: &str) -> Result<Vec<String>, String> {
     Ok(masters)
 }
 
-/// A lazily connected channel to `addr` with Corral's limits.
+/// A lazily connected channel to the master at `addr` with Corral's limits, over TLS when
+/// this process has set its client TLS ([`crate::tls::set_client`]).
 pub fn channel(addr: &str, request_timeout: Duration) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad master address {addr:?}: {e}")))?
+    let tls = crate::tls::client();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("bad master address {addr:?}: {e}")))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.tonic(crate::tls::Role::Master))
+            .map_err(|e| Status::invalid_argument(format!("TLS for {addr:?}: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(request_timeout)
         .tcp_nodelay(true)

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod resources;
 pub mod scheduler;
 pub mod time;
+pub mod tls;
 pub mod watch;
 
 /// The generated `corral.v1` API.

@@ -120,7 +120,8 @@ impl Cluster {
         Self::start_with(n, &[])
     }
 
-    /// Start `n` masters with extra flags for every one.
+    /// Start `n` masters with extra flags for every one (`{id}` in a flag is replaced by
+    /// each master's id).
     pub fn start_with(n: u64, extra_args: &[&str]) -> Cluster {
         Self::start_prepared(n, extra_args, |_, _, _| {})
     }
@@ -582,7 +583,8 @@ fn spawn(m: &mut MasterProc, extra: &[String]) {
         .arg(&m.address)
         .arg("--data-dir")
         .arg(&m.data_dir)
-        .args(extra)
+        // `{id}` in a flag becomes the master's id (its own certificate, say).
+        .args(extra.iter().map(|a| a.replace("{id}", &m.id.to_string())))
         .env(
             "RUST_LOG",
             std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),

@@ -12,6 +12,19 @@ fn main() -> ExitCode {
     corral_agent::supervisor::run_if_requested();
     let args = AgentArgs::parse();
     let log_format = args.log_format;
+    let tls = corral_proto::tls::TlsFiles::from_flags(args.tls_ca.clone(), args.tls_cert.clone(), args.tls_key.clone())
+        .and_then(|files| {
+            files
+                .map(|f| corral_proto::tls::ClientTls::load(&f, &args.cluster_name))
+                .transpose()
+        });
+    match tls {
+        Ok(tls) => corral_proto::tls::set_client(tls),
+        Err(e) => {
+            eprintln!("corral-agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {

@@ -79,6 +79,8 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             completed_task_max_age: None,
             max_completed_frameworks: corral_master::config::DEFAULT_MAX_COMPLETED_FRAMEWORKS,
             agent_gc_age: Some(corral_master::config::DEFAULT_AGENT_GC_AGE),
+            // On loopback only, in one process: no TLS.
+            tls: None,
         };
         running.push(Master::start(config).await.map_err(|e| format!("master {id}: {e}"))?);
     }

@@ -10,5 +10,6 @@ pub mod members;
 pub mod run;
 pub mod status;
 pub mod tasks;
+pub mod tls;
 pub mod watch;
 pub mod weights;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let master = match Master::start(config).await {
             Ok(m) => m,
-            Err(e @ (StartError::DataDir(_) | StartError::Damaged { .. })) => {
+            Err(e @ (StartError::DataDir(_) | StartError::Damaged { .. } | StartError::Tls(_))) => {
                 eprintln!("corral-master: error: {e}");
                 return ExitCode::from(2);
             }

@@ -6,6 +6,7 @@
 //! another cluster or node id (for example a reused address), so a misrouted append can
 //! never land in the wrong log.
 
+use corral_proto::tls::Role;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,8 +104,17 @@ impl Network {
         if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        let tls = corral_proto::tls::client();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
+        if let Some(tls) = tls {
+            // Only a master certificate is taken for a peer.
+            endpoint = endpoint
+                .tls_config(tls.tonic(Role::Master))
+                .map_err(|e| format!("TLS for peer {addr:?}: {e}"))?;
+        }
+        let channel = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .initial_stream_window_size(PEER_WINDOW_BYTES)
@@ -381,6 +391,8 @@ pub struct RaftService {
     pub lease: Duration,
     /// A voter grants a pre-vote once it has not heard its leader for this long.
     pub pre_vote_silence: Duration,
+    /// Whether the server speaks TLS: then only a master certificate may speak Raft.
+    pub tls: bool,
 }
 
 /// When this master last accepted an AppendEntries (heartbeats included), and from which
@@ -409,7 +421,18 @@ impl LeaderContact {
 }
 
 impl RaftService {
-    fn open<T: DeserializeOwned>(&self, req: v1::RaftRequest) -> Result<T, Status> {
+    fn open<T: DeserializeOwned>(&self, req: Request<v1::RaftRequest>) -> Result<T, Status> {
+        let certs = req.peer_certs();
+        if let Some(refused) = corral_proto::tls::refuse_unless(
+            self.tls,
+            certs.as_deref().map(Vec::as_slice),
+            Role::Master,
+            &self.cluster,
+            "Raft",
+        ) {
+            return Err(refused);
+        }
+        let req = req.into_inner();
         if req.cluster != self.cluster {
             return Err(Status::failed_precondition(format!(
                 "raft request for cluster {:?} reached cluster {:?}",
@@ -437,7 +460,7 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<v1
 #[tonic::async_trait]
 impl v1::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
-        let rpc: AppendEntriesRequest<CorralRaft> = self.open(req.into_inner())?;
+        let rpc: AppendEntriesRequest<CorralRaft> = self.open(req)?;
         // Heard when it arrives from the leader this master follows (or a newer one), not
         // when the Raft core is done with it: a core busy with a slow flush must not make
         // a live leader look silent (and this master stand for election against it).
@@ -450,7 +473,7 @@ impl v1::raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
-        let rpc: VoteRequest<NodeId> = self.open(req.into_inner())?;
+        let rpc: VoteRequest<NodeId> = self.open(req)?;
         let answer = self.raft.vote(rpc.clone()).await;
         if let Ok(resp) = &answer {
             let leader_gone = self.contact.last_heard().is_none_or(|at| at.elapsed() >= self.lease);
@@ -464,12 +487,12 @@ impl v1::raft_server::Raft for RaftService {
     }
 
     async fn install_snapshot(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
-        let rpc: InstallSnapshotRequest<CorralRaft> = self.open(req.into_inner())?;
+        let rpc: InstallSnapshotRequest<CorralRaft> = self.open(req)?;
         reply(self.raft.install_snapshot(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
-        let rpc: PreVoteRequest = self.open(req.into_inner())?;
+        let rpc: PreVoteRequest = self.open(req)?;
         let (leading, last_log_index) = {
             let m = self.raft.metrics();
             let m = m.borrow();

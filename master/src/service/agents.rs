@@ -58,6 +58,16 @@ impl Agents for AgentsService {
 
     async fn attach(&self, req: Request<Streaming<v1::AgentMessage>>) -> Result<Response<MasterStream>, Status> {
         let shared = &self.shared;
+        let certs = req.peer_certs();
+        if let Some(refused) = corral_proto::tls::refuse_unless(
+            shared.config.tls.is_some(),
+            certs.as_deref().map(Vec::as_slice),
+            corral_proto::tls::Role::Agent,
+            &shared.config.cluster,
+            "attaching as an agent",
+        ) {
+            return Err(refused);
+        }
         shared.leader_or_hold().await?;
         let _turn = self
             .registering
