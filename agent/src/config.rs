@@ -67,18 +67,19 @@ pub struct AgentArgs {
     #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = "corral")]
     pub cluster_name: String,
 
-    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, the agent reaches
-    /// the masters over mutual TLS 1.3 and takes only master certificates for masters.
-    #[arg(long, env = "CORRAL_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key`.
+    #[command(flatten)]
+    pub tls: corral_proto::tls::TlsArgs,
 
-    /// This agent's certificate (PEM), of role agent (`corral tls cert create --role agent`).
-    #[arg(long, env = "CORRAL_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    /// Run tasks whose framework's user is root (an agent running as root refuses them by
+    /// default, and runs every other task as its framework's user).
+    #[arg(long, env = "CORRAL_ALLOW_ROOT_TASKS")]
+    pub allow_root_tasks: bool,
 
-    /// This agent's private key (PEM).
-    #[arg(long, env = "CORRAL_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback --listen address. Without TLS an agent refuses to:
+    /// its endpoint serves the tasks' sandboxes.
+    #[arg(long, env = "CORRAL_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Validated agent configuration.
@@ -102,6 +103,12 @@ pub struct Config {
     pub gc_delay: Duration,
     /// Fraction of the disk to keep free (0 to 1).
     pub gc_disk_headroom: f64,
+    /// The cluster's name (the role names peers' certificates must carry).
+    pub cluster: String,
+    /// Whether tasks may run as root.
+    pub allow_root_tasks: bool,
+    /// The agent's TLS identity, if any: its endpoint serves TLS only, its calls use it.
+    pub tls: Option<corral_proto::tls::TlsFiles>,
 }
 
 /// Parse `name:value;name:value`.
@@ -141,6 +148,8 @@ impl AgentArgs {
         if self.work_dir.as_os_str().is_empty() {
             return Err("--work-dir: must not be empty".into());
         }
+        let tls = self.tls.files().map_err(|e| e.to_string())?;
+        corral_proto::tls::check_listen("--listen", self.listen, tls.is_some(), self.insecure)?;
         if !(0.0..=1.0).contains(&self.gc_disk_headroom) {
             return Err(format!(
                 "--gc-disk-headroom: must be between 0 and 1, got {}",
@@ -157,6 +166,9 @@ impl AgentArgs {
             kill_grace: Duration::from_millis(self.kill_grace_period_ms),
             gc_delay: self.gc_delay,
             gc_disk_headroom: self.gc_disk_headroom,
+            cluster: self.cluster_name,
+            allow_root_tasks: self.allow_root_tasks,
+            tls,
         })
     }
 }
@@ -195,5 +207,11 @@ mod tests {
             .unwrap_err()
             .starts_with("--gc-disk-headroom"));
         assert!(AgentArgs::try_parse_from(["corral-agent", "--work-dir", "/w", "--gc-delay", "2x"]).is_err());
+        let open = parse(&["--resources", "cpus:2", "--listen", "0.0.0.0:5051"]).unwrap_err();
+        assert!(
+            open.starts_with("--listen 0.0.0.0:5051") && open.contains("--insecure"),
+            "{open}"
+        );
+        assert!(parse(&["--resources", "cpus:2", "--listen", "0.0.0.0:5051", "--insecure"]).is_ok());
     }
 }

@@ -102,7 +102,8 @@ pub async fn run(config: Config, tasks: Tasks, mut shutdown: watch::Receiver<boo
                 }
                 Some(v1::master_message::Message::RunTask(r)) => {
                     if let Some(task) = r.task {
-                        tasks.launch(r.framework_id, task);
+                        let user = r.framework.map(|f| f.user).unwrap_or_default();
+                        tasks.launch(r.framework_id, task, user);
                     }
                 }
                 Some(v1::master_message::Message::KillTask(k)) => {

@@ -11,10 +11,12 @@
 //!   durable and resent until acknowledged (`tasks/outbox.rs`);
 //! - [`supervisor`]: the small per-task process that lets tasks outlive the agent and keeps
 //!   their real exit status;
+//! - [`users`]: whom a task runs as (its framework's user; never root unless allowed);
 //! - [`isolation`]: cpu and memory limits with cgroups v2 where possible;
 //! - [`gc`]: finished sandboxes removed after `--gc-delay`, sooner as the disk fills;
 //! - [`durable`]: checkpoints written whole and fsynced (temporary file, rename, directory);
-//! - [`files`]: the sandboxes served read-only (`/files/read`, `/files/browse`, Mesos' shape).
+//! - [`files`]: the sandboxes served read-only (`/files/read`, `/files/browse`, Mesos' shape);
+//! - [`https`]: that endpoint over mutual TLS, the sandboxes for masters and clients only.
 //!
 //! # A task, end to end
 //!
@@ -42,10 +44,13 @@ pub mod detect;
 pub mod durable;
 pub mod files;
 pub mod gc;
+pub mod https;
 pub mod isolation;
 pub mod supervisor;
 pub mod tasks;
+pub mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -95,6 +100,8 @@ pub struct Agent {
     pub tasks: Tasks,
     /// The address its HTTP endpoint is bound to.
     pub local_addr: std::net::SocketAddr,
+    /// The endpoint's TLS configuration, replaced on a certificate reload.
+    pub tls: Option<corral_proto::tls::SharedServerConfig>,
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -113,7 +120,8 @@ impl Agent {
         };
         let exe = std::env::current_exe()
             .map_err(|e| anyhow::anyhow!("locating this executable (the task supervisor): {e}"))?;
-        let tasks = Tasks::new(config.work_dir.clone(), config.kill_grace, cgroups, exe);
+        let tasks = Tasks::new(config.work_dir.clone(), config.kill_grace, cgroups, exe)
+            .allowing_root_tasks(config.allow_root_tasks);
         let recovered = tasks.recover();
         if recovered > 0 {
             tracing::info!(recovered, "took back the tasks of the previous run");
@@ -125,22 +133,50 @@ impl Agent {
         config.listen = local_addr;
         let (stop, stopped) = watch::channel(false);
         let mut handles = Vec::new();
-        let app = Router::new()
+        let files = Router::new()
+            .route("/files/read", get(files::read))
+            .route("/files/browse", get(files::browse));
+        let tls = match &config.tls {
+            Some(f) => Some(Arc::new(std::sync::RwLock::new(
+                corral_proto::tls::server_config(f).map_err(|e| anyhow::anyhow!("{e}"))?,
+            ))),
+            None => None,
+        };
+        let mut http_stop = stopped.clone();
+        let shutdown = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        let endpoints = Router::new()
             .route("/health", get(health))
             .route("/state", get(state))
-            .route("/metrics", get(metrics))
-            .route("/files/read", get(files::read))
-            .route("/files/browse", get(files::browse))
-            .with_state(tasks.clone());
-        let mut http_stop = stopped.clone();
-        handles.push(tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "agent http server failed");
+            .route("/metrics", get(metrics));
+        let server_tls = tls.clone();
+        match server_tls {
+            Some(server) => {
+                let cluster: Arc<str> = Arc::from(config.cluster.as_str());
+                let app = endpoints
+                    .merge(files.route_layer(axum::middleware::from_fn_with_state(
+                        cluster,
+                        https::sandboxes_for_masters_and_clients,
+                    )))
+                    .with_state(tasks.clone());
+                let listener = https::TlsListener::new(listener, server)?;
+                handles.push(tokio::spawn(async move {
+                    let app = app.into_make_service_with_connect_info::<https::Peer>();
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "agent https server failed");
+                    }
+                }));
             }
-        }));
+            None => {
+                let app = endpoints.merge(files).with_state(tasks.clone());
+                handles.push(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "agent http server failed");
+                    }
+                }));
+            }
+        }
         let resend_tasks = tasks.clone();
         let mut resend_stop = stopped.clone();
         handles.push(tokio::spawn(async move {
@@ -158,11 +194,12 @@ impl Agent {
             config.gc_disk_headroom,
             stopped.clone(),
         )));
-        tracing::info!(hostname = %config.hostname, resources = %config.resources, listen = %local_addr, isolation = tasks.isolation(), "agent started");
+        tracing::info!(hostname = %config.hostname, resources = %config.resources, listen = %local_addr, isolation = tasks.isolation(), tls = tls.is_some(), "agent started");
         handles.push(tokio::spawn(connection::run(config, tasks.clone(), stopped)));
         Ok(Agent {
             tasks,
             local_addr,
+            tls,
             stop,
             handles,
         })

@@ -35,6 +35,9 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// The environment variable that tells a supervisor whom to start its task as (`uid:gid`).
+pub const RUN_AS_ENV: &str = "CORRAL_SUPERVISOR_RUN_AS";
+
 /// If this process was started as a task supervisor, supervise and exit; otherwise return.
 /// Binaries that run agents (`corral-agent`, `corral` for `corral local`) call this first.
 pub fn run_if_requested() {
@@ -111,6 +114,20 @@ fn supervise(args: Vec<OsString>) -> i32 {
         .stdout(stdout)
         .stderr(Stdio::inherit());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // The user the agent chose for the task: set (groups dropped, then gid, then uid) in
+    // the child before exec, so the supervisor itself keeps the agent's rights.
+    if let Some(run_as) = std::env::var_os(RUN_AS_ENV) {
+        cmd.env_remove(RUN_AS_ENV);
+        let ids = run_as
+            .to_str()
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+        let Some((uid, gid)) = ids else {
+            return fail(&exit_file, format!("{RUN_AS_ENV}: {run_as:?} is not uid:gid"));
+        };
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

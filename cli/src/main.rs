@@ -17,7 +17,7 @@ use corral_proto::client::{parse_masters, Masters};
 mod commands;
 mod output;
 
-use commands::{agents, frameworks, health, local, logs, members, run, status, tasks, tls, watch, weights};
+use commands::{acl, agents, frameworks, health, local, logs, members, run, status, tasks, tls, watch, weights};
 use output::{usage, Failure};
 
 #[derive(Debug, Parser)]
@@ -35,18 +35,13 @@ struct Cli {
     #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = "corral")]
     cluster_name: String,
 
-    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, talk to the
-    /// masters over mutual TLS 1.3.
-    #[arg(long, env = "CORRAL_TLS_CA")]
-    tls_ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: corral_proto::tls::TlsArgs,
 
-    /// This client's certificate (PEM), of role client (`corral tls cert create --role client`).
-    #[arg(long, env = "CORRAL_TLS_CERT")]
-    tls_cert: Option<std::path::PathBuf>,
-
-    /// This client's private key (PEM).
-    #[arg(long, env = "CORRAL_TLS_KEY")]
-    tls_key: Option<std::path::PathBuf>,
+    /// A bearer token (`corral acl token create`) naming this client's principal to masters
+    /// that have an ACL file. Sent as `authorization: Bearer`, never logged.
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -84,6 +79,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<FrameworksAction>,
     },
     /// Tasks of every framework (paged from the leader: any number of them).
     Tasks {
@@ -117,6 +114,15 @@ enum Command {
     Health {
         /// The endpoint, HOST:PORT.
         address: String,
+        /// The endpoint is an agent's (with TLS, its certificate must be an agent's; by
+        /// default a master's).
+        #[arg(long)]
+        agent: bool,
+    },
+    /// Bearer tokens for the masters' ACL file.
+    Acl {
+        #[command(subcommand)]
+        action: AclAction,
     },
     /// Make the cluster's CA and its masters', agents' and clients' certificates.
     Tls {
@@ -156,6 +162,34 @@ enum MembersAction {
     Remove {
         /// The master's Raft id.
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FrameworksAction {
+    /// Tear a framework down: its tasks are killed and it may not subscribe again.
+    Teardown {
+        /// The framework's id (`corral frameworks`).
+        framework_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AclAction {
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Print a new random token for principal NAME, and the lines to paste into the
+    /// masters' ACL file (which keeps only the token's SHA-256).
+    Create {
+        /// The principal's name.
+        name: String,
     },
 }
 
@@ -288,8 +322,17 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         }
         return Ok(0);
     }
-    let files = corral_proto::tls::TlsFiles::from_flags(cli.tls_ca.clone(), cli.tls_cert.clone(), cli.tls_key.clone())
-        .map_err(|e| usage(e.to_string()))?;
+    if let Command::Acl {
+        action: AclAction::Token {
+            action: TokenAction::Create { name },
+        },
+    } = &cli.command
+    {
+        acl::token_create(name)?;
+        return Ok(0);
+    }
+    corral_proto::client::set_token(cli.token.as_deref()).map_err(|e| usage(format!("--token: {e}")))?;
+    let files = cli.tls.files().map_err(|e| usage(e.to_string()))?;
     if let Some(files) = files {
         let tls = corral_proto::tls::ClientTls::load(&files, &cli.cluster_name).map_err(|e| usage(e.to_string()))?;
         corral_proto::tls::set_client(Some(tls));
@@ -317,7 +360,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         } => weights::set(&masters, deadline, role, weight).await?,
         Command::Weights { action: None, json } => weights::show(&masters, deadline, json).await?,
         Command::Agents { json } => agents::run(&masters, deadline, json).await?,
-        Command::Frameworks { json } => frameworks::run(&masters, deadline, json).await?,
+        Command::Frameworks {
+            action: Some(FrameworksAction::Teardown { framework_id }),
+            ..
+        } => frameworks::teardown(&masters, deadline, framework_id).await?,
+        Command::Frameworks { action: None, json } => frameworks::run(&masters, deadline, json).await?,
         Command::Tasks {
             json,
             states,
@@ -327,8 +374,15 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Run(opts) => return run::command(&masters, deadline, opts).await,
         Command::Logs(opts) => logs::run(&masters, deadline, opts).await?,
         Command::Watch { json } => watch::run(&masters, deadline, json).await?,
-        Command::Health { address } => health::run(&address, deadline).await?,
-        Command::Local { .. } | Command::Tls { .. } => unreachable!("handled before"),
+        Command::Health { address, agent } => {
+            let role = if agent {
+                corral_proto::tls::Role::Agent
+            } else {
+                corral_proto::tls::Role::Master
+            };
+            health::run(&address, role, deadline).await?
+        }
+        Command::Local { .. } | Command::Tls { .. } | Command::Acl { .. } => unreachable!("handled before"),
     }
     Ok(0)
 }

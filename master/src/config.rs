@@ -115,18 +115,19 @@ pub struct MasterArgs {
     #[arg(long, env = "CORRAL_CLUSTER_NAME", default_value = DEFAULT_CLUSTER)]
     pub cluster_name: String,
 
-    /// The cluster's CA certificate (PEM): with --tls-cert and --tls-key, every connection
-    /// (gRPC, HTTP, Raft) is mutual TLS 1.3 and each peer's role is checked.
-    #[arg(long, env = "CORRAL_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    /// `--tls-ca`, `--tls-cert`, `--tls-key`.
+    #[command(flatten)]
+    pub tls: corral_proto::tls::TlsArgs,
 
-    /// This master's certificate (PEM), of role master (`corral tls cert create --role master`).
-    #[arg(long, env = "CORRAL_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback --listen address. Without TLS a master refuses to:
+    /// anyone who can reach the port could speak Raft, register agents and run commands.
+    #[arg(long, env = "CORRAL_INSECURE")]
+    pub insecure: bool,
 
-    /// This master's private key (PEM).
-    #[arg(long, env = "CORRAL_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    /// Principals and their permissions (TOML; see the README's "Access control"). Without
+    /// it, every authenticated client may do everything.
+    #[arg(long, env = "CORRAL_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
 }
 
 /// Parse `--peers`: `id=host:port,...` with unique ids and addresses.
@@ -205,6 +206,8 @@ pub struct Config {
     pub agent_gc_age: Option<Duration>,
     /// Mutual TLS for every connection, when set.
     pub tls: Option<corral_proto::tls::TlsFiles>,
+    /// The ACL file, re-read on SIGHUP.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl MasterArgs {
@@ -257,8 +260,8 @@ impl MasterArgs {
         if self.data_dir.as_os_str().is_empty() {
             return Err("--data-dir: must not be empty".into());
         }
-        let tls = corral_proto::tls::TlsFiles::from_flags(self.tls_ca, self.tls_cert, self.tls_key)
-            .map_err(|e| e.to_string())?;
+        let tls = self.tls.files().map_err(|e| e.to_string())?;
+        corral_proto::tls::check_listen("--listen", self.listen, tls.is_some(), self.insecure)?;
         Ok(Config {
             id: self.id,
             listen: self.listen,
@@ -278,6 +281,7 @@ impl MasterArgs {
             max_completed_frameworks: self.max_completed_frameworks,
             agent_gc_age: (!self.agent_gc_age.is_zero()).then_some(self.agent_gc_age),
             tls,
+            acl_file: self.acl_file,
         })
     }
 }
@@ -323,6 +327,12 @@ mod tests {
             .unwrap_err()
             .contains("differs"));
         assert!(args(&["--listen", "0.0.0.0:5050"]).unwrap_err().contains("--advertise"));
+        let open = args(&["--listen", "0.0.0.0:5050", "--advertise", "h1:5050"]).unwrap_err();
+        assert!(
+            open.contains("will not serve plaintext") && open.contains("--insecure"),
+            "{open}"
+        );
+        assert!(args(&["--listen", "0.0.0.0:5050", "--advertise", "h1:5050", "--insecure"]).is_ok());
         assert!(args(&["--election-timeout-ms", "50", "--heartbeat-interval-ms", "40"])
             .unwrap_err()
             .contains("at least twice"));

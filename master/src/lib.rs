@@ -10,6 +10,7 @@
 //! | [`state`] | the replicated state: records, `apply` (the one match over commands), retention, invariants, digest, snapshots |
 //! | [`leader`] | leader-only soft state of one term, owned by that term's loop and reached through its [`leader::Leader`] handle: sessions, offers, launch flow control, allocation passes, timers, delivery |
 //! | [`service`] | the APIs: `scheduler` (frameworks), `agents`, `operator`, `http`: decode → validate → ask the leader → map the error |
+//! | [`acl`] | who a caller is (certificate or bearer token) and what the `--acl-file` lets it do |
 //! | [`allocator`] | DRF order and placement, pure functions |
 //! | [`validate`] | every request field and its limit, named |
 //! | [`limits`] | every limit, grouped, and the relations between them checked at compile time |
@@ -67,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod allocator;
 pub mod config;
 pub mod leader;

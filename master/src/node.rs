@@ -75,6 +75,9 @@ pub enum StartError {
     /// The TLS files could not be used (exit code 2).
     #[error("{0}")]
     Tls(corral_proto::tls::TlsError),
+    /// The ACL file could not be used (exit code 2).
+    #[error("{0}")]
+    Acl(crate::acl::AclError),
 }
 
 /// Everything the services of one master share. Cheap to clone.
@@ -101,6 +104,8 @@ pub struct Shared {
     elections: crate::raft::election::Elections,
     /// The changes this master applies, for `Operator.Watch` ([`crate::service::watch`]).
     pub watch: crate::service::watch::Hub,
+    /// Who callers are and what they may do ([`crate::acl`]).
+    pub access: Arc<crate::acl::Access>,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -343,6 +348,8 @@ pub struct Master {
     /// The address the port is bound to.
     pub local_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
+    /// The port's TLS configuration, replaced by [`Master::reload`].
+    tls: Option<corral_proto::tls::SharedServerConfig>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// Every other task this master spawned at start (group commit, leadership, elections):
     /// each ends when `stop` is sent; drained on shutdown, aborted if the master is dropped.
@@ -396,6 +403,8 @@ impl Master {
             }
             None => None,
         };
+        let access = crate::acl::Access::new(config.acl_file.clone(), tls.is_some(), &config.cluster)
+            .map_err(StartError::Acl)?;
         let identity = Identity {
             node_id: config.id,
             cluster: config.cluster.clone(),
@@ -483,6 +492,7 @@ impl Master {
             writer: writer.clone(),
             elections: elections.clone(),
             watch: watch_hub,
+            access: Arc::new(access),
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -502,6 +512,7 @@ impl Master {
             shared.config.election_timeout,
             stopped.clone(),
         ));
+        let tls_for_reload = tls.clone();
         let server = tokio::spawn(serve(shared.clone(), listener, tls, stopped));
 
         if fresh {
@@ -516,10 +527,34 @@ impl Master {
             shared,
             local_addr,
             stop,
+            tls: tls_for_reload,
             server,
             tasks,
             _raft_runtime: raft_runtime,
         })
+    }
+
+    /// Read the TLS files and the ACL file again (SIGHUP): new connections use the new
+    /// certificates, and every call from now on the new ACL; running tasks and open streams
+    /// are untouched. What fails to load is kept as it was, and the error says what.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if let Some(files) = &self.shared.config.tls {
+            match corral_proto::tls::reload(files, &self.shared.config.cluster, self.tls.as_ref()) {
+                Ok(()) => tracing::info!(cert = %files.cert.display(), "TLS certificates reloaded"),
+                Err(e) => errors.push(format!("TLS kept as it was: {e}")),
+            }
+        }
+        match self.shared.access.reload() {
+            Ok(Some(principals)) => tracing::info!(principals, "ACL file reloaded"),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("ACL kept as it was: {e}")),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Resolves if this master's Raft core stops while the master was not asked to stop (a

@@ -175,6 +175,7 @@ pub fn framework_info(field: &str, info: &v1::FrameworkInfo) -> Result<(), Strin
     text(&format!("{field}.name"), &info.name)?;
     text(&format!("{field}.user"), &info.user)?;
     text(&format!("{field}.hostname"), &info.hostname)?;
+    text(&format!("{field}.principal"), &info.principal)?;
     if !info.role.is_empty() {
         role(&format!("{field}.role"), &info.role)?;
     }
@@ -577,6 +578,7 @@ mod tests {
                     hostname: "h".repeat(MAX_TEXT_LEN),
                     failover_timeout_seconds: 1.0,
                     labels: map(n_labels, key_len, label_len),
+                    principal: "p".repeat(MAX_TEXT_LEN),
                 };
                 if framework_request("framework", &info).is_ok() {
                     let command = v1::Command {

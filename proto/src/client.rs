@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::v1;
@@ -75,8 +77,74 @@ pub fn parse_masters(list: &str) -> Result<Vec<String>, String> {
     Ok(masters)
 }
 
+/// A channel to a master: every call carries this process's bearer token, if it has one
+/// ([`set_token`]).
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Puts `authorization: Bearer <token>` on every call. Its `Debug` does not show the token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(<token>)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The token set by [`set_token`]; `None` until it is called (then `CORRAL_TOKEN` is used).
+static TOKEN: std::sync::RwLock<Option<Option<MetadataValue<Ascii>>>> = std::sync::RwLock::new(None);
+
+fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, String> {
+    let t = token.trim();
+    let bad = || "the token must be printable ASCII without spaces".to_string();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    let mut v: MetadataValue<Ascii> = format!("Bearer {t}").parse().map_err(|_| bad())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Send `token` as `authorization: Bearer` on every channel made from now on (`None`: no
+/// token). Until it is called, a process sends `CORRAL_TOKEN` from its environment, if
+/// set. The error says why a token cannot be sent (not printable ASCII), without it.
+pub fn set_token(token: Option<&str>) -> Result<(), String> {
+    let value = token.map(bearer_value).transpose()?;
+    *TOKEN.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+    Ok(())
+}
+
+fn current_token() -> Option<MetadataValue<Ascii>> {
+    if let Some(set) = TOKEN.read().unwrap_or_else(|p| p.into_inner()).clone() {
+        return set;
+    }
+    let from_env = std::env::var("CORRAL_TOKEN").ok().filter(|t| !t.is_empty());
+    match from_env.as_deref().map(bearer_value) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            tracing::warn!(reason = %e, "CORRAL_TOKEN is not sent");
+            None
+        }
+        None => None,
+    }
+}
+
 /// A lazily connected channel to the master at `addr` with Corral's limits, over TLS when
-/// this process has set its client TLS ([`crate::tls::set_client`]).
+/// this process has set its client TLS ([`crate::tls::set_client`]), with its bearer token
+/// when it has set one ([`set_token`]).
 pub fn channel(addr: &str, request_timeout: Duration) -> Result<Channel, Status> {
     let tls = crate::tls::client();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -95,7 +163,10 @@ pub fn channel(addr: &str, request_timeout: Duration) -> Result<Channel, Status>
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        Bearer(current_token()),
+    ))
 }
 
 /// A client of the master quorum: remembers channels and the last known leader.
@@ -322,6 +393,16 @@ macro_rules! limit_client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_sent_as_bearer_and_never_shown() {
+        let v = bearer_value(" corral_abc ").unwrap();
+        assert_eq!(v.to_str().unwrap(), "Bearer corral_abc");
+        assert!(v.is_sensitive());
+        assert!(bearer_value("a b").is_err() && bearer_value("").is_err() && bearer_value("é").is_err());
+        let shown = format!("{:?}", Bearer(Some(v)));
+        assert!(!shown.contains("abc"), "{shown}");
+    }
 
     #[test]
     fn redirect_round_trip() {

@@ -2,13 +2,22 @@
 //! masters and agents, a master to an agent's sandbox and to the leader's web UI API): one
 //! GET over HTTP/1.0, so the connection closes after the answer and its body needs no
 //! framing. Bounded in time (the head) and size (the head, and a body read whole).
+//!
+//! When this process has client TLS ([`crate::tls::set_client`]), every request goes over
+//! TLS with its certificate, and the server must hold a certificate of the role asked for.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::Role;
+
+/// A connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Largest answer head (status line and headers) read.
 pub const MAX_HEAD_BYTES: usize = 16 << 10;
@@ -38,7 +47,7 @@ impl Opened {
 /// the server closes it. A stream of chunks (for relaying it as it comes).
 pub struct Body {
     first: Option<Vec<u8>>,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
 }
 
 impl Body {
@@ -76,15 +85,33 @@ impl tokio_stream::Stream for Body {
     }
 }
 
-/// Send `GET target` (path and query) to `address` with `headers`, and read the answer's
-/// head; the body is left to the caller. Fails with a message naming `address` when it
-/// cannot connect, the head does not come within `deadline`, or is not HTTP.
-pub async fn open(address: &str, target: &str, headers: &[(&str, &str)], deadline: Duration) -> Result<Opened, String> {
+/// Send `GET target` (path and query) to `address`, a server of role `peer`, with
+/// `headers`, and read the answer's head; the body is left to the caller. Fails with a
+/// message naming `address` when it cannot connect, the TLS handshake fails, the head does
+/// not come within `deadline`, or is not HTTP.
+pub async fn open(
+    address: &str,
+    peer: Role,
+    target: &str,
+    headers: &[(&str, &str)],
+    deadline: Duration,
+) -> Result<Opened, String> {
     let exchange = async {
-        let mut stream = TcpStream::connect(address)
+        let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| format!("{address}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Box<dyn Io> = match crate::tls::client() {
+            Some(tls) => {
+                let (config, name) = tls.rustls(peer);
+                let connected = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("{address}: TLS with a {} certificate: {e}", peer.as_str()))?;
+                Box::new(connected)
+            }
+            None => Box::new(tcp),
+        };
         let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
         let mut request = format!("GET {target} HTTP/1.0\r\nHost: {host}\r\n");
         for (name, value) in headers {
@@ -136,11 +163,11 @@ pub async fn open(address: &str, target: &str, headers: &[(&str, &str)], deadlin
         .map_err(|_| format!("{address}: no answer within {deadline:?}"))?
 }
 
-/// `GET target` (path and query) from `address`: the status code and the body (at most
-/// [`MAX_BODY_BYTES`]), all within `deadline`.
-pub async fn get(address: &str, target: &str, deadline: Duration) -> Result<(u16, String), String> {
+/// `GET target` (path and query) from `address`, a server of role `peer`: the status code
+/// and the body (at most [`MAX_BODY_BYTES`]), all within `deadline`.
+pub async fn get(address: &str, peer: Role, target: &str, deadline: Duration) -> Result<(u16, String), String> {
     let exchange = async {
-        let opened = open(address, target, &[], deadline).await?;
+        let opened = open(address, peer, target, &[], deadline).await?;
         let status = opened.status;
         let body = opened
             .body
@@ -209,9 +236,15 @@ mod tests {
             s.write_all(b"file").await.unwrap();
             request
         });
-        let opened = open(&address, "/a?b=c", &[("x-test", "1")], Duration::from_secs(5))
-            .await
-            .unwrap();
+        let opened = open(
+            &address,
+            Role::Agent,
+            "/a?b=c",
+            &[("x-test", "1")],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(opened.status, 404);
         assert_eq!(opened.header("content-type"), Some("text/plain"));
         let body = opened.body.read_to_end(1 << 20).await.unwrap();
@@ -230,7 +263,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             drop(s);
         });
-        let e = get(&address, "/", Duration::from_millis(200)).await.unwrap_err();
+        let e = get(&address, Role::Master, "/", Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(e.contains("no answer within"), "{e}");
     }
 }

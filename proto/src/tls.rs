@@ -74,6 +74,45 @@ pub fn role_name(role: Role, cluster: &str) -> String {
     format!("{}.{cluster}.corral", role.as_str())
 }
 
+/// The TLS flags every Corral program takes (`--tls-ca`, `--tls-cert`, `--tls-key`, or
+/// `CORRAL_TLS_*` in the environment): all three or none.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// The cluster's CA certificate (PEM). With --tls-cert and --tls-key, every connection
+    /// is mutual TLS 1.3 and each peer's certificate must be of the role it acts in.
+    #[arg(long, env = "CORRAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This program's certificate (PEM), made by `corral tls cert create` with the role it
+    /// acts in (master, agent or client).
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files the flags name, if any: all three or none.
+    pub fn files(&self) -> Result<Option<TlsFiles>, TlsError> {
+        TlsFiles::from_flags(self.tls_ca.clone(), self.tls_cert.clone(), self.tls_key.clone())
+    }
+}
+
+/// Whether a server may listen on `listen`: on loopback always; elsewhere only with TLS, or
+/// when told `--insecure`. The error is the one line the program exits with.
+pub fn check_listen(flag: &str, listen: std::net::SocketAddr, tls: bool, insecure: bool) -> Result<(), String> {
+    if tls || insecure || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "{flag} {listen}: will not serve plaintext beyond loopback; make certificates with \
+         `corral tls ca create` and `corral tls cert create` and give --tls-ca, --tls-cert and \
+         --tls-key, or pass --insecure to serve without TLS anyway"
+    ))
+}
+
 /// The three files of a TLS identity: the cluster's CA, this party's certificate and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -135,10 +174,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The configuration of a server that takes only TLS 1.3 and only clients with a
-/// certificate from the CA (the role each call needs is checked per call, [`has_role`]).
-/// It speaks HTTP/2 (gRPC) and HTTP/1.1 (the plain HTTP endpoints, browsers).
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+fn roots(files: &TlsFiles) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in TlsFiles::certs(&files.ca)? {
         roots.add(ca).map_err(|e| TlsError::File {
@@ -146,6 +182,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
             why: format!("not a CA certificate: {e}"),
         })?;
     }
+    Ok(roots)
+}
+
+/// The configuration of a server that takes only TLS 1.3 and only clients with a
+/// certificate from the CA (the role each call needs is checked per call, [`has_role`]).
+/// It speaks HTTP/2 (gRPC) and HTTP/1.1 (the plain HTTP endpoints, browsers).
+pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let roots = roots(files)?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -169,21 +213,48 @@ pub struct ClientTls {
     /// This party's certificate and key, PEM.
     cert_pem: String,
     key_pem: String,
+    /// The same identity for connections made with rustls directly (plain HTTP over TLS).
+    rustls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientTls {
     /// Read `files` for the client connections of cluster `cluster`.
     pub fn load(files: &TlsFiles, cluster: &str) -> Result<ClientTls, TlsError> {
         // Parse them now, so that a bad file is said at start, not at the first call.
-        TlsFiles::certs(&files.ca)?;
-        TlsFiles::certs(&files.cert)?;
-        files.key_der()?;
+        let roots = roots(files)?;
+        let chain = TlsFiles::certs(&files.cert)?;
+        let key = files.key_der()?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError::Config(format!("{} with {}: {e}", files.cert.display(), files.key.display())))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ClientTls {
             cluster: cluster.to_string(),
             ca_pem: TlsFiles::pem(&files.ca)?,
             cert_pem: TlsFiles::pem(&files.cert)?,
             key_pem: TlsFiles::pem(&files.key)?,
+            rustls: Arc::new(config),
         })
+    }
+
+    /// rustls's configuration of this identity (HTTP/1.1), and the name a server of `role`
+    /// must carry.
+    pub fn rustls(&self, role: Role) -> (Arc<rustls::ClientConfig>, ServerName<'static>) {
+        let name = ServerName::try_from(role_name(role, &self.cluster))
+            .unwrap_or_else(|_| ServerName::try_from("invalid.corral").expect("a valid DNS name"));
+        (self.rustls.clone(), name)
     }
 
     /// tonic's configuration for connecting to a server of `role`.
@@ -208,6 +279,20 @@ pub fn client() -> Option<ClientTls> {
     CLIENT.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// Read `files` again (certificate rotation, on SIGHUP): the server configuration in
+/// `server` (if this process serves TLS) and this process's client identity are replaced
+/// together, for the connections made from now on. A file that does not read or does not
+/// fit leaves both as they were, and the error says which.
+pub fn reload(files: &TlsFiles, cluster: &str, server: Option<&SharedServerConfig>) -> Result<(), TlsError> {
+    let new_server = server.map(|_| server_config(files)).transpose()?;
+    let new_client = ClientTls::load(files, cluster)?;
+    if let (Some(shared), Some(config)) = (server, new_server) {
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+    set_client(Some(new_client));
+    Ok(())
+}
+
 /// The certificates of a PEM text.
 pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     CertificateDer::pem_slice_iter(pem)
@@ -226,6 +311,15 @@ pub fn has_role(certs: &[CertificateDer<'_>], role: Role, cluster: &str) -> bool
         return false;
     };
     cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// The name a certificate was made for (its subject's common name: `corral tls cert create
+/// --name`), from the peer's chain, leaf first.
+pub fn peer_name(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let leaf = certs.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// Why a TLS call is refused: the peer's certificate is not of `role` (or there is none).

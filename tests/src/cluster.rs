@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use corral_proto::client::Masters;
+use corral_proto::tls::Role;
 use corral_proto::v1;
 use corral_proto::v1::operator_client::OperatorClient;
 
@@ -64,6 +65,74 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether the scenario tests run with mutual TLS on every connection
+/// (`CORRAL_TEST_TLS=1`): the harness makes a PKI per cluster with `corral tls`, gives each
+/// master `m<id>`'s certificate, every agent `agent`'s, the CLI `ops`'s (a client's), and
+/// this process `sim`'s (an agent's and a client's: its simulated agents and frameworks).
+pub fn tls_mode() -> bool {
+    std::env::var("CORRAL_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// Masters a test may add beyond those it starts get certificates too, up to this id.
+const TLS_MAX_MASTER_ID: u64 = 9;
+
+fn make_test_pki(dir: &Path) {
+    let d = path_str(dir).to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(binary("corral"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral tls");
+        assert!(
+            out.status.success(),
+            "corral {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["tls", "ca", "create", "--dir", &d]);
+    let mut certs: Vec<(String, &str)> = (1..=TLS_MAX_MASTER_ID).map(|id| (format!("m{id}"), "master")).collect();
+    certs.push(("agent".into(), "agent"));
+    certs.push(("ops".into(), "client"));
+    for (name, role) in &certs {
+        run(&["tls", "cert", "create", "--dir", &d, "--role", role, "--name", name]);
+    }
+    // This process's identity: its simulated agents attach as agents, its frameworks and
+    // waits are clients, so its certificate carries both roles (`corral tls` makes one
+    // role per certificate; the test makes this one itself).
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("the test CA");
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca-key.pem")).expect("the CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("the CA");
+    let names = [Role::Agent, Role::Client].map(|r| corral_proto::tls::role_name(r, "corral"));
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).expect("names");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "sim");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    std::fs::write(dir.join("sim.pem"), cert.pem()).expect("write sim.pem");
+    std::fs::write(dir.join("sim-key.pem"), key.serialize_pem()).expect("write sim-key.pem");
+}
+
+fn tls_files(dir: &Path, name: &str) -> corral_proto::tls::TlsFiles {
+    corral_proto::tls::TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    }
+}
+
+fn tls_args(dir: &Path, name: &str) -> Vec<String> {
+    let f = tls_files(dir, name);
+    vec![
+        "--tls-ca".into(),
+        path_str(&f.ca).into(),
+        "--tls-cert".into(),
+        path_str(&f.cert).into(),
+        "--tls-key".into(),
+        path_str(&f.key).into(),
+    ]
+}
+
 /// One master process of the cluster.
 pub struct MasterProc {
     /// Its node id.
@@ -103,6 +172,25 @@ pub struct AgentProc {
     stopped: bool,
 }
 
+impl AgentProc {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl MasterProc {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 /// A set of masters (and agents) on this machine.
 pub struct Cluster {
     /// The masters, by node id.
@@ -111,6 +199,9 @@ pub struct Cluster {
     pub agents: BTreeMap<String, AgentProc>,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Whether agents started from now on get `--allow-root-tasks` (the tests run as root;
+    /// true unless a test turns it off).
+    pub agents_allow_root: bool,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -137,11 +228,24 @@ impl Cluster {
             .map(|(id, a)| format!("{id}={a}"))
             .collect::<Vec<_>>()
             .join(",");
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if tls_mode() {
+            make_test_pki(&dir.path().join("pki"));
+            extra_args.extend(tls_args(&dir.path().join("pki"), "m{id}"));
+            let files = tls_files(&dir.path().join("pki"), "sim");
+            let client = corral_proto::tls::ClientTls::load(&files, "corral").expect("the test PKI's client files");
+            // After the cluster's turn is ours: the client identity is process-wide.
+            corral_proto::tls::set_client(Some(client));
+        } else {
+            // A test that wants TLS of its own sets it after the cluster started.
+            corral_proto::tls::set_client(None);
+        }
         let mut cluster = Cluster {
             masters: BTreeMap::new(),
             agents: BTreeMap::new(),
             dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
+            agents_allow_root: true,
             _turn: turn,
         };
         for (id, address) in addresses {
@@ -436,7 +540,18 @@ impl Cluster {
             "--kill-grace-period-ms".into(),
             "1000".into(),
         ];
-        let args = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+        let root = self.agents_allow_root.then(|| "--allow-root-tasks".to_string());
+        let tls = if tls_mode() {
+            tls_args(&self.dir.path().join("pki"), "agent")
+        } else {
+            Vec::new()
+        };
+        let args = args
+            .into_iter()
+            .chain(root)
+            .chain(tls)
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let mut a = AgentProc {
             name: name.to_string(),
             work_dir,
@@ -527,11 +642,24 @@ impl Cluster {
         .expect("subscribe")
     }
 
+    /// A `corral` command for this cluster: its masters, and in TLS mode ([`tls_mode`]) the
+    /// client certificate, in its environment.
+    pub fn corral(&self) -> Command {
+        let mut cmd = Command::new(binary("corral"));
+        if tls_mode() {
+            let f = tls_files(&self.dir.path().join("pki"), "ops");
+            cmd.env("CORRAL_TLS_CA", &f.ca)
+                .env("CORRAL_TLS_CERT", &f.cert)
+                .env("CORRAL_TLS_KEY", &f.key);
+        }
+        cmd.env("CORRAL_MASTERS", self.masters_arg());
+        cmd
+    }
+
     /// Run the `corral` CLI against this cluster.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("corral"))
+        self.corral()
             .args(args)
-            .env("CORRAL_MASTERS", self.masters_arg())
             .stdin(Stdio::null())
             .output()
             .expect("run corral")

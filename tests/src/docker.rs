@@ -10,7 +10,7 @@ pub const TEST_IMAGE: &str = "corral-test:local";
 
 /// Busybox applets linked into the image, for task commands and debugging.
 const APPLETS: &[&str] = &[
-    "sh", "sleep", "echo", "cat", "true", "false", "ls", "ps", "kill", "env", "id",
+    "sh", "sleep", "echo", "cat", "true", "false", "ls", "ps", "kill", "env", "id", "test", "chown",
 ];
 
 fn run(cmd: &mut Command) -> Output {
@@ -191,9 +191,19 @@ impl Project {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `docker-compose exec -T <service> <cmd...>`.
+    /// `docker-compose exec -T <service> <cmd...>`, as the operator: with the client
+    /// certificate the compose files' `certs` service makes (`corral` in a master's or an
+    /// agent's container would otherwise present that container's own certificate).
     pub fn exec(&self, service: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", "-T", service];
+        let mut args = vec![
+            "exec",
+            "-T",
+            "-e",
+            "CORRAL_TLS_CERT=/etc/corral/tls/ops.pem",
+            "-e",
+            "CORRAL_TLS_KEY=/etc/corral/tls/ops-key.pem",
+            service,
+        ];
         args.extend_from_slice(cmd);
         self.compose(&args, TEST_IMAGE)
     }

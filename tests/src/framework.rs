@@ -200,7 +200,7 @@ impl Framework {
     /// A unary Scheduler call on the leader.
     pub async fn call<F, Fut, T>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(corral_proto::v1::scheduler_client::SchedulerClient<tonic::transport::Channel>) -> Fut,
+        F: Fn(corral_proto::v1::scheduler_client::SchedulerClient<corral_proto::client::Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.client

@@ -37,9 +37,14 @@ async fn offer_from(fw: &mut Framework, agent_id: &str) -> v1::Offer {
 }
 
 async fn get_json(address: &str, target: &str) -> serde_json::Value {
-    let (code, body) = corral_proto::http::get(address, target, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("GET {target} from {address}: {e}"));
+    let (code, body) = corral_proto::http::get(
+        address,
+        corral_proto::tls::Role::Master,
+        target,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET {target} from {address}: {e}"));
     assert_eq!(code, 200, "GET {target} from {address}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {target}: not JSON ({e}): {body}"))
 }
@@ -62,15 +67,21 @@ async fn ui_api_answers_the_leaders_view_through_a_follower() {
     let agent_id = agents[0].agent_id.clone();
 
     // The page and its assets, on a follower too.
-    let root = corral_proto::http::open(&f_addr, "/", &[], T).await.unwrap();
+    let root = corral_proto::http::open(&f_addr, corral_proto::tls::Role::Master, "/", &[], T)
+        .await
+        .unwrap();
     assert_eq!(root.status, 307, "/ redirects");
     assert_eq!(root.header("location"), Some("/ui/"));
-    let page = corral_proto::http::open(&f_addr, "/ui/", &[], T).await.unwrap();
+    let page = corral_proto::http::open(&f_addr, corral_proto::tls::Role::Master, "/ui/", &[], T)
+        .await
+        .unwrap();
     assert_eq!(page.status, 200);
     assert!(page.header("content-type").unwrap_or_default().starts_with("text/html"));
     let html = String::from_utf8(page.body.read_to_end(1 << 20).await.unwrap()).unwrap();
     assert!(html.contains("app.js") && html.contains("app.css"), "{html}");
-    let script = corral_proto::http::open(&f_addr, "/ui/app.js", &[], T).await.unwrap();
+    let script = corral_proto::http::open(&f_addr, corral_proto::tls::Role::Master, "/ui/app.js", &[], T)
+        .await
+        .unwrap();
     assert_eq!(script.status, 200);
     assert!(script
         .header("content-type")
@@ -78,7 +89,7 @@ async fn ui_api_answers_the_leaders_view_through_a_follower() {
         .starts_with("text/javascript"));
 
     // The follower relays the event stream: it starts, and carries the task below.
-    let mut events = corral_proto::http::open(&f_addr, "/ui/api/events", &[], T)
+    let mut events = corral_proto::http::open(&f_addr, corral_proto::tls::Role::Master, "/ui/api/events", &[], T)
         .await
         .unwrap();
     assert_eq!(events.status, 200);
@@ -148,14 +159,18 @@ async fn ui_api_answers_the_leaders_view_through_a_follower() {
     for addr in [&f_addr, &l_addr] {
         for (file, text) in [("stdout", "said-on-stdout\n"), ("stderr", "said-on-stderr\n")] {
             let target = format!("/ui/api/output?framework_id={}&task_id=said&file={file}", fw.id);
-            let (code, body) = corral_proto::http::get(addr, &target, T).await.unwrap();
+            let (code, body) = corral_proto::http::get(addr, corral_proto::tls::Role::Master, &target, T)
+                .await
+                .unwrap();
             assert_eq!((code, body.as_str()), (200, text), "{target} on {addr}");
         }
     }
     let bad = |target: &'static str, code: u16, says: &'static str| {
         let f_addr = f_addr.clone();
         async move {
-            let (c, body) = corral_proto::http::get(&f_addr, target, T).await.unwrap();
+            let (c, body) = corral_proto::http::get(&f_addr, corral_proto::tls::Role::Master, target, T)
+                .await
+                .unwrap();
             assert_eq!(c, code, "{target}: {body}");
             assert!(body.contains(says), "{target}: {body}");
         }
@@ -164,9 +179,15 @@ async fn ui_api_answers_the_leaders_view_through_a_follower() {
     bad("/ui/api/output?framework_id=f&task_id=said&file=core", 400, "file").await;
     bad("/ui/api/output?framework_id=f&task_id=nope", 404, "not known").await;
     // A relayed request that reaches a master which is not the leader is not relayed again.
-    let relayed = corral_proto::http::open(&f_addr, "/ui/api/view", &[("x-corral-relayed-by", "9")], T)
-        .await
-        .unwrap();
+    let relayed = corral_proto::http::open(
+        &f_addr,
+        corral_proto::tls::Role::Master,
+        "/ui/api/view",
+        &[("x-corral-relayed-by", "9")],
+        T,
+    )
+    .await
+    .unwrap();
     assert_eq!(relayed.status, 503);
 
     // Kill the agent: the follower's view says it is no longer attached.

@@ -1,5 +1,6 @@
 //! `corral-agent`: parse flags, set up logging, run until SIGINT or SIGTERM. Tasks keep
-//! running when the agent stops. Exit codes: 0 after shutdown, 2 for bad flags, 1 otherwise.
+//! running when the agent stops. SIGHUP re-reads the TLS files (certificate rotation).
+//! Exit codes: 0 after shutdown, 2 for bad flags, 1 otherwise.
 
 use std::process::ExitCode;
 
@@ -12,12 +13,11 @@ fn main() -> ExitCode {
     corral_agent::supervisor::run_if_requested();
     let args = AgentArgs::parse();
     let log_format = args.log_format;
-    let tls = corral_proto::tls::TlsFiles::from_flags(args.tls_ca.clone(), args.tls_cert.clone(), args.tls_key.clone())
-        .and_then(|files| {
-            files
-                .map(|f| corral_proto::tls::ClientTls::load(&f, &args.cluster_name))
-                .transpose()
-        });
+    let tls = args.tls.files().and_then(|files| {
+        files
+            .map(|f| corral_proto::tls::ClientTls::load(&f, &args.cluster_name))
+            .transpose()
+    });
     match tls {
         Ok(tls) => corral_proto::tls::set_client(tls),
         Err(e) => {
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let cluster = args.cluster_name.clone();
+    let tls_files = args.tls.files().ok().flatten();
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -56,9 +58,27 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("corral-agent: error: installing the SIGHUP handler: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hangup.recv() => {
+                    // Certificate rotation without a restart: tasks keep running.
+                    if let Some(files) = &tls_files {
+                        match corral_proto::tls::reload(files, &cluster, agent.tls.as_ref()) {
+                            Ok(()) => tracing::info!(cert = %files.cert.display(), "TLS certificates reloaded"),
+                            Err(e) => tracing::error!(error = %e, "TLS certificates not reloaded; the old ones stay in use"),
+                        }
+                    }
+                }
+            }
         }
         tracing::info!("shutdown requested; tasks keep running");
         agent.shutdown(false).await;

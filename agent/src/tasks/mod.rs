@@ -98,6 +98,8 @@ pub struct Tasks {
     exe: PathBuf,
     /// Sandboxes removed by garbage collection since the agent started.
     collected: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether tasks may run as root (`--allow-root-tasks`).
+    allow_root: bool,
 }
 
 impl Tasks {
@@ -118,7 +120,14 @@ impl Tasks {
             cgroups,
             exe,
             collected: Arc::default(),
+            allow_root: false,
         }
+    }
+
+    /// Let tasks run as root (`--allow-root-tasks`); refused by default.
+    pub fn allowing_root_tasks(mut self, allow: bool) -> Self {
+        self.allow_root = allow;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -349,7 +358,7 @@ impl Tasks {
     }
 
     /// Start a task unless it is already known (launches are idempotent by task id).
-    pub fn launch(&self, framework_id: String, info: v1::TaskInfo) {
+    pub fn launch(&self, framework_id: String, info: v1::TaskInfo, user: String) {
         let key = (framework_id.clone(), info.task_id.clone());
         {
             let mut inner = self.lock();
@@ -361,7 +370,7 @@ impl Tasks {
             self.commit(inner, &key);
         }
         let tasks = self.clone();
-        tokio::spawn(async move { tasks.run(key, info).await });
+        tokio::spawn(async move { tasks.run(key, info, user).await });
     }
 
     fn sandbox(&self, (f, t): &Key) -> PathBuf {

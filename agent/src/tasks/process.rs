@@ -10,10 +10,18 @@ use super::{Key, Tasks, SUPERVISOR_START};
 use crate::supervisor;
 
 impl Tasks {
-    pub(super) async fn run(self, key: Key, info: v1::TaskInfo) {
+    pub(super) async fn run(self, key: Key, info: v1::TaskInfo, user: String) {
         let sandbox = self.sandbox(&key);
         let exit_file = self.exit_path(&key);
-        let (mut child, pid) = match self.spawn(&key, &info, &sandbox, &exit_file).await {
+        let run_as = match crate::users::decide(&user, crate::users::effective_uid(), self.allow_root) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(framework_id = %key.0, task_id = %key.1, %user, reason = %e, "task refused");
+                self.update(&key, v1::TaskState::TaskFailed, e, None, v1::Reason::LaunchFailed);
+                return;
+            }
+        };
+        let (mut child, pid) = match self.spawn(&key, &info, &sandbox, &exit_file, run_as.as_ref()).await {
             Ok(v) => v,
             Err(e) => {
                 self.update(&key, v1::TaskState::TaskFailed, e, None, v1::Reason::LaunchFailed);
@@ -65,9 +73,15 @@ impl Tasks {
         info: &v1::TaskInfo,
         sandbox: &Path,
         exit_file: &Path,
+        run_as: Option<&crate::users::RunAs>,
     ) -> Result<(tokio::process::Child, u32), String> {
         use tokio::io::AsyncBufReadExt;
         std::fs::create_dir_all(sandbox).map_err(|e| format!("cannot create the sandbox: {e}"))?;
+        if let Some(u) = run_as {
+            // The task owns its sandbox (it writes there); its output files stay the agent's.
+            std::os::unix::fs::chown(sandbox, Some(u.uid), Some(u.gid))
+                .map_err(|e| format!("cannot give the sandbox to user {:?}: {e}", u.name))?;
+        }
         if let Some(dir) = exit_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -94,7 +108,14 @@ impl Tasks {
             .env("CORRAL_SANDBOX", sandbox)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
+            .stderr(stderr);
+        if let Some(u) = run_as {
+            cmd.env(supervisor::RUN_AS_ENV, format!("{}:{}", u.uid, u.gid))
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name)
+                .env("HOME", &u.home);
+        }
+        cmd
             // A group of its own: a Ctrl-C meant for the agent does not reach it.
             .process_group(0)
             .kill_on_drop(false);

@@ -33,3 +33,20 @@ pub async fn run(masters: &Masters, deadline: Duration, json: bool) -> Result<()
     );
     Ok(())
 }
+
+/// `corral frameworks teardown ID`.
+pub async fn teardown(masters: &Masters, deadline: Duration, framework_id: String) -> Result<(), String> {
+    masters
+        .on_leader(deadline, |ch| {
+            let framework_id = framework_id.clone();
+            async move {
+                corral_proto::limit_client!(v1::operator_client::OperatorClient::new(ch))
+                    .teardown_framework(v1::TeardownFrameworkRequest { framework_id })
+                    .await
+            }
+        })
+        .await
+        .map_err(|s| describe(&s))?;
+    println!("framework {framework_id} torn down");
+    Ok(())
+}

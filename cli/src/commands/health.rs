@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 /// `corral health ADDRESS`: Ok when `GET /health` answers 200.
-pub async fn run(address: &str, deadline: Duration) -> Result<(), String> {
-    match corral_proto::http::get(address, "/health", deadline).await? {
+pub async fn run(address: &str, role: corral_proto::tls::Role, deadline: Duration) -> Result<(), String> {
+    match corral_proto::http::get(address, role, "/health", deadline).await? {
         (200, _) => {
             println!("{address}: healthy");
             Ok(())

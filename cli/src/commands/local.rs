@@ -79,8 +79,9 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             completed_task_max_age: None,
             max_completed_frameworks: corral_master::config::DEFAULT_MAX_COMPLETED_FRAMEWORKS,
             agent_gc_age: Some(corral_master::config::DEFAULT_AGENT_GC_AGE),
-            // On loopback only, in one process: no TLS.
+            // On loopback only, in one process: no TLS, no ACL.
             tls: None,
+            acl_file: None,
         };
         running.push(Master::start(config).await.map_err(|e| format!("master {id}: {e}"))?);
     }
@@ -96,6 +97,10 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             kill_grace: Duration::from_secs(3),
             gc_delay: corral_agent::config::DEFAULT_GC_DELAY,
             gc_disk_headroom: corral_agent::config::DEFAULT_GC_DISK_HEADROOM,
+            cluster: corral_master::config::DEFAULT_CLUSTER.to_string(),
+            // Local agents run tasks as you, whoever you are.
+            allow_root_tasks: true,
+            tls: None,
         };
         agent_handles.push(
             corral_agent::Agent::start(config)

@@ -173,7 +173,8 @@ impl Output {
             "/files/read?path={}&offset={offset}&length={length}",
             corral_proto::http::query_value(&self.path)
         );
-        let (code, body) = corral_proto::http::get(&self.agent, &target, self.deadline).await?;
+        let (code, body) =
+            corral_proto::http::get(&self.agent, corral_proto::tls::Role::Agent, &target, self.deadline).await?;
         let v: Value = serde_json::from_str(&body).map_err(|_| {
             format!(
                 "{}: answered {code}, not a file read: {}",

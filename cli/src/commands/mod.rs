@@ -1,6 +1,7 @@
 //! One module per `corral` command; each takes what it needs and prints its own output
 //! through [`crate::output`].
 
+pub mod acl;
 pub mod agents;
 pub mod frameworks;
 pub mod health;

@@ -57,6 +57,10 @@ pub struct RunOpts {
     /// Do not print the task's output (printed as it comes when one task runs).
     #[arg(long)]
     quiet: bool,
+    /// The user the tasks run as on the agents (default: yours). An agent running as root
+    /// refuses `root` unless it was started with --allow-root-tasks.
+    #[arg(long)]
+    user: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -68,6 +72,19 @@ const WAITING_NOTE_EVERY: Duration = Duration::from_secs(5);
 const TEARDOWN_WAIT: Duration = Duration::from_secs(10);
 /// The exit code after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
+
+/// The name of the user running this command: `$USER`, else the account of the effective
+/// uid (containers often set no `$USER`), else empty (the agent's choice).
+fn caller_user_name() -> String {
+    if let Ok(u) = std::env::var("USER") {
+        if !u.is_empty() {
+            return u;
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    corral_agent::users::name_of(uid).unwrap_or_default()
+}
 
 /// `corral run [OPTIONS] -- COMMAND...`: the exit code to leave with.
 pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Result<i32, Failure> {
@@ -81,8 +98,14 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
         locality_wait,
         timeout,
         quiet,
+        user,
         command,
     } = opts;
+    let opts_user = match user {
+        Some(u) if u.trim().is_empty() => return Err(usage("--user: must not be empty")),
+        Some(u) => u,
+        None => caller_user_name(),
+    };
     let timeout = corral_proto::time::parse_duration(&timeout).map_err(|e| usage(format!("--timeout: {e}")))?;
     if timeout.is_zero() {
         return Err(usage("--timeout: must be longer than 0s"));
@@ -104,20 +127,26 @@ pub async fn command(masters: &Masters, deadline: Duration, opts: RunOpts) -> Re
     .map_err(usage)?;
     // Before registering: a task that no registered agent could ever hold would wait forever.
     let wait = deadline.min(timeout);
-    let agents = corral_proto::client::list_all(masters, wait, v1::ListAgentsRequest::default())
-        .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Failure::Cluster(format!(
-                "gave up after {wait:?} without progress, waiting for a leader to answer ({})",
-                describe(&s)
-            )),
-            _ => Failure::Cluster(describe(&s)),
-        })?;
-    check_fits(&runner.per_task, &agents)?;
+    let agents = corral_proto::client::list_all(masters, wait, v1::ListAgentsRequest::default()).await;
+    match agents {
+        Ok(agents) => check_fits(&runner.per_task, &agents)?,
+        // A principal that may run tasks but not read the cluster (operator = none): the
+        // check is left to the offers.
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        Err(s) => {
+            return Err(match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Failure::Cluster(format!(
+                    "gave up after {wait:?} without progress, waiting for a leader to answer ({})",
+                    describe(&s)
+                )),
+                _ => Failure::Cluster(describe(&s)),
+            })
+        }
+    }
     let info = v1::FrameworkInfo {
         name: format!("corral run {name}"),
         role,
-        user: std::env::var("USER").unwrap_or_default(),
+        user: opts_user,
         failover_timeout_seconds: 10.0,
         ..Default::default()
     };

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 after a clean shutdown; 2 for bad flags, or a data dir that belongs to
 //! another node or cluster or is damaged (the operator must act: see the README's
-//! recovery steps); 3 when the Raft core stopped while running (a storage error such as a
+//! recovery steps); SIGHUP re-reads the TLS files and the ACL file; 3 when the Raft core stopped while running (a storage error such as a
 //! full disk: restarting may succeed once the cause is fixed); 1 for other failures.
 
 use std::process::ExitCode;
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let master = match Master::start(config).await {
             Ok(m) => m,
-            Err(e @ (StartError::DataDir(_) | StartError::Damaged { .. } | StartError::Tls(_))) => {
+            Err(e @ (StartError::DataDir(_) | StartError::Damaged { .. } | StartError::Tls(_) | StartError::Acl(_))) => {
                 eprintln!("corral-master: error: {e}");
                 return ExitCode::from(2);
             }
@@ -51,20 +51,42 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let code = tokio::select! {
-            signalled = shutdown_signal() => {
-                if let Err(e) = signalled {
-                    tracing::error!(error = %e, "waiting for signals failed; shutting down");
-                }
-                tracing::info!("shutdown requested");
-                ExitCode::SUCCESS
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("corral-master: error: installing the SIGHUP handler: {e}");
+                master.shutdown().await;
+                return ExitCode::from(1);
             }
-            why = master.raft_stopped() => {
-                // One line, then exit: a master whose Raft stopped can never vote again, and a
-                // supervisor (systemd, Docker, the harness) restarts a process that exits.
-                tracing::error!(reason = %why, "raft stopped; this master cannot take part in the cluster and exits");
-                eprintln!("corral-master: error: raft stopped: {why}");
-                ExitCode::from(EXIT_RAFT_STOPPED)
+        };
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let code = {
+            let stopped = master.raft_stopped();
+            tokio::pin!(stopped);
+            loop {
+            tokio::select! {
+                signalled = &mut shutdown => {
+                    if let Err(e) = signalled {
+                        tracing::error!(error = %e, "waiting for signals failed; shutting down");
+                    }
+                    tracing::info!("shutdown requested");
+                    break ExitCode::SUCCESS;
+                }
+                _ = hangup.recv() => {
+                    // Certificate rotation and ACL changes without a restart.
+                    if let Err(e) = master.reload() {
+                        tracing::error!(error = %e, "reload on SIGHUP incomplete");
+                    }
+                }
+                why = &mut stopped => {
+                    // One line, then exit: a master whose Raft stopped can never vote again, and a
+                    // supervisor (systemd, Docker, the harness) restarts a process that exits.
+                    tracing::error!(reason = %why, "raft stopped; this master cannot take part in the cluster and exits");
+                    eprintln!("corral-master: error: raft stopped: {why}");
+                    break ExitCode::from(EXIT_RAFT_STOPPED);
+                }
+            }
             }
         };
         master.shutdown().await;

@@ -48,7 +48,7 @@ pub(super) fn resend_stale_launches(state: &ClusterState, soft: &mut Soft, now_m
             let run = v1::RunTask {
                 framework_id: t.framework_id.clone(),
                 task: Some(t.task_info()?),
-                framework: None,
+                framework: state.frameworks.get(&t.framework_id).map(|f| f.wire_info()),
             };
             Some((t.agent_id.clone(), run))
         })

@@ -194,7 +194,7 @@ fn reconcile(
             Some(v1::RunTask {
                 framework_id: task.framework_id.clone(),
                 task: Some(task.task_info()?),
-                framework: None,
+                framework: state.frameworks.get(&task.framework_id).map(|f| f.wire_info()),
             })
         })
         .collect();

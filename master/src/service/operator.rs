@@ -15,6 +15,7 @@ use corral_proto::v1::operator_server::Operator;
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
+use crate::acl::OperatorAccess;
 use crate::node::{SelfView, Shared};
 use crate::raft::types::{NodeId, Outcome};
 use crate::raft::write::WriteError;
@@ -176,7 +177,39 @@ fn valid_member_address(addr: &str) -> bool {
 
 #[tonic::async_trait]
 impl Operator for OperatorService {
-    async fn status(&self, _: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn teardown_framework(
+        &self,
+        req: Request<v1::TeardownFrameworkRequest>,
+    ) -> Result<Response<v1::TeardownFrameworkResponse>, Status> {
+        let principal = self.shared.access.caller(&req)?;
+        self.shared.leader_or_hold().await?;
+        let framework_id = req.into_inner().framework_id;
+        crate::validate::id("framework_id", &framework_id).map_err(Status::invalid_argument)?;
+        let owner = {
+            let state = self.shared.state.read();
+            match state.app.frameworks.get(&framework_id) {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "framework_id: {framework_id} is not known to this cluster"
+                    )))
+                }
+                Some(f) if f.state == FrameworkState::TornDown => {
+                    return Ok(Response::new(v1::TeardownFrameworkResponse {}))
+                }
+                Some(f) => f.principal.clone(),
+            }
+        };
+        principal.teardown(&framework_id, &owner)?;
+        let leader = self.shared.leading()?;
+        tracing::info!(%framework_id, principal = %principal.name, "framework torn down by the operator API");
+        match crate::leader::teardown(&self.shared, &leader, &framework_id, "torn down by an operator").await? {
+            Outcome::Applied => Ok(Response::new(v1::TeardownFrameworkResponse {})),
+            Outcome::Rejected(why) => Err(Status::failed_precondition(why)),
+        }
+    }
+
+    async fn status(&self, req: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         let view = self.shared.self_view();
         let members = self.members().await;
         let counts = {
@@ -207,13 +240,15 @@ impl Operator for OperatorService {
         }))
     }
 
-    async fn member(&self, _: Request<v1::MemberRequest>) -> Result<Response<v1::MemberStatus>, Status> {
+    async fn member(&self, req: Request<v1::MemberRequest>) -> Result<Response<v1::MemberStatus>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         Ok(Response::new(member_status(&self.shared.self_view())))
     }
 
     type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
 
-    async fn watch(&self, _: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         Ok(Response::new(Box::pin(
             crate::service::watch::stream(&self.shared).await?,
         )))
@@ -221,8 +256,9 @@ impl Operator for OperatorService {
 
     async fn list_members(
         &self,
-        _: Request<v1::ListMembersRequest>,
+        req: Request<v1::ListMembersRequest>,
     ) -> Result<Response<v1::ListMembersResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         self.shared.leader_or_hold().await?;
         Ok(Response::new(v1::ListMembersResponse {
             members: self.members().await,
@@ -230,6 +266,7 @@ impl Operator for OperatorService {
     }
 
     async fn add_member(&self, req: Request<v1::AddMemberRequest>) -> Result<Response<v1::AddMemberResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Write)?;
         self.shared.leader_or_hold().await?;
         let req = req.into_inner();
         if req.id == 0 {
@@ -286,6 +323,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Write)?;
         self.shared.leader_or_hold().await?;
         let id = req.into_inner().id;
         let membership = self.shared.membership();
@@ -313,6 +351,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         let req = req.into_inner();
         let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
@@ -354,6 +393,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::ListFrameworksRequest>,
     ) -> Result<Response<v1::ListFrameworksResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         let req = req.into_inner();
         let page = Page::new(req.limit, &req.page_token)?;
         self.shared.linearizable().await?;
@@ -404,6 +444,7 @@ impl Operator for OperatorService {
     }
 
     async fn list_tasks(&self, req: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         let req = req.into_inner();
         let page = Page::new(req.limit, &req.page_token)?;
         let only = req.framework_id;
@@ -468,7 +509,11 @@ impl Operator for OperatorService {
         Ok(Response::new(v1::ListTasksResponse { tasks, next_page_token }))
     }
 
-    async fn get_weights(&self, _: Request<v1::GetWeightsRequest>) -> Result<Response<v1::GetWeightsResponse>, Status> {
+    async fn get_weights(
+        &self,
+        req: Request<v1::GetWeightsRequest>,
+    ) -> Result<Response<v1::GetWeightsResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Read)?;
         self.shared.linearizable().await?;
         let state = self.shared.state.read();
         let weights = state
@@ -484,6 +529,7 @@ impl Operator for OperatorService {
         &self,
         req: Request<v1::SetWeightsRequest>,
     ) -> Result<Response<v1::SetWeightsResponse>, Status> {
+        self.shared.access.caller(&req)?.operator(OperatorAccess::Write)?;
         self.shared.leader_or_hold().await?;
         let req = req.into_inner();
         if req.weights.is_empty() {

@@ -142,12 +142,27 @@ impl Scheduler for SchedulerService {
 
     async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
         let shared = &self.shared;
+        let principal = shared.access.caller(&req)?;
         shared.leader_or_hold().await?;
         let req = req.into_inner();
         let mut info = req
             .framework
             .ok_or_else(|| Status::invalid_argument("framework: missing"))?;
         validate::framework_request("framework", &info).map_err(Status::invalid_argument)?;
+        if !info.principal.is_empty() && info.principal != principal.name {
+            return Err(Status::permission_denied(format!(
+                "framework.principal: {} is not the principal this call is made as ({})",
+                corral_proto::quote(&info.principal),
+                corral_proto::quote(&principal.name)
+            )));
+        }
+        let role = if info.role.is_empty() {
+            crate::state::DEFAULT_ROLE
+        } else {
+            info.role.as_str()
+        };
+        principal.register_role(role)?;
+        principal.run_as(&info.user)?;
         let failover = !info.framework_id.is_empty();
         let kind = if failover {
             let state = shared.state.read();
@@ -164,12 +179,19 @@ impl Scheduler for SchedulerService {
                         info.framework_id
                     )))
                 }
-                Some(_) => v1::command::Kind::UpdateFramework(v1::UpdateFramework {
-                    info: Some(info.clone()),
-                }),
+                Some(f) => {
+                    // Subscribing as a framework gives the power to kill its tasks and tear
+                    // it down: only its own principal, or one that may tear down any.
+                    principal.teardown(&info.framework_id, &f.principal)?;
+                    info.principal = f.principal.clone();
+                    v1::command::Kind::UpdateFramework(v1::UpdateFramework {
+                        info: Some(info.clone()),
+                    })
+                }
             }
         } else {
             info.framework_id = format!("fw-{:016x}", rand::random::<u64>());
+            info.principal = principal.name.clone();
             v1::command::Kind::RegisterFramework(v1::RegisterFramework {
                 framework_id: info.framework_id.clone(),
                 info: Some(info.clone()),
@@ -212,7 +234,7 @@ impl Scheduler for SchedulerService {
             }
         })
         .await?;
-        tracing::info!(%framework_id, name = %info.name, role = %info.role, failover, "framework subscribed");
+        tracing::info!(%framework_id, name = %info.name, role = %info.role, principal = %info.principal, failover, "framework subscribed");
         shared.allocate_now.notify_one();
         tokio::spawn(watch_framework(shared.clone(), leader, framework_id, stream_id, gone));
         Ok(Response::new(events))
@@ -539,6 +561,10 @@ impl Launch {
         // the launch to the next leader, which sends committed launches still in STAGING
         // again (and agents reconcile them when they re-register).
         let ids: Vec<String> = self.tasks.iter().map(|t| t.task_id.clone()).collect();
+        let framework = {
+            let state = self.shared.state.read();
+            state.app.frameworks.get(&self.framework_id).map(|f| f.wire_info())
+        };
         let Launch {
             shared,
             leader,
@@ -559,7 +585,7 @@ impl Launch {
                         v1::master_message::Message::RunTask(v1::RunTask {
                             framework_id: framework_id.clone(),
                             task: Some(task),
-                            framework: None,
+                            framework: framework.clone(),
                         }),
                     );
                 }

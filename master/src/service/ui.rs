@@ -103,7 +103,15 @@ async fn to_leader(shared: &Shared, headers: &HeaderMap, target: &str) -> Respon
         return unavailable("no leader is elected at the moment".into());
     };
     let me = shared.config.id.to_string();
-    let opened = match corral_proto::http::open(&address, target, &[(RELAYED, &me)], RELAY_TIMEOUT).await {
+    let opened = match corral_proto::http::open(
+        &address,
+        corral_proto::tls::Role::Master,
+        target,
+        &[(RELAYED, &me)],
+        RELAY_TIMEOUT,
+    )
+    .await
+    {
         Ok(opened) => opened,
         Err(e) => {
             return (
@@ -432,7 +440,7 @@ async fn output(
 
 /// One `/files/read` of an agent, as JSON, or the answer that says why not.
 async fn read(agent: &str, target: &str) -> Result<serde_json::Value, Response> {
-    let (code, body) = corral_proto::http::get(agent, target, RELAY_TIMEOUT)
+    let (code, body) = corral_proto::http::get(agent, corral_proto::tls::Role::Agent, target, RELAY_TIMEOUT)
         .await
         .map_err(|e| {
             (

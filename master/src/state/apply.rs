@@ -156,6 +156,7 @@ impl ClusterState {
                 state: FrameworkState::Connected,
                 registered_at_ms: now,
                 disconnected_at_ms: None,
+                principal: info.principal.clone(),
                 digest: 0,
             },
         );

@@ -78,9 +78,27 @@ pub struct FrameworkRecord {
     pub registered_at_ms: i64,
     /// When its stream was last lost, while it is disconnected.
     pub disconnected_at_ms: Option<i64>,
+    /// The principal that registered it (see [`crate::acl`]); empty for an anonymous one.
+    pub principal: String,
     /// This record's part of the state hash (see [`crate::digest`]); derived, not replicated.
     #[serde(skip)]
     pub(crate) digest: u128,
+}
+
+impl FrameworkRecord {
+    /// What an agent is told of the framework with each of its tasks.
+    pub fn wire_info(&self) -> v1::FrameworkInfo {
+        v1::FrameworkInfo {
+            framework_id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            failover_timeout_seconds: self.failover_timeout_ms as f64 / 1000.0,
+            labels: Default::default(),
+            principal: self.principal.clone(),
+        }
+    }
 }
 
 /// One status of a task.

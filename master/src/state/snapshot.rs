@@ -14,9 +14,10 @@ use crate::raft::types::{ApplyResult, CorralRaft, Proposal};
 
 use super::*;
 
-/// Format version of the snapshot encoding written by this build. Version 2 adds
-/// [`Retention`]; version 1 snapshots are still read ([`StateV1`]).
-pub(super) const SNAPSHOT_FORMAT: u8 = 2;
+/// Format version of the snapshot encoding written by this build. Version 2 added
+/// [`Retention`], version 3 each framework's principal; versions 1 and 2 are still read
+/// ([`StateV1`], [`StateV2`]).
+pub(super) const SNAPSHOT_FORMAT: u8 = 3;
 
 /// The replicated fields of a [`ClusterState`] at one applied index, in the order the
 /// snapshot encoding writes them (the same bytes as serializing the state itself).
@@ -69,10 +70,78 @@ impl std::io::Write for KeepError<'_> {
 struct StateV1 {
     weights: BTreeMap<String, u64>,
     agents: BTreeMap<String, AgentRecord>,
-    frameworks: BTreeMap<String, FrameworkRecord>,
+    frameworks: BTreeMap<String, FrameworkRecordV2>,
     tasks: BTreeMap<(String, String), TaskRecord>,
     applied_commands: u64,
     rejected_commands: u64,
+}
+
+/// A framework record before principals (versions 1 and 2).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct FrameworkRecordV2 {
+    id: String,
+    name: String,
+    role: String,
+    user: String,
+    hostname: String,
+    failover_timeout_ms: u64,
+    state: FrameworkState,
+    registered_at_ms: i64,
+    disconnected_at_ms: Option<i64>,
+}
+
+impl From<FrameworkRecordV2> for FrameworkRecord {
+    fn from(f: FrameworkRecordV2) -> Self {
+        FrameworkRecord {
+            id: f.id,
+            name: f.name,
+            role: f.role,
+            user: f.user,
+            hostname: f.hostname,
+            failover_timeout_ms: f.failover_timeout_ms,
+            state: f.state,
+            registered_at_ms: f.registered_at_ms,
+            disconnected_at_ms: f.disconnected_at_ms,
+            // Registered before principals were recorded: anonymous.
+            principal: String::new(),
+            digest: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&FrameworkRecord> for FrameworkRecordV2 {
+    fn from(f: &FrameworkRecord) -> Self {
+        FrameworkRecordV2 {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            role: f.role.clone(),
+            user: f.user.clone(),
+            hostname: f.hostname.clone(),
+            failover_timeout_ms: f.failover_timeout_ms,
+            state: f.state,
+            registered_at_ms: f.registered_at_ms,
+            disconnected_at_ms: f.disconnected_at_ms,
+        }
+    }
+}
+
+fn upgrade(frameworks: BTreeMap<String, FrameworkRecordV2>) -> BTreeMap<String, FrameworkRecord> {
+    frameworks.into_iter().map(|(k, f)| (k, f.into())).collect()
+}
+
+/// A version 2 snapshot: frameworks without principals.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StateV2 {
+    weights: BTreeMap<String, u64>,
+    agents: OrdMap<String, AgentRecord>,
+    frameworks: BTreeMap<String, FrameworkRecordV2>,
+    tasks: OrdMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
+    retention: Retention,
 }
 
 impl ClusterState {
@@ -108,12 +177,27 @@ impl ClusterState {
                 state.reindex();
                 Ok(state)
             }
+            Some((2, body)) => {
+                let old: StateV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                let mut state = ClusterState {
+                    weights: old.weights,
+                    agents: old.agents,
+                    frameworks: upgrade(old.frameworks),
+                    tasks: old.tasks,
+                    applied_commands: old.applied_commands,
+                    rejected_commands: old.rejected_commands,
+                    retention: old.retention,
+                    ..Default::default()
+                };
+                state.reindex();
+                Ok(state)
+            }
             Some((1, body)) => {
                 let old: StateV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
                 let mut state = ClusterState {
                     weights: old.weights,
                     agents: old.agents.into_iter().collect(),
-                    frameworks: old.frameworks,
+                    frameworks: upgrade(old.frameworks),
                     tasks: old.tasks.into_iter().collect(),
                     applied_commands: old.applied_commands,
                     rejected_commands: old.rejected_commands,
@@ -191,5 +275,43 @@ impl StateMachine<CorralRaft> for ClusterState {
 
     fn restore(bytes: &[u8]) -> Result<Self, String> {
         Self::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_2_snapshot_reads_with_anonymous_frameworks() {
+        let framework = FrameworkRecordV2 {
+            id: "fw-1".into(),
+            name: "old".into(),
+            role: "*".into(),
+            user: "u".into(),
+            hostname: "h".into(),
+            failover_timeout_ms: 1000,
+            state: FrameworkState::Connected,
+            registered_at_ms: 5,
+            disconnected_at_ms: None,
+        };
+        let old = StateV2 {
+            weights: BTreeMap::from([("r".to_string(), 2000)]),
+            agents: OrdMap::new(),
+            frameworks: BTreeMap::from([("fw-1".to_string(), framework)]),
+            tasks: OrdMap::new(),
+            applied_commands: 7,
+            rejected_commands: 1,
+            retention: Retention::default(),
+        };
+        let mut bytes = vec![2u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let state = ClusterState::decode(&bytes).unwrap();
+        let f = &state.frameworks["fw-1"];
+        assert_eq!((f.name.as_str(), f.principal.as_str()), ("old", ""));
+        assert_eq!(state.applied_commands, 7);
+        // And it is written back in the current format, which reads the same.
+        let again = ClusterState::decode(&state.encode()).unwrap();
+        assert_eq!(again.frameworks["fw-1"], state.frameworks["fw-1"]);
     }
 }

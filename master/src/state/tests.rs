@@ -364,11 +364,14 @@ fn version_1_snapshots_are_read() {
     let mut s = cluster_with_agent(4.0, 1024.0);
     s.apply_command(&cmd(launch(&[("t1", 1.0)])));
     let mut old = vec![1u8];
+    // Frameworks as version 1 wrote them: without principals (the test's are anonymous).
+    let frameworks: std::collections::BTreeMap<String, super::snapshot::FrameworkRecordV2> =
+        s.frameworks.iter().map(|(k, f)| (k.clone(), f.into())).collect();
     old.extend(
         postcard::to_allocvec(&(
             &s.weights,
             &s.agents,
-            &s.frameworks,
+            &frameworks,
             &s.tasks,
             s.applied_commands,
             s.rejected_commands,

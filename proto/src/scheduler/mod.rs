@@ -98,7 +98,11 @@ pub async fn run<S: Scheduler>(
             Err(s)
                 if matches!(
                     s.code(),
-                    Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition
+                    Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::FailedPrecondition
+                        | Code::PermissionDenied
+                        | Code::Unauthenticated
                 ) =>
             {
                 scheduler.error(&driver, s.message());
@@ -201,7 +205,7 @@ fn report_overflow<S: Scheduler>(scheduler: &mut S, driver: &Driver) {
 
 async fn call<F, Fut>(client: &Masters, f: F) -> Result<(), Status>
 where
-    F: Fn(SchedulerClient<tonic::transport::Channel>) -> Fut,
+    F: Fn(SchedulerClient<crate::client::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Status>>,
 {
     client

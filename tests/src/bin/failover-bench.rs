@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo build --release --bins
-//! target/release/failover-bench [--rounds 20] [--masters 3] [--idle-secs 60] [--load-secs 60]
+//! target/release/failover-bench [--rounds 20] [--masters 3] [--idle-secs 60] [--load-secs 60] [--tls off|on|both]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ struct Args {
     masters: u64,
     idle_secs: u64,
     load_secs: u64,
+    /// Without TLS, with mutual TLS, or both (one cluster each, one after the other).
+    tls: Vec<bool>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,11 +33,21 @@ fn parse_args() -> Result<Args, String> {
         masters: 3,
         idle_secs: 60,
         load_secs: 60,
+        tls: vec![false],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--tls" {
+            a.tls = match value.as_str() {
+                "off" => vec![false],
+                "on" => vec![true],
+                "both" => vec![false, true],
+                _ => return Err(format!("--tls: {value:?} is not off, on or both")),
+            };
+            continue;
+        }
         let n: u64 = value
             .parse()
             .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
@@ -103,6 +115,19 @@ async fn bench() {
             std::process::exit(2);
         }
     };
+    for &tls in &args.tls {
+        // The harness reads it for each cluster it starts (corral_tests::tls_mode).
+        if tls {
+            std::env::set_var("CORRAL_TEST_TLS", "1");
+        } else {
+            std::env::remove_var("CORRAL_TEST_TLS");
+        }
+        println!("== {} ==", if tls { "mutual TLS" } else { "plaintext" });
+        run(&args, tls).await;
+    }
+}
+
+async fn run(args: &Args, tls: bool) {
     let ids: Vec<u64> = (1..=args.masters).collect();
     let mut cluster = Cluster::start(args.masters);
     let mut to_write = Vec::new();
@@ -151,8 +176,10 @@ async fn bench() {
     }
     println!();
     println!(
-        "failover with {} masters, default timeouts, {} rounds:",
-        args.masters, args.rounds
+        "failover with {} masters, default timeouts, {} rounds, {}:",
+        args.masters,
+        args.rounds,
+        if tls { "mutual TLS" } else { "plaintext" }
     );
     summary("SIGKILL -> new leader accepts writes", to_write);
 

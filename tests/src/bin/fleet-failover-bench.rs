@@ -12,10 +12,10 @@
 
 use std::time::{Duration, Instant};
 
+use corral_proto::client::Channel;
 use corral_proto::v1::operator_client::OperatorClient;
 use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
-use tonic::transport::Channel;
 
 /// The simulated fleet allocates like a server does; the system allocator would make the
 /// simulator, not the masters, the bottleneck on a small machine.

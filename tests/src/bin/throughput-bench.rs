@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo build --release --bins
-//! target/release/throughput-bench [--masters 3] [--seconds 20] [--tasks-per-offer 4] \
+//! target/release/throughput-bench [--masters 3] [--seconds 20] [--tasks-per-offer 4] [--tls off|on|both] \
 //!     [--configs 100x10,1000x50,10000x100]
 //! ```
 //!
@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use corral_tests::sim::{percentile_ms, rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The simulated fleet allocates like a server does; the system allocator would make the
 /// simulator, not the masters, the bottleneck on a small machine.
@@ -29,6 +28,8 @@ struct Args {
     seconds: u64,
     configs: Vec<(usize, usize)>,
     per_offer: usize,
+    /// Run each configuration without TLS, with mutual TLS, or both (one after the other).
+    tls: Vec<bool>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 20,
         configs: vec![(100, 10), (1000, 50), (10_000, 100)],
         per_offer: 4,
+        tls: vec![false],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -51,6 +53,14 @@ fn parse_args() -> Result<Args, String> {
             "--masters" => a.masters = number()?,
             "--seconds" => a.seconds = number()?.max(1),
             "--tasks-per-offer" => a.per_offer = number()?.max(1) as usize,
+            "--tls" => {
+                a.tls = match value.as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    "both" => vec![false, true],
+                    _ => return Err(format!("--tls: {value:?} is not off, on or both")),
+                }
+            }
             "--configs" => {
                 a.configs = value
                     .split(',')
@@ -75,14 +85,17 @@ fn parse_args() -> Result<Args, String> {
 
 /// The leader's write counters: (entries, commands, command bytes).
 async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .ok()?
-        .ok()?;
+    let (code, body) = corral_proto::http::get(
+        address,
+        corral_proto::tls::Role::Master,
+        "/metrics",
+        Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
+    if code != 200 {
+        return None;
+    }
     let value = |name: &str| {
         body.lines()
             .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
@@ -98,6 +111,7 @@ async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
 }
 
 struct Row {
+    tls: bool,
     agents: usize,
     frameworks: usize,
     tasks_per_s: f64,
@@ -180,6 +194,7 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
     fleet.stop().await;
     drop(cluster);
     Ok(Row {
+        tls: false,
         agents,
         frameworks,
         tasks_per_s: (f1 - f0) as f64 / dt,
@@ -212,10 +227,19 @@ async fn bench() {
     };
     let mut rows = Vec::new();
     for &(n, m) in &args.configs {
-        eprintln!("running {n} agents x {m} frameworks for {} s ...", args.seconds);
-        match run(&args, n, m).await {
-            Ok(row) => rows.push(row),
-            Err(e) => eprintln!("  {n} x {m}: {e}"),
+        for &tls in &args.tls {
+            // The harness reads it for each cluster it starts (corral_tests::tls_mode).
+            if tls {
+                std::env::set_var("CORRAL_TEST_TLS", "1");
+            } else {
+                std::env::remove_var("CORRAL_TEST_TLS");
+            }
+            let mode = if tls { "mutual TLS" } else { "plaintext" };
+            eprintln!("running {n} agents x {m} frameworks for {} s, {mode} ...", args.seconds);
+            match run(&args, n, m).await {
+                Ok(row) => rows.push(Row { tls, ..row }),
+                Err(e) => eprintln!("  {n} x {m} ({mode}): {e}"),
+            }
         }
     }
     println!();
@@ -225,7 +249,8 @@ async fn bench() {
     );
     println!("latency: accept call to RUNNING received (p50, p99); accept: the Accept call alone (launch committed)");
     println!(
-        "{:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>10} {:>10} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
+        "{:>3} {:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>10} {:>10} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
+        "tls",
         "agents",
         "fws",
         "tasks/s",
@@ -241,7 +266,8 @@ async fn bench() {
     );
     for r in rows {
         println!(
-            "{:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>10.1} {:>10.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
+            "{:>3} {:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>10.1} {:>10.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
+            if r.tls { "on" } else { "off" },
             r.agents,
             r.frameworks,
             r.tasks_per_s,
