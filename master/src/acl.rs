@@ -220,6 +220,14 @@ impl Acl {
         Ok(acl)
     }
 
+    /// What the principal `name` may do: its entry's grants, or nothing.
+    fn may(&self, name: &str) -> May {
+        self.principals
+            .get(name)
+            .cloned()
+            .map_or(May::Nothing("not in the ACL file"), May::Listed)
+    }
+
     /// How many principals it lists.
     pub fn len(&self) -> usize {
         self.principals.len()
@@ -251,14 +259,6 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// A caller that may do everything (tests, and the master's own calls).
-    pub fn everything(name: &str) -> Principal {
-        Principal {
-            name: name.to_string(),
-            may: May::All,
-        }
-    }
-
     fn who(&self) -> String {
         if self.name.is_empty() {
             "an anonymous caller (no client certificate, no token)".to_string()
@@ -271,59 +271,63 @@ impl Principal {
         Status::permission_denied(format!("{permission}: denied to {} ({why})", self.who()))
     }
 
-    /// The operator API at `level`.
-    pub fn operator(&self, level: OperatorAccess) -> Result<(), Status> {
-        let permission = format!("operator {}", level.as_str());
+    /// `permission`, granted when the caller may do everything, or its entry passes
+    /// `granted` (whose error says why not).
+    fn check(&self, permission: &str, granted: impl FnOnce(&Grants) -> Result<(), String>) -> Result<(), Status> {
         match &self.may {
             May::All => Ok(()),
-            May::Listed(g) if g.operator >= level => Ok(()),
-            May::Listed(g) => Err(self.refuse(&permission, &format!("its operator is {}", g.operator.as_str()))),
-            May::Nothing(why) => Err(self.refuse(&permission, why)),
+            May::Listed(g) => granted(g).map_err(|why| self.refuse(permission, &why)),
+            May::Nothing(why) => Err(self.refuse(permission, why)),
         }
+    }
+
+    /// The operator API at `level`.
+    pub fn operator(&self, level: OperatorAccess) -> Result<(), Status> {
+        self.check(&format!("operator {}", level.as_str()), |g| {
+            if g.operator >= level {
+                Ok(())
+            } else {
+                Err(format!("its operator is {}", g.operator.as_str()))
+            }
+        })
     }
 
     /// Registering a framework with `role`.
     pub fn register_role(&self, role: &str) -> Result<(), Status> {
-        let permission = format!("register_roles {role:?}");
-        match &self.may {
-            May::All => Ok(()),
-            May::Listed(g) if g.register_roles.allows(role) => Ok(()),
-            May::Listed(_) => Err(self.refuse(&permission, "the role is not in its register_roles")),
-            May::Nothing(why) => Err(self.refuse(&permission, why)),
-        }
+        self.check(&format!("register_roles {role:?}"), |g| {
+            g.register_roles
+                .allows(role)
+                .then_some(())
+                .ok_or_else(|| "the role is not in its register_roles".to_string())
+        })
     }
 
     /// Running tasks as `user`.
     pub fn run_as(&self, user: &str) -> Result<(), Status> {
-        let permission = format!("run_as_users {user:?}");
-        match &self.may {
-            May::All => Ok(()),
-            May::Listed(g) if g.run_as_users.allows(user) => Ok(()),
-            May::Listed(_) => Err(self.refuse(&permission, "the user is not in its run_as_users")),
-            May::Nothing(why) => Err(self.refuse(&permission, why)),
-        }
+        self.check(&format!("run_as_users {user:?}"), |g| {
+            g.run_as_users
+                .allows(user)
+                .then_some(())
+                .ok_or_else(|| "the user is not in its run_as_users".to_string())
+        })
     }
 
     /// Tearing down, or subscribing as, framework `framework_id` registered by `owner`.
     pub fn teardown(&self, framework_id: &str, owner: &str) -> Result<(), Status> {
-        let permission = "teardown";
         let own = !owner.is_empty() && owner == self.name;
-        match &self.may {
-            May::All => Ok(()),
-            May::Listed(g) if g.teardown == Teardown::Any || own => Ok(()),
-            May::Listed(_) => Err(self.refuse(
-                permission,
-                &format!(
-                    "teardown is own, and framework {framework_id} was registered by {}",
-                    if owner.is_empty() {
-                        "an anonymous caller".to_string()
-                    } else {
-                        format!("{owner:?}")
-                    }
-                ),
-            )),
-            May::Nothing(why) => Err(self.refuse(permission, why)),
-        }
+        self.check("teardown", |g| {
+            if g.teardown == Teardown::Any || own {
+                return Ok(());
+            }
+            let by = if owner.is_empty() {
+                "an anonymous caller".to_string()
+            } else {
+                format!("{owner:?}")
+            };
+            Err(format!(
+                "teardown is own, and framework {framework_id} was registered by {by}"
+            ))
+        })
     }
 }
 
@@ -383,11 +387,7 @@ impl Access {
             })?;
             return Ok(Principal {
                 name: name.clone(),
-                may: acl
-                    .principals
-                    .get(name)
-                    .cloned()
-                    .map_or(May::Nothing("not in the ACL file"), May::Listed),
+                may: acl.may(name),
             });
         }
         let certs = if self.tls { certs.unwrap_or_default() } else { &[] };
@@ -405,14 +405,7 @@ impl Access {
                     may: May::Nothing("not a client certificate: clients use `corral tls cert create --role client`"),
                 });
             }
-            let may = match acl {
-                None => May::All,
-                Some(acl) => acl
-                    .principals
-                    .get(&name)
-                    .cloned()
-                    .map_or(May::Nothing("not in the ACL file"), May::Listed),
-            };
+            let may = acl.map_or(May::All, |acl| acl.may(&name));
             return Ok(Principal { name, may });
         }
         Ok(Principal {

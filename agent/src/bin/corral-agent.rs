@@ -13,20 +13,6 @@ fn main() -> ExitCode {
     corral_agent::supervisor::run_if_requested();
     let args = AgentArgs::parse();
     let log_format = args.log_format;
-    let tls = args.tls.files().and_then(|files| {
-        files
-            .map(|f| corral_proto::tls::ClientTls::load(&f, &args.cluster_name))
-            .transpose()
-    });
-    match tls {
-        Ok(tls) => corral_proto::tls::set_client(tls),
-        Err(e) => {
-            eprintln!("corral-agent: error: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    let cluster = args.cluster_name.clone();
-    let tls_files = args.tls.files().ok().flatten();
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -34,6 +20,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls_files = config.tls.clone();
+    let cluster = config.cluster.clone();
+    match tls_files
+        .as_ref()
+        .map(|f| corral_proto::tls::ClientTls::load(f, &cluster))
+        .transpose()
+    {
+        Ok(tls) => corral_proto::tls::set_client(tls),
+        Err(e) => {
+            eprintln!("corral-agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     corral_proto::logging::init(log_format, "info");
     let runtime = match tokio::runtime::Runtime::new().context("starting the async runtime") {
         Ok(r) => r,
