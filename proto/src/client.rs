@@ -152,7 +152,7 @@ pub fn channel(addr: &str, request_timeout: Duration) -> Result<Channel, Status>
         .map_err(|e| Status::invalid_argument(format!("bad master address {addr:?}: {e}")))?;
     if let Some(tls) = tls {
         endpoint = endpoint
-            .tls_config(tls.tonic(crate::tls::Role::Master))
+            .tls_config(tls.tonic(crate::tls::Role::Master, CONNECT_TIMEOUT))
             .map_err(|e| Status::invalid_argument(format!("TLS for {addr:?}: {e}")))?;
     }
     let endpoint = endpoint

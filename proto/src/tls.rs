@@ -258,11 +258,16 @@ impl ClientTls {
     }
 
     /// tonic's configuration for connecting to a server of `role`.
-    pub fn tonic(&self, role: Role) -> tonic::transport::ClientTlsConfig {
+    ///
+    /// `handshake` bounds the TLS handshake. tonic's `connect_timeout` covers the TCP connect
+    /// only, and a paused or wedged peer accepts TCP (the kernel does) but never answers the
+    /// handshake: without this bound every call on the channel would wait behind it.
+    pub fn tonic(&self, role: Role, handshake: std::time::Duration) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(role_name(role, &self.cluster))
+            .timeout(handshake)
     }
 }
 

@@ -202,6 +202,9 @@ pub struct Cluster {
     /// Whether agents started from now on get `--allow-root-tasks` (the tests run as root;
     /// true unless a test turns it off).
     pub agents_allow_root: bool,
+    /// Channels for [`Cluster::member`], by address: kept, so that a poll of every master
+    /// is not a TCP (and TLS) handshake per master per poll.
+    member_channels: Mutex<BTreeMap<String, corral_proto::client::Channel>>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -246,6 +249,7 @@ impl Cluster {
             dir,
             extra_args,
             agents_allow_root: true,
+            member_channels: Mutex::default(),
             _turn: turn,
         };
         for (id, address) in addresses {
@@ -400,13 +404,33 @@ impl Cluster {
 
     /// Master `id`'s own view, or the error.
     pub async fn member(&self, id: u64) -> Result<v1::MemberStatus, Status> {
-        let channel = corral_proto::client::channel(self.address(id), Duration::from_millis(500))?;
-        let mut client = OperatorClient::new(channel);
-        let call = client.member(v1::MemberRequest {});
-        match tokio::time::timeout(Duration::from_millis(700), call).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded("member query timed out")),
+        member_on(self.member_channel(id)?).await
+    }
+
+    fn member_channel(&self, id: u64) -> Result<corral_proto::client::Channel, Status> {
+        let address = self.address(id).to_string();
+        let mut channels = self.member_channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&address) {
+            return Ok(c.clone());
         }
+        let c = corral_proto::client::channel(&address, Duration::from_millis(500))?;
+        channels.insert(address, c.clone());
+        Ok(c)
+    }
+
+    /// Every one of `ids`' status, asked at once (so that the answers describe nearly the
+    /// same moment while something writes); None if any does not answer.
+    pub async fn members_at_once(&self, ids: &[u64]) -> Option<Vec<v1::MemberStatus>> {
+        let mut calls = Vec::new();
+        for id in ids {
+            let channel = self.member_channel(*id).ok()?;
+            calls.push(tokio::spawn(member_on(channel)));
+        }
+        let mut seen = Vec::new();
+        for call in calls {
+            seen.push(call.await.ok()?.ok()?);
+        }
+        Some(seen)
     }
 
     /// The one of `among` that says it is leader, asked once (None if none or several do).
@@ -468,10 +492,7 @@ impl Cluster {
     pub async fn wait_converged(&self, ids: &[u64], min_index: u64, deadline: Duration) -> (u64, String) {
         let what = format!("masters {ids:?} at the same applied index (>= {min_index}) and state hash");
         wait_for(deadline, &what, || async {
-            let mut seen = Vec::new();
-            for id in ids {
-                seen.push(self.member(*id).await.ok()?);
-            }
+            let seen = self.members_at_once(ids).await?;
             let first = &seen[0];
             let same = seen
                 .iter()
@@ -835,5 +856,15 @@ fn kill_tasks_under(work_dir: &Path) {
                 }
             }
         }
+    }
+}
+
+/// One master's status over `channel`, bounded (a paused master does not answer).
+async fn member_on(channel: corral_proto::client::Channel) -> Result<v1::MemberStatus, Status> {
+    let mut client = OperatorClient::new(channel);
+    let call = client.member(v1::MemberRequest {});
+    match tokio::time::timeout(Duration::from_millis(700), call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("member query timed out")),
     }
 }

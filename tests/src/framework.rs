@@ -26,8 +26,10 @@ pub struct Framework {
     pub rescinded: Vec<String>,
     /// Whether status updates are acknowledged as they arrive.
     pub ack: bool,
-    /// Acknowledgements the master refused or that failed, with the task they were for.
-    pub ack_failures: Vec<(String, Status)>,
+    /// Acknowledgements the master refused or that failed: the task and update they were for.
+    pub ack_failures: Vec<(String, Vec<u8>, Status)>,
+    /// The updates (by uuid) whose acknowledgement the master took.
+    pub acked: std::collections::BTreeSet<Vec<u8>>,
     /// The event stream ended (the leader went away): [`Framework::resubscribe`].
     pub closed: bool,
     info: v1::FrameworkInfo,
@@ -47,6 +49,7 @@ impl Framework {
             rescinded: Vec::new(),
             ack: true,
             ack_failures: Vec::new(),
+            acked: Default::default(),
             closed: false,
             info,
         })
@@ -133,8 +136,11 @@ impl Framework {
                                 async move { c.acknowledge(req).await.map(|_| ()) }
                             })
                             .await;
-                        if let Err(e) = acked {
-                            self.ack_failures.push((s.task_id.clone(), e));
+                        match acked {
+                            Ok(()) => {
+                                self.acked.insert(s.uuid.clone());
+                            }
+                            Err(e) => self.ack_failures.push((s.task_id.clone(), s.uuid.clone(), e)),
                         }
                     }
                     self.updates.push(s);

@@ -71,7 +71,7 @@ fn channel_as(addr: &str, ca: &Path, identity: &TlsFiles) -> tonic::transport::C
     .expect("client TLS files");
     tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
-        .tls_config(tls.tonic(corral_proto::tls::Role::Master))
+        .tls_config(tls.tonic(corral_proto::tls::Role::Master, std::time::Duration::from_secs(5)))
         .unwrap()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(5))
@@ -488,6 +488,39 @@ async fn acl_grants_each_principal_only_its_permissions() {
         "{}",
         text(&out)
     );
+
+    // The HTTP endpoints that show the cluster's state ask for operator read, as the gRPC
+    // reads do; /health stays open.
+    let http = |target: &'static str, token: Option<String>| {
+        let addr = addr.clone();
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let opened = corral_proto::http::open(&addr, corral_proto::tls::Role::Master, target, &headers, T)
+                .await
+                .unwrap();
+            let body = opened.body.read_to_end(64 * 1024).await.unwrap_or_default();
+            (opened.status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (code, _) = http("/state", None).await;
+    assert_eq!(code, 200, "ops reads /state");
+    let (code, body) = http("/state", Some(batch_token.clone())).await;
+    said.push(body.clone());
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("operator read") && body.contains("batch"), "{body}");
+    let (code, body) = http("/ui/api/view", Some(batch_token.clone())).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = http("/health", Some(batch_token.clone())).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http("/metrics", Some("corral_not-a-token".into())).await;
+    said.push(body.clone());
+    assert_eq!(code, 401, "{body}");
+    // An agent's certificate reads nothing as a client.
+    corral_proto::tls::set_client(Some(ClientTls::load(&agent, "corral").unwrap()));
+    let (code, body) = http("/metrics", None).await;
+    corral_proto::tls::set_client(Some(ClientTls::load(&ops, "corral").unwrap()));
+    assert_eq!(code, 403, "{body}");
 
     // alice's framework: another principal with teardown = own may not take it over
     // (subscribe as it) or tear it down; ops (teardown = any) may.

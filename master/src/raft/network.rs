@@ -111,7 +111,7 @@ impl Network {
         if let Some(tls) = tls {
             // Only a master certificate is taken for a peer.
             endpoint = endpoint
-                .tls_config(tls.tonic(Role::Master))
+                .tls_config(tls.tonic(Role::Master, PEER_CONNECT_TIMEOUT))
                 .map_err(|e| format!("TLS for peer {addr:?}: {e}"))?;
         }
         let channel = endpoint

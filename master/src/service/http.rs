@@ -26,13 +26,51 @@ use crate::state::{AgentState, ClusterState, FrameworkState};
 pub const MAX_STATE_RECORDS: usize = 10_000;
 
 pub(crate) fn router(shared: Shared) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    // What shows the cluster's state needs the operator's read permission; `/health` and
+    // `/redirect` stay open to every caller the transport lets in (health checks, load
+    // balancers).
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/state", get(state))
-        .route("/redirect", get(redirect))
         .route("/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_read));
+    Router::new()
+        .route("/health", get(health))
+        .route("/redirect", get(redirect))
+        .merge(guarded)
         .with_state(shared)
+}
+
+/// The caller of an HTTP request, identified as a gRPC caller is: its bearer token, else its
+/// client certificate (see `acl.rs`), and refused (401 or 403, naming the permission) unless
+/// it may read the cluster's state as an operator.
+pub(crate) async fn require_read(
+    State(shared): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs);
+    let verdict = shared
+        .access
+        .identify(
+            request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            certs.as_deref().map(Vec::as_slice),
+        )
+        .and_then(|p| p.operator(crate::acl::OperatorAccess::Read));
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            (code, format!("{}\n", status.message())).into_response()
+        }
+    }
 }
 
 /// What no route takes: gRPC's UNIMPLEMENTED for a gRPC request (as tonic answers an
@@ -502,24 +540,7 @@ fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>)
         .iter()
         .map(|(r, m)| (r.clone(), json!(*m as f64 / 1000.0)))
         .collect();
-    let agents: Vec<serde_json::Value> = app
-        .agents
-        .values()
-        .take(MAX_STATE_RECORDS)
-        .map(|a| {
-            json!({
-                "agent_id": a.id,
-                "hostname": a.hostname,
-                "address": a.address,
-                "state": crate::state::changes::agent_state(a.state).as_str_name(),
-                "resources": resources_json(&a.resources),
-                "used": resources_json(&a.used),
-                "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
-                "isolation": a.isolation,
-                "registered_at_ms": a.registered_at_ms,
-            })
-        })
-        .collect();
+    let agents: Vec<serde_json::Value> = app.agents.values().take(MAX_STATE_RECORDS).map(agent_json).collect();
     let frameworks: Vec<serde_json::Value> = app
         .frameworks
         .values()
@@ -613,4 +634,19 @@ async fn redirect(State(shared): State<Shared>) -> Response {
             .into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no leader is elected at the moment\n").into_response(),
     }
+}
+
+/// One agent as `/state` (and the web UI, which adds whether it is attached) shows it.
+pub(crate) fn agent_json(a: &crate::state::AgentRecord) -> serde_json::Value {
+    json!({
+        "agent_id": a.id,
+        "hostname": a.hostname,
+        "address": a.address,
+        "state": crate::state::changes::agent_state(a.state).as_str_name(),
+        "resources": resources_json(&a.resources),
+        "used": resources_json(&a.used),
+        "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+        "isolation": a.isolation,
+        "registered_at_ms": a.registered_at_ms,
+    })
 }

@@ -68,9 +68,18 @@ pub(crate) fn router(shared: Shared) -> Router {
             "/ui/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
         )
-        .route("/ui/api/view", get(view))
-        .route("/ui/api/events", get(events))
-        .route("/ui/api/output", get(output))
+        // The page itself holds no data; what it fetches needs the operator's read
+        // permission, as `/state` does.
+        .merge(
+            Router::new()
+                .route("/ui/api/view", get(view))
+                .route("/ui/api/events", get(events))
+                .route("/ui/api/output", get(output))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    shared.clone(),
+                    crate::service::http::require_read,
+                )),
+        )
         .with_state(shared)
 }
 
@@ -96,7 +105,7 @@ async fn to_leader(shared: &Shared, headers: &HeaderMap, target: &str) -> Respon
         return unavailable(format!(
             "master {} is not the leader either (relayed by master {}); try again",
             shared.config.id,
-            String::from_utf8_lossy(by.as_bytes())
+            corral_proto::quote(&String::from_utf8_lossy(by.as_bytes()))
         ));
     }
     let Some((id, address)) = shared.leader().filter(|(id, _)| *id != shared.config.id) else {
@@ -237,16 +246,9 @@ fn records_json(app: &ClusterState, q: &ViewQuery, soft: &Soft) -> serde_json::V
         .values()
         .take(crate::service::http::MAX_STATE_RECORDS)
         .map(|a| {
-            json!({
-                "agent_id": a.id,
-                "hostname": a.hostname,
-                "address": a.address,
-                "state": crate::state::changes::agent_state(a.state).as_str_name(),
-                "attached": soft.attached.contains(&a.id),
-                "resources": resources_json(&a.resources),
-                "used": resources_json(&a.used),
-                "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
-            })
+            let mut agent = crate::service::http::agent_json(a);
+            agent["attached"] = json!(soft.attached.contains(&a.id));
+            agent
         })
         .collect();
     // Task counts by framework and state, and the tasks the filter lets through.
