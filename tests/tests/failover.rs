@@ -665,6 +665,53 @@ async fn watch_until(fw: &mut Framework, what: &str, done: impl Fn(&Framework) -
     }
 }
 
+/// The tasks whose RUNNING update `fw` has received.
+fn running_seen(fw: &Framework) -> BTreeSet<String> {
+    fw.updates
+        .iter()
+        .filter(|s| s.state == TaskState::TaskRunning as i32)
+        .map(|s| s.task_id.clone())
+        .collect()
+}
+
+/// `agents` simulated agents (their tasks report RUNNING and stay so) and a framework `name`
+/// that launches `per_agent` tasks on each and receives every RUNNING update without
+/// acknowledging one: the fleet, the framework and the task ids.
+async fn unacknowledged_fleet(
+    cluster: &Cluster,
+    name: &str,
+    agents: usize,
+    per_agent: usize,
+) -> (corral_tests::sim::Fleet, Framework, BTreeSet<String>) {
+    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
+    let fleet = corral_tests::sim::Fleet::start(&masters, agents, "cpus:8;mem:8192", false);
+    cluster.wait_agents(agents, T).await;
+    let mut fw = cluster.framework(name, "").await;
+    fw.ack = false;
+    let mut launched = BTreeSet::new();
+    let mut seen_agents = BTreeSet::new();
+    while seen_agents.len() < agents {
+        for offer in fw.next_offers(T).await {
+            if !seen_agents.insert(offer.agent_id.clone()) {
+                continue;
+            }
+            let tasks: Vec<v1::TaskInfo> = (0..per_agent)
+                .map(|i| {
+                    let id = format!("{}-{i}", offer.agent_id);
+                    launched.insert(id.clone());
+                    Framework::task(&id, &offer.agent_id, 0.01, 1.0, &["true"])
+                })
+                .collect();
+            fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
+        }
+    }
+    watch_until(&mut fw, "RUNNING of every task, unacknowledged", |fw| {
+        running_seen(fw) == launched
+    })
+    .await;
+    (fleet, fw, launched)
+}
+
 /// Whether an acknowledgement failed only because the leader changed under it: it reached a
 /// new leader, where this subscription does not exist.
 fn lost_to_leader_change(status: &tonic::Status) -> bool {
@@ -722,49 +769,15 @@ async fn failover_p2_a_returning_framework_gets_thousands_of_unacknowledged_upda
     const AGENTS: usize = 6;
     const PER_AGENT: usize = 200;
     let cluster = Cluster::start(3);
-    cluster.wait_leader(&[1, 2, 3], T).await;
-    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
-    // Simulated agents: tasks report RUNNING and stay so.
-    let fleet = corral_tests::sim::Fleet::start(&masters, AGENTS, "cpus:8;mem:8192", false);
-    cluster.wait_agents(AGENTS, T).await;
-    let mut fw = cluster.framework("unacked", "").await;
-    fw.ack = false;
-    let mut launched = BTreeSet::new();
-    let mut seen_agents = BTreeSet::new();
-    while seen_agents.len() < AGENTS {
-        for offer in fw.next_offers(T).await {
-            if !seen_agents.insert(offer.agent_id.clone()) {
-                continue;
-            }
-            let tasks: Vec<v1::TaskInfo> = (0..PER_AGENT)
-                .map(|i| {
-                    let id = format!("{}-{i}", offer.agent_id);
-                    launched.insert(id.clone());
-                    Framework::task(&id, &offer.agent_id, 0.01, 1.0, &["true"])
-                })
-                .collect();
-            fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
-        }
-    }
-    let running = |fw: &Framework| -> BTreeSet<String> {
-        fw.updates
-            .iter()
-            .filter(|s| s.state == TaskState::TaskRunning as i32)
-            .map(|s| s.task_id.clone())
-            .collect()
-    };
     let term = leader_term(&cluster).await;
-    watch_until(&mut fw, "RUNNING of every task, unacknowledged", |fw| {
-        running(fw) == launched
-    })
-    .await;
+    let (fleet, mut fw, launched) = unacknowledged_fleet(&cluster, "unacked", AGENTS, PER_AGENT).await;
     // The framework fails over to a new subscription: every update comes again, and this
     // time it acknowledges them.
     fw.updates.clear();
     fw.ack = true;
     fw.resubscribe().await.unwrap();
     watch_until(&mut fw, "every unacknowledged update resent", |fw| {
-        running(fw) == launched
+        running_seen(fw) == launched
     })
     .await;
     settle_acks_lost_to_leader_change(&mut fw).await;
@@ -955,39 +968,7 @@ async fn failover_p2_acknowledgements_cut_by_a_leader_failover_are_not_lost() {
     const PER_AGENT: usize = 100;
     let mut cluster = Cluster::start(3);
     cluster.wait_leader(&[1, 2, 3], T).await;
-    let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
-    let fleet = corral_tests::sim::Fleet::start(&masters, AGENTS, "cpus:8;mem:8192", false);
-    cluster.wait_agents(AGENTS, T).await;
-    let mut fw = cluster.framework("cut", "").await;
-    fw.ack = false;
-    let mut launched = BTreeSet::new();
-    let mut seen_agents = BTreeSet::new();
-    while seen_agents.len() < AGENTS {
-        for offer in fw.next_offers(T).await {
-            if !seen_agents.insert(offer.agent_id.clone()) {
-                continue;
-            }
-            let tasks: Vec<v1::TaskInfo> = (0..PER_AGENT)
-                .map(|i| {
-                    let id = format!("{}-{i}", offer.agent_id);
-                    launched.insert(id.clone());
-                    Framework::task(&id, &offer.agent_id, 0.01, 1.0, &["true"])
-                })
-                .collect();
-            fw.accept(vec![offer.offer_id], tasks, 0.0).await.unwrap();
-        }
-    }
-    let running = |fw: &Framework| -> BTreeSet<String> {
-        fw.updates
-            .iter()
-            .filter(|s| s.state == TaskState::TaskRunning as i32)
-            .map(|s| s.task_id.clone())
-            .collect()
-    };
-    watch_until(&mut fw, "RUNNING of every task, unacknowledged", |fw| {
-        running(fw) == launched
-    })
-    .await;
+    let (fleet, mut fw, launched) = unacknowledged_fleet(&cluster, "cut", AGENTS, PER_AGENT).await;
     // A new subscription gets them all again; the framework acknowledges them one by one, and
     // a third of the way through the leader is killed.
     fw.updates.clear();
@@ -999,7 +980,7 @@ async fn failover_p2_acknowledgements_cut_by_a_leader_failover_are_not_lost() {
     .await;
     let leader = cluster.wait_leader(&[1, 2, 3], T).await;
     cluster.kill(leader);
-    watch_until(&mut fw, "every update seen since", |fw| running(fw) == launched).await;
+    watch_until(&mut fw, "every update seen since", |fw| running_seen(fw) == launched).await;
     settle_acks_lost_to_leader_change(&mut fw).await;
     let alive: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     let new_leader = cluster.wait_leader(&alive, T).await;
