@@ -407,6 +407,8 @@ impl Cluster {
         member_on(self.member_channel(id)?).await
     }
 
+    /// The kept channel to master `id`. It speaks with the process's client identity
+    /// ([`corral_proto::tls::set_client`]) as it was when the channel was first made.
     fn member_channel(&self, id: u64) -> Result<corral_proto::client::Channel, Status> {
         let address = self.address(id).to_string();
         let mut channels = self.member_channels.lock().unwrap_or_else(|p| p.into_inner());
