@@ -34,6 +34,7 @@ fn register_message(config: &Config, tasks: &Tasks) -> v1::AgentMessage {
                 attributes: corral_proto::convert::attributes_to_wire(&config.attributes),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 isolation: tasks.isolation(),
+                capabilities: tasks.capabilities(),
             }),
             tasks: tasks.inventory(),
             last_seen_term: tasks.max_term(),

@@ -43,6 +43,12 @@ pub const MAX_RECONCILE_TASKS: usize = 1024;
 pub const MAX_ARGV: usize = 1024;
 /// Longest total of a command's argv and environment, in bytes.
 pub const MAX_ARGV_ENV_BYTES: usize = 64 * 1024;
+/// Most capabilities an agent may advertise.
+pub const MAX_CAPABILITIES: usize = 32;
+/// Longest capability name.
+pub const MAX_CAPABILITY_LEN: usize = 64;
+/// Largest `data` of a task or an executor (opaque bytes handed to the executor).
+pub const MAX_TASK_DATA_BYTES: usize = 64 * 1024;
 /// Most labels of a task or a framework.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key.
@@ -219,6 +225,14 @@ pub fn agent_info(field: &str, info: &v1::AgentInfo) -> Result<Resources, String
         }
         text(&format!("{field}.attributes[{i}]"), &a.value)?;
     }
+    count(
+        &format!("{field}.capabilities"),
+        info.capabilities.len(),
+        MAX_CAPABILITIES,
+    )?;
+    for (i, c) in info.capabilities.iter().enumerate() {
+        text_of(&format!("{field}.capabilities[{i}]"), c, MAX_CAPABILITY_LEN, true)?;
+    }
     Ok(resources)
 }
 
@@ -368,12 +382,64 @@ pub fn launch(field: &str, agent_id: &str, tasks: &[v1::TaskInfo]) -> Result<(Ve
         if r.scalar_milli("cpus") == 0 && r.scalar_milli("mem") == 0 {
             return Err(format!("{f}.resources: a task needs some cpus or mem"));
         }
-        let cmd = t.command.as_ref().ok_or_else(|| format!("{f}.command: missing"))?;
-        command(&format!("{f}.command"), cmd)?;
+        match (&t.command, &t.executor) {
+            (Some(cmd), None) => command(&format!("{f}.command"), cmd)?,
+            (None, Some(e)) => executor(&format!("{f}.executor"), e).map(drop)?,
+            (None, None) => return Err(format!("{f}.command: missing (a task has a command or an executor)")),
+            (Some(_), Some(_)) => {
+                return Err(format!("{f}.executor: a task has a command or an executor, not both"));
+            }
+        }
+        bytes_of(&format!("{f}.data"), t.data.len(), MAX_TASK_DATA_BYTES)?;
         total = total.checked_add(&r).map_err(|e| format!("{f}.resources: {e}"))?;
         each.push(r);
     }
     Ok((each, total))
+}
+
+/// An executor as a task names it: an id, a command to start, valid resources. Returns
+/// its resources (which may be empty: an executor may run on its tasks' resources alone).
+pub fn executor(f: &str, e: &v1::ExecutorInfo) -> Result<Resources, String> {
+    id(&format!("{f}.executor_id"), &e.executor_id)?;
+    text(&format!("{f}.name"), &e.name)?;
+    let cmd = e.command.as_ref().ok_or_else(|| format!("{f}.command: missing"))?;
+    command(&format!("{f}.command"), cmd)?;
+    bytes_of(&format!("{f}.data"), e.data.len(), MAX_TASK_DATA_BYTES)?;
+    resources_from_wire(&format!("{f}.resources"), &e.resources).map_err(|e| e.to_string())
+}
+
+/// The executors the tasks of one launch name, by executor id, each with its ExecutorInfo
+/// and resources. Tasks naming the same executor must carry the same ExecutorInfo.
+pub fn launch_executors(
+    field: &str,
+    tasks: &[v1::TaskInfo],
+) -> Result<BTreeMap<String, (v1::ExecutorInfo, Resources)>, String> {
+    let mut out: BTreeMap<String, (v1::ExecutorInfo, Resources)> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let Some(e) = &t.executor else { continue };
+        let f = format!("{field}[{i}].executor");
+        match out.get(&e.executor_id) {
+            Some((seen, _)) if seen != e => {
+                return Err(format!(
+                    "{f}: executor {} is described differently by another task of this launch",
+                    quote(&e.executor_id)
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let r = executor(&f, e)?;
+                out.insert(e.executor_id.clone(), (e.clone(), r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bytes_of(f: &str, len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!("{f}: {len} bytes, at most {max}"));
+    }
+    Ok(())
 }
 
 /// What a task runs: argv and environment bounded, no NUL bytes, valid variable names.
@@ -531,6 +597,8 @@ mod tests {
                 n_env in around(64),
                 env_len in around(MAX_ARGV_ENV_BYTES / 16),
                 n_argv in around(MAX_ARGV),
+                data_len in around(MAX_TASK_DATA_BYTES),
+                with_executor in any::<bool>(),
             ) {
                 let per_task = name_len + n_labels * (label_len + 8) + n_env * (env_len + 8) + n_argv * 4;
                 // Keep the test's own memory sane; far over the limit is still over.
@@ -548,6 +616,22 @@ mod tests {
                     }),
                     labels: map(n_labels, 8, label_len),
                     kill_grace_period_ms: u64::MAX,
+                    executor: None,
+                    data: vec![7; data_len],
+                };
+                // As many as the tasks, one executor each, as large as allowed.
+                let task = |i: usize| {
+                    let mut t = task(i);
+                    if with_executor {
+                        t.executor = Some(v1::ExecutorInfo {
+                            executor_id: format!("{i:0>128}"),
+                            name: "e".repeat(name_len),
+                            command: t.command.take(),
+                            resources: cpus(),
+                            data: vec![8; data_len],
+                        });
+                    }
+                    t
                 };
                 let tasks: Vec<v1::TaskInfo> = (0..n_tasks).map(task).collect();
                 if launch_request("tasks", &agent, &tasks).is_ok() {
@@ -618,6 +702,7 @@ mod tests {
                         .collect(),
                     version: "1".repeat(version_len),
                     isolation: true,
+                    capabilities: (0..MAX_CAPABILITIES).map(|i| format!("{i:0>64}")).collect(),
                 };
                 let tasks: Vec<v1::TaskRecord> = (0..n_tasks)
                     .map(|i| v1::TaskRecord {

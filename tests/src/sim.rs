@@ -159,6 +159,7 @@ impl SimAgent {
                         attributes: Vec::new(),
                         version: "sim".into(),
                         isolation: false,
+                        capabilities: Vec::new(),
                     }),
                     // As real agents do: the master needs only the task ids.
                     tasks: tasks

@@ -144,6 +144,12 @@ impl Tasks {
         self.cgroups.is_some()
     }
 
+    /// What this agent advertises beyond command tasks (`AgentInfo.capabilities`). None
+    /// yet: the master sends it command tasks only.
+    pub fn capabilities(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The newest leader term this agent has acted on.
     pub fn max_term(&self) -> u64 {
         self.lock().max_term

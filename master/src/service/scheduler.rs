@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use corral_proto::resources::Resources;
 use corral_proto::v1;
 use corral_proto::v1::scheduler_server::Scheduler;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::leader::{event, start_resend, FrameworkEvents, FrameworkSession, Leader, Soft, FRAMEWORK_HEARTBEAT};
@@ -263,6 +264,7 @@ impl Scheduler for SchedulerService {
                 None => return Err(Status::invalid_argument(format!("operations[{i}]: no operation given"))),
             }
         }
+        let starts = executors_started(&self.shared, &framework_id, &tasks)?;
         // Check the offers and the tasks, then consume the offers, all in one job of the
         // term's loop, so that two accepts cannot use the same offer.
         let offer_ids = req.offer_ids;
@@ -297,6 +299,8 @@ impl Scheduler for SchedulerService {
             let mut asked = Resources::new();
             if !tasks.is_empty() {
                 (_, asked) = validate::launch_request("operations.launch.tasks", &agent, &tasks).map_err(Status::invalid_argument)?;
+                // The executors the launch starts hold resources of the offers too.
+                asked = asked.checked_add(&starts).map_err(|e| Status::invalid_argument(format!("operations.launch.tasks: {e}")))?;
                 if !held.contains(&asked) {
                     return Err(Status::invalid_argument(format!(
                         "operations.launch.tasks: ask for {asked}, more than the offers hold ({held})"
@@ -529,6 +533,51 @@ struct Launch {
     tasks: Vec<v1::TaskInfo>,
     /// When its offers were checked (the start of its commit latency).
     checked: Instant,
+}
+
+/// What the executors a launch would start hold: those its tasks name that do not run on
+/// the tasks' agent yet (read from the replicated state; apply checks again). Refuses
+/// executor tasks for an agent that runs command tasks only, and an executor described
+/// otherwise than as it runs.
+fn executors_started(shared: &Shared, framework_id: &str, tasks: &[v1::TaskInfo]) -> Result<Resources, Status> {
+    const FIELD: &str = "operations.launch.tasks";
+    let executors = validate::launch_executors(FIELD, tasks).map_err(Status::invalid_argument)?;
+    if executors.is_empty() {
+        return Ok(Resources::new());
+    }
+    let agent_id = tasks.first().map(|t| t.agent_id.as_str()).unwrap_or_default();
+    let state = shared.state.read();
+    let Some(agent) = state.app.agents.get(agent_id) else {
+        // Not known: the offer check says so.
+        return Ok(Resources::new());
+    };
+    let mut starts = Resources::new();
+    for (eid, (info, resources)) in executors {
+        let i = tasks
+            .iter()
+            .position(|t| t.executor.as_ref().is_some_and(|e| e.executor_id == eid))
+            .unwrap_or_default();
+        if !agent.can(crate::state::CAPABILITY_EXECUTORS) {
+            return Err(Status::invalid_argument(format!(
+                "{FIELD}[{i}].executor: agent {agent_id} runs command tasks only (it does not advertise EXECUTORS)"
+            )));
+        }
+        match agent.executors.get(&(framework_id.to_string(), eid.clone())) {
+            Some(running) if running.info != info.encode_to_vec() => {
+                return Err(Status::invalid_argument(format!(
+                    "{FIELD}[{i}].executor: executor {} already runs on agent {agent_id} with a different ExecutorInfo",
+                    corral_proto::quote(&eid)
+                )));
+            }
+            Some(_) => {}
+            None => {
+                starts = starts
+                    .checked_add(&resources)
+                    .map_err(|e| Status::invalid_argument(format!("{FIELD}[{i}].executor.resources: {e}")))?;
+            }
+        }
+    }
+    Ok(starts)
 }
 
 impl Launch {

@@ -40,12 +40,14 @@ impl ClusterState {
                 self.set_framework_state(&c.framework_id, FrameworkState::Disconnected, now)
             }
             Some(Kind::TeardownFramework(c)) => {
+                // Its executors keep their resources until their agents report them ended.
                 self.set_framework_state(&c.framework_id, FrameworkState::TornDown, now)
             }
             Some(Kind::LaunchTasks(c)) => self.apply_launch(c, now),
             Some(Kind::UpdateStatuses(c)) => self.apply_statuses(&c.statuses),
             Some(Kind::AcknowledgeStatuses(c)) => self.apply_acks(&c.acks),
             Some(Kind::CollectGarbage(c)) => self.apply_collect_garbage(c, now),
+            Some(Kind::ExecutorExited(c)) => self.apply_executor_exited(c, now),
             Some(other) => Outcome::Rejected(format!(
                 "command {} is not handled by this master version",
                 kind_name(other)
@@ -91,7 +93,7 @@ impl ClusterState {
             (Some(a), false) => {
                 if !resources.contains(&a.used) {
                     return Outcome::Rejected(format!(
-                        "info.resources: {resources} cannot hold the {} its tasks use",
+                        "info.resources: {resources} cannot hold the {} its tasks and executors use",
                         a.used
                     ));
                 }
@@ -100,6 +102,7 @@ impl ClusterState {
                 a.resources = resources;
                 a.attributes = attributes;
                 a.isolation = info.isolation;
+                a.capabilities = info.capabilities.clone();
                 a.state = AgentState::Active;
                 a.updated_at_ms = now;
                 Outcome::Applied
@@ -116,6 +119,8 @@ impl ClusterState {
                         isolation: info.isolation,
                         state: AgentState::Active,
                         used: Resources::new(),
+                        capabilities: info.capabilities.clone(),
+                        executors: BTreeMap::new(),
                         registered_at_ms: now,
                         updated_at_ms: now,
                         digest: 0,
@@ -213,6 +218,10 @@ impl ClusterState {
             Ok(v) => v,
             Err(e) => return Outcome::Rejected(e),
         };
+        let executors = match validate::launch_executors("tasks", &c.tasks) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Rejected(e),
+        };
         for (i, t) in c.tasks.iter().enumerate() {
             if self.tasks.contains_key(&(c.framework_id.clone(), t.task_id.clone())) {
                 return Outcome::Rejected(format!("tasks[{i}].task_id: {:?} was already launched (S2)", t.task_id));
@@ -228,7 +237,49 @@ impl ClusterState {
         if agent.state != AgentState::Active {
             return Outcome::Rejected(format!("agent_id: {} is not active", c.agent_id));
         }
-        // S1, re-checked here whatever the leader checked: the agent must hold it all.
+        // The executors this launch starts: those not already running on the agent. One
+        // that runs must be the one the tasks describe.
+        let mut started = Vec::new();
+        let mut total = total;
+        for (eid, (info, resources)) in executors {
+            let i = c
+                .tasks
+                .iter()
+                .position(|t| t.executor.as_ref().is_some_and(|e| e.executor_id == eid))
+                .unwrap_or_default();
+            if !agent.can(CAPABILITY_EXECUTORS) {
+                return Outcome::Rejected(format!(
+                    "tasks[{i}].executor: agent {} does not run executors (it runs command tasks only)",
+                    c.agent_id
+                ));
+            }
+            let encoded = info.encode_to_vec();
+            match agent.executors.get(&(c.framework_id.clone(), eid.clone())) {
+                Some(running) if running.info != encoded => {
+                    return Outcome::Rejected(format!(
+                        "tasks[{i}].executor: executor {} runs on agent {} with a different ExecutorInfo",
+                        corral_proto::quote(&eid),
+                        c.agent_id
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    total = match total.checked_add(&resources) {
+                        Ok(t) => t,
+                        Err(e) => return Outcome::Rejected(format!("tasks[{i}].executor.resources: {e}")),
+                    };
+                    started.push(ExecutorRecord {
+                        framework_id: c.framework_id.clone(),
+                        executor_id: eid,
+                        info: encoded,
+                        resources,
+                        launched_at_ms: now,
+                    });
+                }
+            }
+        }
+        // S1, re-checked here whatever the leader checked: the agent must hold it all,
+        // tasks and the executors they start.
         let used = match agent.used.checked_add(&total) {
             Ok(u) if agent.resources.contains(&u) => u,
             _ => {
@@ -239,6 +290,11 @@ impl ClusterState {
             }
         };
         agent.used = used;
+        for e in started {
+            agent
+                .executors
+                .insert((e.framework_id.clone(), e.executor_id.clone()), e);
+        }
         let fw_used = self.framework_used.entry(c.framework_id.clone()).or_default();
         *fw_used = fw_used.checked_add(&total).unwrap_or_else(|_| fw_used.clone());
         let index = self.agent_tasks.entry(c.agent_id.clone()).or_default();
@@ -500,6 +556,89 @@ impl ClusterState {
             }
         }
         Outcome::Applied
+    }
+
+    /// An executor ended: what it held on its agent is free, and its unfinished tasks fail
+    /// (REASON_EXECUTOR_TERMINATED; the agent may have reported them already).
+    pub(super) fn apply_executor_exited(&mut self, c: &v1::ExecutorExited, now: i64) -> Outcome {
+        for (f, v) in [
+            ("framework_id", &c.framework_id),
+            ("agent_id", &c.agent_id),
+            ("executor_id", &c.executor_id),
+        ] {
+            if let Err(e) = validate::id(f, v) {
+                return Outcome::Rejected(e);
+            }
+        }
+        let key = (c.framework_id.clone(), c.executor_id.clone());
+        if !self
+            .agents
+            .get(&c.agent_id)
+            .is_some_and(|a| a.executors.contains_key(&key))
+        {
+            return Outcome::Rejected(format!(
+                "executor_id: {} of framework {} does not run on agent {}",
+                corral_proto::quote(&c.executor_id),
+                c.framework_id,
+                c.agent_id
+            ));
+        }
+        let message: String = c.message.chars().take(validate::MAX_TEXT_LEN).collect();
+        let message = if message.is_empty() {
+            "the executor terminated".to_string()
+        } else {
+            format!("the executor terminated: {message}")
+        };
+        let statuses: Vec<v1::TaskStatus> = self
+            .tasks_on(&c.agent_id)
+            .filter(|t| t.framework_id == c.framework_id && !t.is_terminal())
+            .filter(|t| {
+                t.task_info()
+                    .and_then(|i| i.executor)
+                    .is_some_and(|e| e.executor_id == c.executor_id)
+            })
+            .map(|t| {
+                Self::master_status(
+                    t,
+                    v1::TaskState::TaskFailed,
+                    v1::Reason::ExecutorTerminated,
+                    &message,
+                    None,
+                    now,
+                )
+            })
+            .collect();
+        for s in &statuses {
+            let _ = self.apply_status(s);
+        }
+        self.remove_executor(&c.agent_id, &key);
+        Outcome::Applied
+    }
+
+    /// Forget one executor of an agent and free what it held.
+    pub(super) fn remove_executor(&mut self, agent_id: &str, key: &(String, String)) {
+        self.mark_agent(agent_id);
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        let Some(e) = agent.executors.remove(key) else { return };
+        // Cannot fail while S1's bookkeeping holds (validate() checks it).
+        agent.used = agent.used.checked_sub(&e.resources).unwrap_or_default();
+        if let Some(u) = self.framework_used.get_mut(&key.0) {
+            *u = u.checked_sub(&e.resources).unwrap_or_default();
+        }
+    }
+
+    /// Forget every executor of `agent_id` (the agent is gone).
+    pub(super) fn remove_executors_of_agent(&mut self, agent_id: &str) {
+        let keys: Vec<(String, String)> = self
+            .agents
+            .get(agent_id)
+            .map(|a| a.executors.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            self.remove_executor(agent_id, &key);
+        }
     }
 
     pub(super) fn apply_set_weights(&mut self, set: &v1::SetWeights) -> Outcome {

@@ -78,6 +78,17 @@ impl ClusterState {
             let u = by_framework.entry(&t.framework_id).or_default();
             *u = u.checked_add(&t.resources).map_err(|e| e.to_string())?;
         }
+        for a in self.agents.values() {
+            for ((f, eid), e) in &a.executors {
+                if *f != e.framework_id || *eid != e.executor_id {
+                    return Err(format!("executor {f}/{eid} on agent {} is keyed wrongly", a.id));
+                }
+                let u = by_framework.entry(&e.framework_id).or_default();
+                *u = u.checked_add(&e.resources).map_err(|e| e.to_string())?;
+                let u = used.entry(&a.id).or_default();
+                *u = u.checked_add(&e.resources).map_err(|e| e.to_string())?;
+            }
+        }
         for (f, u) in &self.framework_used {
             if by_framework.remove(f.as_str()).unwrap_or_default() != *u {
                 return Err(format!("framework {f} allocation {u} does not match its tasks"));
@@ -90,7 +101,7 @@ impl ClusterState {
             let expected = used.remove(a.id.as_str()).unwrap_or_default();
             if a.used != expected {
                 return Err(format!(
-                    "agent {} used {} but its tasks hold {}",
+                    "agent {} used {} but its tasks and executors hold {}",
                     a.id, a.used, expected
                 ));
             }

@@ -176,5 +176,6 @@ pub fn kind_name(kind: &v1::command::Kind) -> &'static str {
         Kind::UpdateStatuses(_) => "UpdateStatuses",
         Kind::AcknowledgeStatuses(_) => "AcknowledgeStatuses",
         Kind::CollectGarbage(_) => "CollectGarbage",
+        Kind::ExecutorExited(_) => "ExecutorExited",
     }
 }

@@ -35,8 +35,13 @@ pub struct AgentRecord {
     pub isolation: bool,
     /// Where it stands with the cluster.
     pub state: AgentState,
-    /// Sum of the resources of the agent's non-terminal tasks; never above `resources` (S1).
+    /// Sum of the resources of the agent's non-terminal tasks and of its executors; never
+    /// above `resources` (S1).
     pub used: Resources,
+    /// What the agent advertised it can do beyond command tasks (`AgentInfo.capabilities`).
+    pub capabilities: Vec<String>,
+    /// The executors running on the agent, by (framework id, executor id).
+    pub executors: std::collections::BTreeMap<(String, String), ExecutorRecord>,
     /// When it first registered (leader's clock, ms since the epoch).
     pub registered_at_ms: i64,
     /// When its record last changed (leader's clock).
@@ -44,6 +49,32 @@ pub struct AgentRecord {
     /// This record's part of the state hash (see [`crate::digest`]); derived, not replicated.
     #[serde(skip)]
     pub(crate) digest: u128,
+}
+
+/// The capability an agent advertises when it runs tasks with an ExecutorInfo.
+pub const CAPABILITY_EXECUTORS: &str = "EXECUTORS";
+
+impl AgentRecord {
+    /// Whether the agent advertised `capability`.
+    pub fn can(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+}
+
+/// A framework's executor on one agent, from the launch of its first task until it ends:
+/// what it holds counts in the agent's `used` and the framework's DRF allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorRecord {
+    /// The framework it runs tasks for.
+    pub framework_id: String,
+    /// Its id, unique within the framework on its agent.
+    pub executor_id: String,
+    /// The ExecutorInfo as first launched (protobuf): later tasks must name the same.
+    pub info: Vec<u8>,
+    /// What it holds on its agent, beside its tasks.
+    pub resources: Resources,
+    /// When the launch that started it was committed (leader's clock).
+    pub launched_at_ms: i64,
 }
 
 /// Where a framework stands with the cluster.

@@ -67,6 +67,7 @@ impl ClusterState {
                     "the agent was unreachable too long and is gone",
                     now,
                 );
+                self.remove_executors_of_agent(&id);
             } else if self.agent_tasks.get(&id).is_none_or(BTreeSet::is_empty) {
                 self.mark_agent(&id);
                 self.agents.remove(&id);
@@ -251,6 +252,10 @@ impl ClusterState {
                 let u = self.framework_used.entry(t.framework_id.clone()).or_default();
                 *u = u.checked_add(&t.resources).unwrap_or_else(|_| u.clone());
             }
+        }
+        for e in self.agents.values().flat_map(|a| a.executors.values()) {
+            let u = self.framework_used.entry(e.framework_id.clone()).or_default();
+            *u = u.checked_add(&e.resources).unwrap_or_else(|_| u.clone());
         }
     }
 }

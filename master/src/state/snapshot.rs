@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use imbl::OrdMap;
 
+use corral_proto::resources::Resources;
 use corral_proto::v1;
 use corral_raft_store::StateMachine;
 use openraft::LogId;
@@ -15,9 +16,9 @@ use crate::raft::types::{ApplyResult, CorralRaft, Proposal};
 use super::*;
 
 /// Format version of the snapshot encoding written by this build. Version 2 added
-/// [`Retention`], version 3 each framework's principal; versions 1 and 2 are still read
-/// ([`StateV1`], [`StateV2`]).
-pub(super) const SNAPSHOT_FORMAT: u8 = 3;
+/// [`Retention`], version 3 each framework's principal, version 4 each agent's capabilities
+/// and executors; versions 1 to 3 are still read ([`StateV1`], [`StateV2`], [`StateV3`]).
+pub(super) const SNAPSHOT_FORMAT: u8 = 4;
 
 /// The replicated fields of a [`ClusterState`] at one applied index, in the order the
 /// snapshot encoding writes them (the same bytes as serializing the state itself).
@@ -65,11 +66,84 @@ impl std::io::Write for KeepError<'_> {
     }
 }
 
+/// An agent record before capabilities and executors (versions 1 to 3).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct AgentRecordV3 {
+    id: String,
+    hostname: String,
+    address: String,
+    resources: Resources,
+    attributes: Vec<(String, String)>,
+    isolation: bool,
+    state: AgentState,
+    used: Resources,
+    registered_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl From<AgentRecordV3> for AgentRecord {
+    fn from(a: AgentRecordV3) -> Self {
+        AgentRecord {
+            id: a.id,
+            hostname: a.hostname,
+            address: a.address,
+            resources: a.resources,
+            attributes: a.attributes,
+            isolation: a.isolation,
+            state: a.state,
+            used: a.used,
+            // Registered before capabilities: it runs command tasks only, until it
+            // registers again and says otherwise.
+            capabilities: Vec::new(),
+            executors: BTreeMap::new(),
+            registered_at_ms: a.registered_at_ms,
+            updated_at_ms: a.updated_at_ms,
+            digest: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<&AgentRecord> for AgentRecordV3 {
+    fn from(a: &AgentRecord) -> Self {
+        AgentRecordV3 {
+            id: a.id.clone(),
+            hostname: a.hostname.clone(),
+            address: a.address.clone(),
+            resources: a.resources.clone(),
+            attributes: a.attributes.clone(),
+            isolation: a.isolation,
+            state: a.state,
+            used: a.used.clone(),
+            registered_at_ms: a.registered_at_ms,
+            updated_at_ms: a.updated_at_ms,
+        }
+    }
+}
+
+fn upgrade_agents(agents: impl IntoIterator<Item = (String, AgentRecordV3)>) -> OrdMap<String, AgentRecord> {
+    agents.into_iter().map(|(k, a)| (k, AgentRecord::from(a))).collect()
+}
+
+/// A version 3 snapshot: agents without capabilities and executors.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StateV3 {
+    weights: BTreeMap<String, u64>,
+    agents: BTreeMap<String, AgentRecordV3>,
+    frameworks: BTreeMap<String, FrameworkRecord>,
+    tasks: OrdMap<(String, String), TaskRecord>,
+    applied_commands: u64,
+    rejected_commands: u64,
+    retention: Retention,
+}
+
 /// A version 1 snapshot: the state before [`Retention`].
 #[derive(Deserialize)]
 struct StateV1 {
     weights: BTreeMap<String, u64>,
-    agents: BTreeMap<String, AgentRecord>,
+    agents: BTreeMap<String, AgentRecordV3>,
     frameworks: BTreeMap<String, FrameworkRecordV2>,
     tasks: BTreeMap<(String, String), TaskRecord>,
     applied_commands: u64,
@@ -136,7 +210,7 @@ fn upgrade(frameworks: BTreeMap<String, FrameworkRecordV2>) -> BTreeMap<String, 
 #[cfg_attr(test, derive(Serialize))]
 struct StateV2 {
     weights: BTreeMap<String, u64>,
-    agents: OrdMap<String, AgentRecord>,
+    agents: BTreeMap<String, AgentRecordV3>,
     frameworks: BTreeMap<String, FrameworkRecordV2>,
     tasks: OrdMap<(String, String), TaskRecord>,
     applied_commands: u64,
@@ -177,11 +251,26 @@ impl ClusterState {
                 state.reindex();
                 Ok(state)
             }
+            Some((3, body)) => {
+                let old: StateV3 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                let mut state = ClusterState {
+                    weights: old.weights,
+                    agents: upgrade_agents(old.agents),
+                    frameworks: old.frameworks,
+                    tasks: old.tasks,
+                    applied_commands: old.applied_commands,
+                    rejected_commands: old.rejected_commands,
+                    retention: old.retention,
+                    ..Default::default()
+                };
+                state.reindex();
+                Ok(state)
+            }
             Some((2, body)) => {
                 let old: StateV2 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
                 let mut state = ClusterState {
                     weights: old.weights,
-                    agents: old.agents,
+                    agents: upgrade_agents(old.agents),
                     frameworks: upgrade(old.frameworks),
                     tasks: old.tasks,
                     applied_commands: old.applied_commands,
@@ -196,7 +285,7 @@ impl ClusterState {
                 let old: StateV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
                 let mut state = ClusterState {
                     weights: old.weights,
-                    agents: old.agents.into_iter().collect(),
+                    agents: upgrade_agents(old.agents),
                     frameworks: upgrade(old.frameworks),
                     tasks: old.tasks.into_iter().collect(),
                     applied_commands: old.applied_commands,
@@ -297,7 +386,7 @@ mod tests {
         };
         let old = StateV2 {
             weights: BTreeMap::from([("r".to_string(), 2000)]),
-            agents: OrdMap::new(),
+            agents: BTreeMap::new(),
             frameworks: BTreeMap::from([("fw-1".to_string(), framework)]),
             tasks: OrdMap::new(),
             applied_commands: 7,
@@ -313,5 +402,40 @@ mod tests {
         // And it is written back in the current format, which reads the same.
         let again = ClusterState::decode(&state.encode()).unwrap();
         assert_eq!(again.frameworks["fw-1"], state.frameworks["fw-1"]);
+    }
+
+    #[test]
+    fn a_version_3_snapshot_reads_with_agents_that_run_command_tasks_only() {
+        let agent = AgentRecordV3 {
+            id: "a1".into(),
+            hostname: "h1".into(),
+            address: "127.0.0.1:1".into(),
+            resources: Resources::scalar("cpus", 4000).unwrap(),
+            attributes: vec![("rack".into(), "r1".into())],
+            isolation: false,
+            state: AgentState::Active,
+            used: Resources::new(),
+            registered_at_ms: 3,
+            updated_at_ms: 4,
+        };
+        let old = StateV3 {
+            weights: BTreeMap::new(),
+            agents: BTreeMap::from([("a1".to_string(), agent)]),
+            frameworks: BTreeMap::new(),
+            tasks: OrdMap::new(),
+            applied_commands: 2,
+            rejected_commands: 0,
+            retention: Retention::default(),
+        };
+        let mut bytes = vec![3u8];
+        bytes.extend(postcard::to_stdvec(&old).unwrap());
+        let state = ClusterState::decode(&bytes).unwrap();
+        let a = &state.agents["a1"];
+        assert_eq!((a.hostname.as_str(), a.registered_at_ms), ("h1", 3));
+        assert!(a.capabilities.is_empty() && a.executors.is_empty());
+        assert!(!a.can(CAPABILITY_EXECUTORS));
+        let again = ClusterState::decode(&state.encode()).unwrap();
+        assert_eq!(again.agents["a1"], state.agents["a1"]);
+        assert_eq!(again.hash(), state.hash());
     }
 }

@@ -367,10 +367,12 @@ fn version_1_snapshots_are_read() {
     // Frameworks as version 1 wrote them: without principals (the test's are anonymous).
     let frameworks: std::collections::BTreeMap<String, super::snapshot::FrameworkRecordV2> =
         s.frameworks.iter().map(|(k, f)| (k.clone(), f.into())).collect();
+    let agents: std::collections::BTreeMap<String, super::snapshot::AgentRecordV3> =
+        s.agents.iter().map(|(k, a)| (k.clone(), a.into())).collect();
     old.extend(
         postcard::to_allocvec(&(
             &s.weights,
-            &s.agents,
+            &agents,
             &frameworks,
             &s.tasks,
             s.applied_commands,
@@ -593,6 +595,7 @@ fn random_commands_keep_the_invariants_and_the_hash() {
     let mut s = ClusterState::default();
     let mut replica = ClusterState::default();
     let mut views: Option<(i64, SnapshotView, String)> = None;
+    let (mut executors_started, mut executors_ended) = (0usize, 0u64);
     let agents = ["a1", "a2", "a3"];
     let frameworks = ["f1", "f2", "f3"];
     let states = [
@@ -608,8 +611,14 @@ fn random_commands_keep_the_invariants_and_the_hash() {
         let info = v1::AgentInfo {
             hostname: format!("h-{agent}"),
             resources: vec![scalar("cpus", 4.0), scalar("mem", 1024.0)],
+            capabilities: if rng.random_bool(0.8) {
+                vec![CAPABILITY_EXECUTORS.into()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
+        let executor = format!("e{}", rng.random_range(0..3));
         use v1::command::Kind;
         let kind = match rng.random_range(0..40) {
             0..=2 => Kind::RegisterAgent(v1::RegisterAgent {
@@ -654,7 +663,36 @@ fn random_commands_keep_the_invariants_and_the_hash() {
             11 if rng.random_bool(0.1) => Kind::TeardownFramework(v1::TeardownFramework {
                 framework_id: framework,
             }),
-            11..=20 => Kind::LaunchTasks(v1::LaunchTasks {
+            11..=14 => Kind::LaunchTasks(v1::LaunchTasks {
+                tasks: vec![v1::TaskInfo {
+                    task_id: task,
+                    agent_id: agent.clone(),
+                    resources: vec![scalar("cpus", 0.5)],
+                    executor: Some(v1::ExecutorInfo {
+                        executor_id: executor,
+                        // Now and then a second description of the same id: refused.
+                        name: format!("exec-{}", u8::from(rng.random_bool(0.1))),
+                        command: Some(v1::CommandInfo {
+                            argv: vec!["executor".into()],
+                            ..Default::default()
+                        }),
+                        resources: vec![scalar("cpus", 0.25), scalar("mem", 32.0)],
+                        ..Default::default()
+                    }),
+                    data: vec![1, 2, 3],
+                    ..Default::default()
+                }],
+                framework_id: framework,
+                agent_id: agent,
+            }),
+            15 => Kind::ExecutorExited(v1::ExecutorExited {
+                framework_id: framework,
+                agent_id: agent,
+                executor_id: executor,
+                message: "exited".into(),
+                exit_code: Some(rng.random_range(0..3)),
+            }),
+            16..=20 => Kind::LaunchTasks(v1::LaunchTasks {
                 tasks: vec![v1::TaskInfo {
                     task_id: task,
                     agent_id: agent.clone(),
@@ -703,7 +741,13 @@ fn random_commands_keep_the_invariants_and_the_hash() {
         // A replica fed the command after a trip through its wire encoding, as a follower
         // gets it: it must reach the same state and hash.
         let wire = v1::Command::decode(c.encode_to_vec().as_slice()).expect("decodes");
-        s.apply_command(&c);
+        let exit = matches!(c.kind, Some(Kind::ExecutorExited(_)));
+        let before: usize = s.agents.values().map(|a| a.executors.len()).sum();
+        if s.apply_command(&c) == Outcome::Applied && exit {
+            executors_ended += 1;
+        }
+        let after: usize = s.agents.values().map(|a| a.executors.len()).sum();
+        executors_started += after.saturating_sub(before);
         replica.apply_command(&wire);
         assert_eq!(s.digests.sums(), s.full_digest_sums(), "step {step}");
         assert_eq!(s.validate(), Ok(()), "step {step}");
@@ -724,6 +768,10 @@ fn random_commands_keep_the_invariants_and_the_hash() {
         "the sequence launched tasks"
     );
     assert!(s.retention.collected_tasks > 0, "the sequence collected tasks");
+    assert!(
+        executors_started > 0 && executors_ended > 0,
+        "the sequence started ({executors_started}) and ended ({executors_ended}) executors"
+    );
     assert_eq!(replica.hash(), s.hash(), "a replica fed the encoded commands diverged");
     let back = ClusterState::decode(&s.encode()).unwrap();
     assert_eq!(back.hash(), s.hash());
@@ -821,4 +869,231 @@ fn watch_events_say_what_changed_between_two_views() {
     // Coalesced: a task that ended and was removed between two views is reported removed
     // with the last state the watcher saw.
     assert_eq!(describe(changes(&v3, &v5)), ["task t1 TASK_RUNNING removed"]);
+}
+
+fn executor_info(id: &str, cpus: f64) -> v1::ExecutorInfo {
+    v1::ExecutorInfo {
+        executor_id: id.into(),
+        name: format!("{id} executor"),
+        command: Some(v1::CommandInfo {
+            argv: vec!["./executor".into()],
+            ..Default::default()
+        }),
+        resources: vec![scalar("cpus", cpus), scalar("mem", 64.0)],
+        data: Vec::new(),
+    }
+}
+
+/// A launch of tasks `(id, cpus)` for executor `e` on a1.
+fn launch_on(executor: &v1::ExecutorInfo, tasks: &[(&str, f64)]) -> v1::command::Kind {
+    let mut kind = launch(tasks);
+    if let v1::command::Kind::LaunchTasks(l) = &mut kind {
+        for t in &mut l.tasks {
+            t.command = None;
+            t.executor = Some(executor.clone());
+            t.data = b"payload".to_vec();
+        }
+    }
+    kind
+}
+
+fn cluster_with_executor_agent(cpus: f64, mem: f64) -> ClusterState {
+    let mut s = cluster_with_agent(cpus, mem);
+    let info = v1::AgentInfo {
+        hostname: "h1".into(),
+        resources: vec![scalar("cpus", cpus), scalar("mem", mem)],
+        capabilities: vec![CAPABILITY_EXECUTORS.into()],
+        ..Default::default()
+    };
+    let again = v1::ReregisterAgent {
+        agent_id: "a1".into(),
+        info: Some(info),
+        tasks: Vec::new(),
+    };
+    assert_eq!(
+        s.apply_command(&cmd(v1::command::Kind::ReregisterAgent(again))),
+        Outcome::Applied
+    );
+    s
+}
+
+fn exited(executor: &str) -> v1::command::Kind {
+    v1::command::Kind::ExecutorExited(v1::ExecutorExited {
+        framework_id: "f1".into(),
+        agent_id: "a1".into(),
+        executor_id: executor.into(),
+        message: "exit status 3".into(),
+        exit_code: Some(3),
+    })
+}
+
+#[test]
+fn executor_resources_count_against_the_agent_once_and_apply_refuses_over_commit() {
+    let mut s = cluster_with_executor_agent(4.0, 1024.0);
+    let e = executor_info("e1", 1.0);
+    // Task 1.0 + executor 1.0.
+    assert_eq!(s.apply_command(&cmd(launch_on(&e, &[("t1", 1.0)]))), Outcome::Applied);
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 2000);
+    assert_eq!(s.agents["a1"].used.scalar_milli("mem"), 64_000);
+    // A second task for the running executor: the executor is not counted again.
+    assert_eq!(s.apply_command(&cmd(launch_on(&e, &[("t2", 1.0)]))), Outcome::Applied);
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 3000);
+    assert_eq!(s.agents["a1"].executors.len(), 1);
+    // S1: a new executor of 1.0 with a task of 0.5 does not fit in the 1.0 left, although
+    // the task alone would (a buggy leader proposed it; apply refuses).
+    let e2 = executor_info("e2", 1.0);
+    let r = s.apply_command(&cmd(launch_on(&e2, &[("t3", 0.5)])));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("over-commit") && m.contains("S1")),
+        "{r:?}"
+    );
+    assert!(!s.tasks.contains_key(&("f1".into(), "t3".into())));
+    assert!(!s.agents["a1"].executors.contains_key(&("f1".into(), "e2".into())));
+    // The same task without a new executor fits.
+    assert_eq!(s.apply_command(&cmd(launch_on(&e, &[("t3", 0.5)]))), Outcome::Applied);
+    // The framework's allocation (its DRF share) includes the executor.
+    assert_eq!(s.framework_used["f1"].scalar_milli("cpus"), 3500);
+    assert_eq!(s.framework_used["f1"].scalar_milli("mem"), 64_000);
+    assert_eq!(s.validate(), Ok(()));
+    // Finished tasks free their own resources; the executor keeps its until it ends.
+    s.apply_command(&cmd(status("t1", v1::TaskState::TaskFinished, 1)));
+    s.apply_command(&cmd(status("t2", v1::TaskState::TaskFinished, 2)));
+    s.apply_command(&cmd(status("t3", v1::TaskState::TaskFinished, 3)));
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 1000);
+    assert_eq!(s.framework_used["f1"].scalar_milli("cpus"), 1000);
+    assert_eq!(s.apply_command(&cmd(exited("e1"))), Outcome::Applied);
+    assert_eq!(s.agents["a1"].used, Resources::new());
+    assert_eq!(s.framework_used["f1"], Resources::new());
+    // A second report of the same exit is refused and changes nothing.
+    let (agents, tasks) = (s.agents.clone(), s.tasks.clone());
+    assert!(matches!(s.apply_command(&cmd(exited("e1"))), Outcome::Rejected(m) if m.contains("executor_id")));
+    assert_eq!((s.agents.clone(), s.tasks.clone()), (agents, tasks));
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn an_executor_that_ends_fails_its_unfinished_tasks_and_frees_everything() {
+    let mut s = cluster_with_executor_agent(4.0, 1024.0);
+    let e = executor_info("e1", 0.5);
+    assert_eq!(
+        s.apply_command(&cmd(launch_on(&e, &[("t1", 1.0), ("t2", 1.0)]))),
+        Outcome::Applied
+    );
+    // A command task beside it is not the executor's.
+    assert_eq!(s.apply_command(&cmd(launch(&[("c1", 1.0)]))), Outcome::Applied);
+    s.apply_command(&cmd(status("t1", v1::TaskState::TaskRunning, 1)));
+    s.apply_command(&cmd(status("t2", v1::TaskState::TaskFinished, 2)));
+    assert_eq!(s.apply_command(&cmd(exited("e1"))), Outcome::Applied);
+    let t1 = &s.tasks[&("f1".to_string(), "t1".to_string())];
+    assert_eq!(t1.state(), v1::TaskState::TaskFailed);
+    assert_eq!(t1.status.reason, v1::Reason::ExecutorTerminated as i32);
+    assert!(t1.status.message.contains("exit status 3"), "{}", t1.status.message);
+    // The framework must hear of it: the update waits for its acknowledgement.
+    assert_eq!(t1.unacked.len(), 2);
+    let t2 = &s.tasks[&("f1".to_string(), "t2".to_string())];
+    assert_eq!(t2.state(), v1::TaskState::TaskFinished);
+    let c1 = &s.tasks[&("f1".to_string(), "c1".to_string())];
+    assert_eq!(c1.state(), v1::TaskState::TaskStaging);
+    // Only the command task holds anything now.
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 1000);
+    assert_eq!(s.framework_used["f1"].scalar_milli("cpus"), 1000);
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn executor_launches_are_refused_where_they_cannot_run() {
+    // An agent that does not advertise EXECUTORS runs command tasks only.
+    let mut s = cluster_with_agent(4.0, 1024.0);
+    let e = executor_info("e1", 0.5);
+    let r = s.apply_command(&cmd(launch_on(&e, &[("t1", 1.0)])));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[0].executor") && m.contains("does not run executors")),
+        "{r:?}"
+    );
+    assert_eq!(s.agents["a1"].used, Resources::new());
+
+    let mut s = cluster_with_executor_agent(4.0, 1024.0);
+    assert_eq!(s.apply_command(&cmd(launch_on(&e, &[("t1", 1.0)]))), Outcome::Applied);
+    // The running executor described otherwise.
+    let mut other = e.clone();
+    other.command = Some(v1::CommandInfo {
+        argv: vec!["./other".into()],
+        ..Default::default()
+    });
+    let r = s.apply_command(&cmd(launch_on(&other, &[("t2", 1.0)])));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[0].executor") && m.contains("different")),
+        "{r:?}"
+    );
+    // Two tasks of one launch describing one executor differently.
+    let mut kind = launch_on(&executor_info("e3", 0.5), &[("t3", 0.5), ("t4", 0.5)]);
+    if let v1::command::Kind::LaunchTasks(l) = &mut kind {
+        l.tasks[1].executor.as_mut().unwrap().name = "renamed".into();
+    }
+    let r = s.apply_command(&cmd(kind));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[1].executor")),
+        "{r:?}"
+    );
+    // A task with both a command and an executor, or with neither.
+    let mut kind = launch_on(&e, &[("t5", 0.5)]);
+    if let v1::command::Kind::LaunchTasks(l) = &mut kind {
+        l.tasks[0].command = Some(v1::CommandInfo {
+            argv: vec!["true".into()],
+            ..Default::default()
+        });
+    }
+    let r = s.apply_command(&cmd(kind));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[0].executor") && m.contains("not both")),
+        "{r:?}"
+    );
+    let mut kind = launch(&[("t6", 0.5)]);
+    if let v1::command::Kind::LaunchTasks(l) = &mut kind {
+        l.tasks[0].command = None;
+    }
+    let r = s.apply_command(&cmd(kind));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[0].command")),
+        "{r:?}"
+    );
+    // Oversized task data.
+    let mut kind = launch_on(&e, &[("t7", 0.5)]);
+    if let v1::command::Kind::LaunchTasks(l) = &mut kind {
+        l.tasks[0].data = vec![0; crate::validate::MAX_TASK_DATA_BYTES + 1];
+    }
+    let r = s.apply_command(&cmd(kind));
+    assert!(
+        matches!(&r, Outcome::Rejected(m) if m.contains("tasks[0].data")),
+        "{r:?}"
+    );
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 1500);
+    assert_eq!(s.validate(), Ok(()));
+}
+
+#[test]
+fn executors_survive_a_snapshot_and_go_with_their_agent() {
+    let mut s = cluster_with_executor_agent(4.0, 1024.0);
+    let e = executor_info("e1", 0.5);
+    assert_eq!(s.apply_command(&cmd(launch_on(&e, &[("t1", 1.0)]))), Outcome::Applied);
+    let back = ClusterState::decode(&s.encode()).unwrap();
+    assert_eq!(back.hash(), s.hash());
+    assert_eq!(back.agents["a1"].executors, s.agents["a1"].executors);
+    assert_eq!(back.framework_used["f1"], s.framework_used["f1"]);
+    assert_eq!(back.validate(), Ok(()));
+    // Unreachable: the executor keeps its resources (it may come back); gone: freed.
+    assert_eq!(
+        s.apply_command(&at(
+            10,
+            v1::command::Kind::MarkAgentUnreachable(v1::MarkAgentUnreachable { agent_id: "a1".into() })
+        )),
+        Outcome::Applied
+    );
+    assert_eq!(s.agents["a1"].used.scalar_milli("cpus"), 1500);
+    s.apply_command(&at(20, gc(100, 0, 100, 5)));
+    s.apply_command(&at(30, gc(100, 0, 100, 5)));
+    assert_eq!(s.agents.get("a1").map(|a| a.state), Some(AgentState::Gone));
+    assert!(s.agents["a1"].executors.is_empty());
+    assert_eq!(s.framework_used["f1"], Resources::new());
+    assert_eq!(s.validate(), Ok(()));
 }
