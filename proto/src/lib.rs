@@ -23,6 +23,7 @@ pub mod codec;
 pub mod convert;
 pub mod http;
 pub mod logging;
+pub mod mesos;
 pub mod resources;
 pub mod scheduler;
 pub mod time;

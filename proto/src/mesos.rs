@@ -1,0 +1,262 @@
+//! Apache Mesos' v1 wire protocol, the part Corral serves: the messages (`mesos.v1`, and
+//! `mesos.v1.executor` for the Executor HTTP API), their JSON form as Mesos writes it, and
+//! RecordIO, the framing of Mesos' event streams.
+//!
+//! The definitions are Corral's own (`proto/mesos/v1/*.proto`) with the protocol's names and
+//! numbers, so Mesos clients (pymesos, mesos-go, the Java and C++ drivers) interoperate.
+//!
+//! JSON as Mesos speaks it: original field names (`framework_id`, not `frameworkId`), enums
+//! by name, bytes in base64, 64-bit integers as numbers; unknown fields are skipped, as the
+//! binary encoding skips them.
+
+/// The generated `mesos.v1` messages.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/mesos.v1.rs"));
+
+    /// The generated `mesos.v1.executor` messages (the Executor HTTP API).
+    pub mod executor {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.executor.rs"));
+    }
+}
+
+/// The media types Mesos' HTTP APIs speak.
+pub mod media {
+    /// JSON.
+    pub const JSON: &str = "application/json";
+    /// Protobuf.
+    pub const PROTOBUF: &str = "application/x-protobuf";
+}
+
+/// Mesos' JSON encoding of the `mesos.v1` messages.
+pub mod json {
+    use std::sync::OnceLock;
+
+    use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+
+    /// Why a JSON body is not the message it should be.
+    #[derive(Debug, thiserror::Error)]
+    pub enum JsonError {
+        /// Not JSON, or not the message's shape; the text names the field or the position.
+        #[error("{0}")]
+        Invalid(String),
+        /// The message type is not one of Corral's Mesos definitions (a bug).
+        #[error("no message type {0} in the Mesos definitions")]
+        UnknownType(String),
+    }
+
+    fn pool() -> &'static DescriptorPool {
+        static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            // Written by the build script from the same files as the messages.
+            DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/mesos_v1.bin")).as_slice())
+                .expect("the build script writes a valid descriptor set")
+        })
+    }
+
+    fn descriptor(full_name: &str) -> Result<prost_reflect::MessageDescriptor, JsonError> {
+        pool()
+            .get_message_by_name(full_name)
+            .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))
+    }
+
+    /// Decode message `T` (named `full_name`, e.g. `mesos.v1.executor.Call`) from JSON.
+    pub fn decode<T: prost::Message + Default>(full_name: &str, body: &[u8]) -> Result<T, JsonError> {
+        let desc = descriptor(full_name)?;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let options = DeserializeOptions::new().deny_unknown_fields(false);
+        let mut track = serde_path_to_error::Track::new();
+        let dynamic = DynamicMessage::deserialize_with_options(
+            desc,
+            serde_path_to_error::Deserializer::new(&mut de, &mut track),
+            &options,
+        )
+        .map_err(|e| {
+            let path = track.path().to_string();
+            JsonError::Invalid(if path == "." || path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            })
+        })?;
+        de.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
+        dynamic
+            .transcode_to::<T>()
+            .map_err(|e| JsonError::Invalid(e.to_string()))
+    }
+
+    /// Encode message `T` (named `full_name`) as Mesos' JSON.
+    pub fn encode<T: prost::Message>(full_name: &str, message: &T) -> Result<Vec<u8>, JsonError> {
+        let desc = descriptor(full_name)?;
+        let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())
+            .map_err(|e| JsonError::Invalid(e.to_string()))?;
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let options = SerializeOptions::new()
+            .use_proto_field_name(true)
+            .stringify_64_bit_integers(false)
+            .skip_default_fields(true);
+        dynamic
+            .serialize_with_options(&mut ser, &options)
+            .map_err(|e| JsonError::Invalid(e.to_string()))?;
+        Ok(out)
+    }
+}
+
+/// RecordIO, the framing of Mesos' event streams: each record is its length in bytes in
+/// decimal, a newline, then the record.
+pub mod recordio {
+    /// Longest length prefix read ("18446744073709551615" is 20 digits).
+    const MAX_PREFIX: usize = 20;
+
+    /// One record, framed.
+    pub fn frame(record: &[u8]) -> Vec<u8> {
+        let mut out = format!("{}\n", record.len()).into_bytes();
+        out.extend_from_slice(record);
+        out
+    }
+
+    /// Why a RecordIO stream cannot be read.
+    #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+    pub enum RecordIoError {
+        /// The length prefix is not a decimal number followed by a newline.
+        #[error("malformed RecordIO length prefix")]
+        BadPrefix,
+        /// A record longer than the reader allows.
+        #[error("RecordIO record of {0} bytes is over the limit of {1}")]
+        TooLong(u64, usize),
+    }
+
+    /// Reads records out of a byte stream fed in pieces.
+    #[derive(Debug)]
+    pub struct Reader {
+        buffer: Vec<u8>,
+        max: usize,
+    }
+
+    impl Reader {
+        /// A reader refusing records longer than `max` bytes.
+        pub fn new(max: usize) -> Self {
+            Reader {
+                buffer: Vec::new(),
+                max,
+            }
+        }
+
+        /// Add bytes as they arrive.
+        pub fn feed(&mut self, bytes: &[u8]) {
+            self.buffer.extend_from_slice(bytes);
+        }
+
+        /// The next whole record, if it has arrived.
+        pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, RecordIoError> {
+            let Some(nl) = self.buffer.iter().take(MAX_PREFIX + 1).position(|b| *b == b'\n') else {
+                if self.buffer.len() > MAX_PREFIX {
+                    return Err(RecordIoError::BadPrefix);
+                }
+                return Ok(None);
+            };
+            let len: u64 = std::str::from_utf8(&self.buffer[..nl])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or(RecordIoError::BadPrefix)?;
+            if len > self.max as u64 {
+                return Err(RecordIoError::TooLong(len, self.max));
+            }
+            let len = len as usize;
+            if self.buffer.len() < nl + 1 + len {
+                return Ok(None);
+            }
+            let record = self.buffer[nl + 1..nl + 1 + len].to_vec();
+            self.buffer.drain(..nl + 1 + len);
+            Ok(Some(record))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::executor as exec;
+    use super::*;
+
+    #[test]
+    fn json_is_mesos_shaped_both_ways() {
+        let call = exec::Call {
+            executor_id: v1::ExecutorId { value: "e1".into() },
+            framework_id: v1::FrameworkId { value: "f1".into() },
+            r#type: Some(exec::call::Type::Update as i32),
+            update: Some(exec::call::Update {
+                status: v1::TaskStatus {
+                    task_id: v1::TaskId { value: "t1".into() },
+                    state: v1::TaskState::TaskRunning as i32,
+                    uuid: Some(vec![0, 1, 2, 255]),
+                    timestamp: Some(1.5),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        };
+        let text = json::encode("mesos.v1.executor.Call", &call).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(value["type"], "UPDATE");
+        assert_eq!(value["executor_id"]["value"], "e1");
+        assert_eq!(value["update"]["status"]["state"], "TASK_RUNNING");
+        assert_eq!(value["update"]["status"]["uuid"], "AAEC/w==");
+        assert_eq!(value["update"]["status"]["timestamp"], 1.5);
+        let back: exec::Call = json::decode("mesos.v1.executor.Call", &text).unwrap();
+        assert_eq!(back, call);
+        // As pymesos writes it, with a field Corral does not know.
+        let pymesos = br#"{"type": "SUBSCRIBE", "framework_id": {"value": "f"}, "executor_id": {"value": "e"},
+            "subscribe": {"unacknowledged_tasks": [], "unacknowledged_updates": []}, "extra": 1}"#;
+        let c: exec::Call = json::decode("mesos.v1.executor.Call", pymesos).unwrap();
+        assert_eq!(c.r#type, Some(exec::call::Type::Subscribe as i32));
+        assert_eq!(c.framework_id.value, "f");
+        // 64-bit integers are numbers, as Mesos writes them.
+        let d = v1::DurationInfo {
+            nanoseconds: 5_000_000_000,
+        };
+        assert_eq!(
+            json::encode("mesos.v1.DurationInfo", &d).unwrap(),
+            br#"{"nanoseconds":5000000000}"#
+        );
+    }
+
+    #[test]
+    fn bad_json_says_what_is_wrong() {
+        for (body, needle) in [
+            (&b"{not json"[..], "key must be a string"),
+            (br#"{"executor_id": 5}"#, "executor_id"),
+            (br#"{"type": "SUBSCRIBE"} trailing"#, "trailing"),
+        ] {
+            let e = json::decode::<v1::executor::Call>("mesos.v1.executor.Call", body).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e} does not name {needle}");
+        }
+        // An enum name this definition does not know is skipped like an unknown field (the
+        // server then finds the call type missing).
+        let c: exec::Call = json::decode("mesos.v1.executor.Call", br#"{"type": "NOPE"}"#).unwrap();
+        assert_eq!(c.r#type, None);
+    }
+
+    #[test]
+    fn recordio_frames_and_reads_records_in_pieces() {
+        let mut stream = recordio::frame(b"hello");
+        stream.extend(recordio::frame(b""));
+        stream.extend(recordio::frame(&[7u8; 300]));
+        let mut reader = recordio::Reader::new(1024);
+        let mut got = Vec::new();
+        for piece in stream.chunks(7) {
+            reader.feed(piece);
+            while let Some(r) = reader.next_record().unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, vec![b"hello".to_vec(), Vec::new(), vec![7u8; 300]]);
+        let mut reader = recordio::Reader::new(10);
+        reader.feed(b"11\nxxxxxxxxxxx");
+        assert_eq!(reader.next_record(), Err(recordio::RecordIoError::TooLong(11, 10)));
+        let mut reader = recordio::Reader::new(10);
+        reader.feed(b"abc\n");
+        assert_eq!(reader.next_record(), Err(recordio::RecordIoError::BadPrefix));
+    }
+}
