@@ -103,8 +103,7 @@ pub async fn run(config: Config, tasks: Tasks, mut shutdown: watch::Receiver<boo
                 }
                 Some(v1::master_message::Message::RunTask(r)) => {
                     if let Some(task) = r.task {
-                        let user = r.framework.map(|f| f.user).unwrap_or_default();
-                        tasks.launch(r.framework_id, task, user);
+                        tasks.launch(r.framework_id, task, r.framework.unwrap_or_default());
                     }
                 }
                 Some(v1::master_message::Message::KillTask(k)) => {
@@ -125,6 +124,16 @@ pub async fn run(config: Config, tasks: Tasks, mut shutdown: watch::Receiver<boo
                             tasks.kill(&f, &t, 0);
                         }
                     }
+                    tasks.shutdown_executors_of(&s.framework_id);
+                }
+                Some(v1::master_message::Message::AckExecutorEnded(a)) => {
+                    tasks.executor_end_acknowledged(&a.framework_id, &a.executor_id)
+                }
+                Some(v1::master_message::Message::FrameworkMessage(fm)) => {
+                    tasks.framework_message(&fm.framework_id, &fm.executor_id, fm.data)
+                }
+                Some(v1::master_message::Message::ShutdownExecutor(s)) => {
+                    tasks.shutdown_executor(&s.framework_id, &s.executor_id)
                 }
                 None => {}
             }

@@ -42,6 +42,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod durable;
+pub mod executor_api;
 pub mod files;
 pub mod gc;
 pub mod https;
@@ -53,8 +54,9 @@ pub mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
@@ -146,11 +148,45 @@ impl Agent {
         let shutdown = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
+        let executor_api = || {
+            Router::new()
+                .route(executor_api::PATH, post(executor_api::handle))
+                .layer(DefaultBodyLimit::max(executor_api::MAX_CALL_BYTES))
+        };
         let endpoints = Router::new()
             .route("/health", get(health))
             .route("/state", get(state))
             .route("/metrics", get(metrics));
         let server_tls = tls.clone();
+        // Executors speak plain HTTP to the agent (as Mesos executors do): on the agent's
+        // own address without TLS; with TLS, on a loopback address of their own, reachable
+        // from this host only.
+        let executor_address = if server_tls.is_some() {
+            let loopback = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the executor endpoint on 127.0.0.1: {e}"))?;
+            let address = loopback.local_addr()?;
+            let app = executor_api().with_state(tasks.clone());
+            let mut stop = stopped.clone();
+            handles.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(loopback, app).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "agent executor endpoint failed");
+                }
+            }));
+            address
+        } else if local_addr.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local_addr.port())
+        } else {
+            local_addr
+        };
+        tasks.set_endpoint(
+            executor_address.to_string(),
+            config.hostname.clone(),
+            corral_proto::convert::resources_to_wire(&config.resources),
+        );
         match server_tls {
             Some(server) => {
                 let cluster: Arc<str> = Arc::from(config.cluster.as_str());
@@ -169,7 +205,7 @@ impl Agent {
                 }));
             }
             None => {
-                let app = endpoints.merge(files).with_state(tasks.clone());
+                let app = endpoints.merge(files).merge(executor_api()).with_state(tasks.clone());
                 handles.push(tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                         tracing::error!(error = %e, "agent http server failed");
@@ -263,5 +299,10 @@ async fn state(State(tasks): State<Tasks>) -> Json<serde_json::Value> {
         .into_iter()
         .map(|(f, t, pid, s)| json!({"framework_id": f, "task_id": t, "pid": pid, "state": corral_proto::v1::TaskState::try_from(s).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")}))
         .collect();
-    Json(json!({"agent_id": tasks.agent_id(), "tasks": list}))
+    let executors: Vec<serde_json::Value> = tasks
+        .executors()
+        .into_iter()
+        .map(|e| json!({"framework_id": e.framework_id, "executor_id": e.executor_id, "pid": e.pid, "subscribed": e.subscribed, "ended": e.ended}))
+        .collect();
+    Json(json!({"agent_id": tasks.agent_id(), "tasks": list, "executors": executors}))
 }

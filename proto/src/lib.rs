@@ -21,6 +21,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod executor;
 pub mod http;
 pub mod logging;
 pub mod mesos;

@@ -47,7 +47,7 @@ impl File {
 
     /// Write version `version` of the checkpoint at `path` durably (see
     /// [`crate::durable::write`]), unless a newer version is there already.
-    pub(super) fn write(&self, path: &Path, version: u64, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    pub(super) fn write<T: Serialize>(&self, path: &Path, version: u64, checkpoint: &T) -> std::io::Result<()> {
         let mut written = self.lock();
         if *written >= version {
             return Ok(());

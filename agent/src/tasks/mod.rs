@@ -33,10 +33,12 @@ use crate::isolation::Cgroups;
 use crate::supervisor;
 
 mod checkpoint;
+mod executors;
 mod outbox;
 mod process;
 
 use checkpoint::Checkpoint;
+pub use executors::{CallError, ExecutorView, Subscription, EXECUTOR_SHUTDOWN_GRACE, HEARTBEAT_INTERVAL};
 use outbox::Outbox;
 pub use process::signal_group;
 
@@ -61,11 +63,14 @@ struct TaskEntry {
     version: u64,
     durable: u64,
     file: checkpoint::File,
+    /// The executor that runs it (`None`: a command task, run by its own supervisor).
+    executor: Option<String>,
 }
 
 impl TaskEntry {
     fn new(info: v1::TaskInfo) -> TaskEntry {
         TaskEntry {
+            executor: info.executor.as_ref().map(|e| e.executor_id.clone()),
             info,
             state: v1::TaskState::TaskStaging,
             exit_code: None,
@@ -83,8 +88,12 @@ impl TaskEntry {
 struct Inner {
     agent_id: String,
     tasks: BTreeMap<Key, TaskEntry>,
+    /// The frameworks' executors, by (framework id, executor id).
+    executors: BTreeMap<Key, executors::ExecutorEntry>,
     link: Option<mpsc::Sender<v1::AgentMessage>>,
     max_term: u64,
+    /// Subscriptions handed out, for telling an old one from the current.
+    subscriptions: u64,
 }
 
 /// The agent's tasks. Cheap to clone.
@@ -100,6 +109,9 @@ pub struct Tasks {
     collected: Arc<std::sync::atomic::AtomicU64>,
     /// Whether tasks may run as root (`--allow-root-tasks`).
     allow_root: bool,
+    /// Where executors reach this agent (`MESOS_AGENT_ENDPOINT`), and its description for
+    /// their SUBSCRIBED event; set once the endpoint is bound.
+    endpoint: Arc<Mutex<executors::Endpoint>>,
 }
 
 impl Tasks {
@@ -112,8 +124,10 @@ impl Tasks {
             inner: Arc::new(Mutex::new(Inner {
                 agent_id,
                 tasks: BTreeMap::new(),
+                executors: BTreeMap::new(),
                 link: None,
                 max_term: 0,
+                subscriptions: 0,
             })),
             work_dir,
             kill_grace,
@@ -121,6 +135,7 @@ impl Tasks {
             exe,
             collected: Arc::default(),
             allow_root: false,
+            endpoint: Arc::default(),
         }
     }
 
@@ -144,10 +159,10 @@ impl Tasks {
         self.cgroups.is_some()
     }
 
-    /// What this agent advertises beyond command tasks (`AgentInfo.capabilities`). None
-    /// yet: the master sends it command tasks only.
+    /// What this agent advertises beyond command tasks (`AgentInfo.capabilities`): it runs
+    /// frameworks' executors.
     pub fn capabilities(&self) -> Vec<String> {
-        Vec::new()
+        vec!["EXECUTORS".to_string()]
     }
 
     /// The newest leader term this agent has acted on.
@@ -213,13 +228,18 @@ impl Tasks {
         for t in inner.tasks.values_mut() {
             t.outbox.reset();
         }
+        for e in inner.executors.values_mut() {
+            e.ended_sent = None;
+        }
         Self::pump(&mut inner);
     }
 
-    /// Send the head update of every task that is due.
+    /// Send the head update of every task that is due, and the ends of executors not yet
+    /// acknowledged.
     fn pump(inner: &mut Inner) {
         let Some(link) = inner.link.clone() else { return };
         let now = Instant::now();
+        executors::pump_ended(inner, &link, now);
         for t in inner.tasks.values_mut() {
             let Some(head) = t.outbox.due(now, t.durable, RESEND_INTERVAL) else {
                 continue;
@@ -246,9 +266,18 @@ impl Tasks {
         let mut inner = self.lock();
         let key = (framework_id.to_string(), task_id.to_string());
         let Some(t) = inner.tasks.get_mut(&key) else { return };
+        let from_executor = t
+            .outbox
+            .statuses()
+            .next()
+            .is_some_and(|h| h.uuid == uuid && h.source == v1::Source::Executor as i32);
         if !t.outbox.acknowledged(uuid) {
             return;
         }
+        if let (true, Some(eid)) = (from_executor, t.executor.clone()) {
+            executors::acknowledge_to_executor(&mut inner, &(key.0.clone(), eid), task_id, uuid);
+        }
+        let Some(t) = inner.tasks.get_mut(&key) else { return };
         if t.outbox.is_empty() && t.state.is_terminal() {
             // Forgotten: nothing of the task is left to report or recover.
             let Some(t) = inner.tasks.remove(&key) else { return };
@@ -338,6 +367,23 @@ impl Tasks {
 
     /// Record a new state and queue its status update.
     fn update(&self, key: &Key, state: v1::TaskState, message: String, exit_code: Option<i32>, reason: v1::Reason) {
+        let uuid = rand::random::<[u8; 16]>().to_vec();
+        self.update_from(key, state, message, exit_code, reason, uuid, v1::Source::Agent);
+    }
+
+    /// Record a new state and queue its status update, with the uuid and source given (an
+    /// executor's updates keep the uuid it chose: its ACKNOWLEDGED names it).
+    #[allow(clippy::too_many_arguments)]
+    fn update_from(
+        &self,
+        key: &Key,
+        state: v1::TaskState,
+        message: String,
+        exit_code: Option<i32>,
+        reason: v1::Reason,
+        uuid: Vec<u8>,
+        source: v1::Source,
+    ) {
         let mut inner = self.lock();
         let agent_id = inner.agent_id.clone();
         let Some(t) = inner.tasks.get_mut(key) else { return };
@@ -352,10 +398,10 @@ impl Tasks {
                 message,
                 agent_id,
                 framework_id: key.0.clone(),
-                uuid: rand::random::<[u8; 16]>().to_vec(),
+                uuid,
                 exit_code,
                 reason: reason as i32,
-                source: v1::Source::Agent as i32,
+                source: source as i32,
                 timestamp_ms: corral_proto::time::now_ms(),
             },
         );
@@ -363,8 +409,10 @@ impl Tasks {
         self.commit(inner, key);
     }
 
-    /// Start a task unless it is already known (launches are idempotent by task id).
-    pub fn launch(&self, framework_id: String, info: v1::TaskInfo, user: String) {
+    /// Start a task unless it is already known (launches are idempotent by task id): a
+    /// command task under its own supervisor, an executor's task by its executor (started
+    /// first if it does not run yet).
+    pub fn launch(&self, framework_id: String, info: v1::TaskInfo, framework: v1::FrameworkInfo) {
         let key = (framework_id.clone(), info.task_id.clone());
         {
             let mut inner = self.lock();
@@ -375,8 +423,12 @@ impl Tasks {
             inner.tasks.insert(key.clone(), TaskEntry::new(info.clone()));
             self.commit(inner, &key);
         }
+        if let Some(executor) = info.executor.clone() {
+            self.launch_on_executor(&key, executor, framework);
+            return;
+        }
         let tasks = self.clone();
-        tokio::spawn(async move { tasks.run(key, info, user).await });
+        tokio::spawn(async move { tasks.run(key, info, framework.user).await });
     }
 
     fn sandbox(&self, (f, t): &Key) -> PathBuf {
@@ -388,6 +440,8 @@ impl Tasks {
     /// exit status, and unacknowledged updates are queued again. Returns how many tasks were
     /// recovered.
     pub fn recover(&self) -> usize {
+        // Executors first: their tasks' recovery needs to know whether they still run.
+        let executors = self.recover_executors();
         let mut watch = Vec::new();
         let mut ended = Vec::new();
         let mut recovered = 0;
@@ -414,7 +468,9 @@ impl Tasks {
                 supervisor: cp.supervisor_pid.zip(cp.supervisor_start),
                 ..TaskEntry::new(info)
             };
-            if !state.is_terminal() {
+            if !state.is_terminal() && entry.executor.is_some() {
+                // Its executor reports on it (or fails it if the executor is gone).
+            } else if !state.is_terminal() {
                 let exit_file = self.exit_path(&key);
                 if entry.supervisor.is_none() {
                     // The agent stopped between starting the supervisor and checkpointing it.
@@ -451,6 +507,7 @@ impl Tasks {
         for key in ended {
             self.finish(&key);
         }
+        self.watch_recovered_executors(executors);
         recovered
     }
 
@@ -464,6 +521,11 @@ impl Tasks {
                 return;
             }
             t.kill_requested = true;
+            if let Some(eid) = t.executor.clone() {
+                drop(inner);
+                self.kill_on_executor(&key, &eid, grace_ms);
+                return;
+            }
             let grace = if grace_ms > 0 {
                 Duration::from_millis(grace_ms)
             } else if t.info.kill_grace_period_ms > 0 {
@@ -486,15 +548,23 @@ impl Tasks {
         });
     }
 
-    /// Kill every task (used by `corral local` on exit).
+    /// Kill every task and executor (used by `corral local` on exit).
     pub fn kill_all(&self) {
-        let pids: Vec<u32> = self
-            .lock()
+        let inner = self.lock();
+        let pids: Vec<u32> = inner
             .tasks
             .values()
             .filter(|t| !t.state.is_terminal())
             .filter_map(|t| t.pid)
+            .chain(
+                inner
+                    .executors
+                    .values()
+                    .filter(|e| e.ended.is_none())
+                    .filter_map(|e| e.pid),
+            )
             .collect();
+        drop(inner);
         for pid in pids {
             signal_group(pid, libc::SIGKILL);
         }

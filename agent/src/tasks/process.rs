@@ -75,6 +75,29 @@ impl Tasks {
         exit_file: &Path,
         run_as: Option<&crate::users::RunAs>,
     ) -> Result<(tokio::process::Child, u32), String> {
+        let command = info.command.clone().unwrap_or_default();
+        let env = [
+            ("CORRAL_TASK_ID", key.1.clone()),
+            ("CORRAL_FRAMEWORK_ID", key.0.clone()),
+            ("CORRAL_AGENT_ID", self.agent_id()),
+            ("CORRAL_SANDBOX", sandbox.display().to_string()),
+        ];
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        self.spawn_supervised(&command, env.collect(), sandbox, exit_file, run_as)
+            .await
+    }
+
+    /// Start `command` under a supervisor in `sandbox` (created, and given to `run_as`),
+    /// with the command's environment and then `env`; returns the supervisor and the pid of
+    /// the process it started (the leader of the group a kill signals).
+    pub(super) async fn spawn_supervised(
+        &self,
+        command: &v1::CommandInfo,
+        env: Vec<(String, String)>,
+        sandbox: &Path,
+        exit_file: &Path,
+        run_as: Option<&crate::users::RunAs>,
+    ) -> Result<(tokio::process::Child, u32), String> {
         use tokio::io::AsyncBufReadExt;
         std::fs::create_dir_all(sandbox).map_err(|e| format!("cannot create the sandbox: {e}"))?;
         if let Some(u) = run_as {
@@ -86,7 +109,6 @@ impl Tasks {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let stderr = std::fs::File::create(sandbox.join("stderr")).map_err(|e| format!("cannot create stderr: {e}"))?;
-        let command = info.command.clone().unwrap_or_default();
         let argv: Vec<String> = if command.shell {
             let script = command.argv.first().cloned().unwrap_or_default();
             vec!["/bin/sh".into(), "-c".into(), script]
@@ -102,10 +124,7 @@ impl Tasks {
             .args(&argv)
             .current_dir(sandbox)
             .envs(&command.environment)
-            .env("CORRAL_TASK_ID", &key.1)
-            .env("CORRAL_FRAMEWORK_ID", &key.0)
-            .env("CORRAL_AGENT_ID", self.agent_id())
-            .env("CORRAL_SANDBOX", sandbox)
+            .envs(env)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr);

@@ -38,6 +38,21 @@ pub async fn teardown(shared: &Shared, leader: &Leader, framework_id: &str, why:
                     }),
                 );
             }
+            // Its executors: SHUTDOWN, then killed after their grace period (the agents
+            // report their ends, which frees what they hold).
+            let hosts = state
+                .app
+                .agents
+                .values()
+                .filter(|a| a.executors.keys().any(|(f, _)| *f == framework_id));
+            for a in hosts {
+                soft.send_agent(
+                    &a.id,
+                    v1::master_message::Message::ShutdownFramework(v1::ShutdownFramework {
+                        framework_id: framework_id.clone(),
+                    }),
+                );
+            }
             soft.send_framework(
                 &framework_id,
                 event(v1::event::Event::Error(v1::Error {

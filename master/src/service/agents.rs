@@ -293,6 +293,14 @@ async fn serve_agent(
                     match msg.message {
                         Some(v1::agent_message::Message::StatusUpdate(u)) => statuses.extend(u.status),
                         Some(v1::agent_message::Message::Pong(_)) => {}
+                        Some(v1::agent_message::Message::ExecutorEnded(e)) => {
+                            tokio::spawn(executor_ended(shared.clone(), leader.clone(), agent_id.clone(), e));
+                        }
+                        Some(v1::agent_message::Message::ExecutorMessage(m)) => {
+                            if forward_executor_message(&leader, &agent_id, m).await.is_err() {
+                                ended = true;
+                            }
+                        }
                         Some(v1::agent_message::Message::Register(_)) | None => {
                             tracing::warn!(%agent_id, "unexpected message on an attached agent stream");
                         }
@@ -397,6 +405,102 @@ async fn serve_agent(
         .await;
 }
 
+/// An executor of `agent_id` ended: record it (its resources are free again, its unfinished
+/// tasks fail), then acknowledge to the agent and tell the framework (FAILURE, best effort).
+/// An end the state does not know of (reported twice, or of an executor already gone with
+/// its agent) is acknowledged too: resending it would change nothing.
+async fn executor_ended(shared: Shared, leader: Leader, agent_id: String, e: v1::ExecutorEnded) {
+    for (field, value) in [("framework_id", &e.framework_id), ("executor_id", &e.executor_id)] {
+        if let Err(why) = validate::id(field, value) {
+            tracing::warn!(%agent_id, why, "dropped an invalid executor end");
+            return;
+        }
+    }
+    let message: String = e.message.chars().take(validate::MAX_TEXT_LEN).collect();
+    let kind = v1::command::Kind::ExecutorExited(v1::ExecutorExited {
+        framework_id: e.framework_id.clone(),
+        agent_id: agent_id.clone(),
+        executor_id: e.executor_id.clone(),
+        message: message.clone(),
+        exit_code: e.exit_code,
+    });
+    match shared.write(kind).await {
+        Ok(outcome) => {
+            if let Outcome::Rejected(why) = &outcome {
+                tracing::info!(%agent_id, executor_id = %e.executor_id, why, "executor end already recorded or unknown");
+            } else {
+                tracing::info!(%agent_id, framework_id = %e.framework_id, executor_id = %e.executor_id, %message, "executor ended");
+            }
+            let applied = outcome == Outcome::Applied;
+            let _ = leader
+                .tell(move |shared, soft| {
+                    soft.send_agent(
+                        &agent_id,
+                        v1::master_message::Message::AckExecutorEnded(v1::AckExecutorEnded {
+                            framework_id: e.framework_id.clone(),
+                            executor_id: e.executor_id.clone(),
+                        }),
+                    );
+                    if applied {
+                        let failure = v1::Failure {
+                            agent_id: agent_id.clone(),
+                            executor_id: e.executor_id.clone(),
+                            exit_code: e.exit_code,
+                            message,
+                        };
+                        soft.send_framework(&e.framework_id, event(v1::event::Event::Failure(failure)));
+                        // The tasks it failed, as the state now holds them.
+                        let failed: Vec<v1::TaskStatus> = {
+                            let state = shared.state.read();
+                            state
+                                .app
+                                .tasks_on(&agent_id)
+                                .filter(|t| t.framework_id == e.framework_id)
+                                .filter(|t| t.status.reason == v1::Reason::ExecutorTerminated as i32)
+                                .filter(|t| {
+                                    t.task_info()
+                                        .and_then(|i| i.executor)
+                                        .is_some_and(|x| x.executor_id == e.executor_id)
+                                })
+                                .filter(|t| t.unacked.iter().any(|u| u.source == v1::Source::Master as i32))
+                                .map(|t| t.wire_status(&t.status))
+                                .collect()
+                        };
+                        forward_statuses(shared, soft, &failed);
+                        soft.touch_agent(&agent_id);
+                        shared.allocate_now.notify_one();
+                    }
+                })
+                .await;
+        }
+        // Not the leader any more: the agent reports it to the next one.
+        Err(err) => tracing::warn!(%agent_id, error = %err, "executor end not recorded"),
+    }
+}
+
+/// An executor's message for its framework: sent on the framework's stream if it is
+/// subscribed (best effort, as in Mesos). Err when the term's loop is gone.
+async fn forward_executor_message(leader: &Leader, agent_id: &str, m: v1::ExecutorMessage) -> Result<(), ()> {
+    if m.data.len() > validate::MAX_FRAMEWORK_MESSAGE_BYTES {
+        tracing::warn!(agent_id, executor_id = %corral_proto::quote(&m.executor_id), bytes = m.data.len(), "dropped an oversized executor message");
+        return Ok(());
+    }
+    let agent_id = agent_id.to_string();
+    leader
+        .tell(move |_, soft| {
+            let msg = v1::FrameworkMessage {
+                agent_id,
+                data: m.data,
+                executor_id: m.executor_id,
+            };
+            if !soft.send_framework(&m.framework_id, event(v1::event::Event::Message(msg))) {
+                tracing::debug!(framework_id = %m.framework_id, "executor message dropped: framework not subscribed");
+            }
+        })
+        .await
+        .map_err(|_| ())
+}
+
 /// The next message of `inbound` if it has already arrived; `None` if none is waiting.
 async fn already_arrived(
     inbound: &mut Streaming<v1::AgentMessage>,
@@ -418,7 +522,10 @@ async fn submit_statuses(
     for status in &mut statuses {
         // The agent speaks for its own tasks only.
         status.agent_id = agent_id.to_string();
-        status.source = v1::Source::Agent as i32;
+        // An executor's updates come through its agent and say so.
+        if status.source != v1::Source::Executor as i32 {
+            status.source = v1::Source::Agent as i32;
+        }
     }
     let kind = v1::command::Kind::UpdateStatuses(v1::UpdateStatuses {
         statuses: statuses.clone(),

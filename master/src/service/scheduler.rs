@@ -434,6 +434,56 @@ impl Scheduler for SchedulerService {
         Ok(Response::new(v1::KillResponse {}))
     }
 
+    async fn message(&self, req: Request<v1::MessageRequest>) -> Result<Response<v1::MessageResponse>, Status> {
+        let req = req.into_inner();
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
+        if req.data.len() > validate::MAX_FRAMEWORK_MESSAGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "data: {} bytes, at most {}",
+                req.data.len(),
+                validate::MAX_FRAMEWORK_MESSAGE_BYTES
+            )));
+        }
+        self.check_executor(&framework_id, &req.agent_id, &req.executor_id)?;
+        let message = v1::FrameworkMessageToExecutor {
+            framework_id,
+            executor_id: req.executor_id,
+            data: req.data,
+        };
+        let agent_id = req.agent_id;
+        let sent = on_soft(&self.shared, &leader, move |_, soft| {
+            soft.send_agent(&agent_id, v1::master_message::Message::FrameworkMessage(message))
+        })
+        .await?;
+        if !sent {
+            return Err(Status::unavailable(
+                "agent_id: the agent is not attached to the leader now; try again",
+            ));
+        }
+        Ok(Response::new(v1::MessageResponse {}))
+    }
+
+    async fn shutdown(&self, req: Request<v1::ShutdownRequest>) -> Result<Response<v1::ShutdownResponse>, Status> {
+        let req = req.into_inner();
+        let (framework_id, leader) = self.check_header(req.header.as_ref()).await?;
+        self.check_executor(&framework_id, &req.agent_id, &req.executor_id)?;
+        let shutdown = v1::ShutdownExecutor {
+            framework_id,
+            executor_id: req.executor_id,
+        };
+        let agent_id = req.agent_id;
+        let sent = on_soft(&self.shared, &leader, move |_, soft| {
+            soft.send_agent(&agent_id, v1::master_message::Message::ShutdownExecutor(shutdown))
+        })
+        .await?;
+        if !sent {
+            return Err(Status::unavailable(
+                "agent_id: the agent is not attached to the leader now; try again",
+            ));
+        }
+        Ok(Response::new(v1::ShutdownResponse {}))
+    }
+
     async fn acknowledge(
         &self,
         req: Request<v1::AcknowledgeRequest>,
@@ -533,6 +583,27 @@ struct Launch {
     tasks: Vec<v1::TaskInfo>,
     /// When its offers were checked (the start of its commit latency).
     checked: Instant,
+}
+
+impl SchedulerService {
+    /// Executor `executor_id` of `framework_id` runs on `agent_id` (in the replicated state).
+    fn check_executor(&self, framework_id: &str, agent_id: &str, executor_id: &str) -> Result<(), Status> {
+        validate::id("agent_id", agent_id).map_err(Status::invalid_argument)?;
+        validate::id("executor_id", executor_id).map_err(Status::invalid_argument)?;
+        let state = self.shared.state.read();
+        let runs = state.app.agents.get(agent_id).is_some_and(|a| {
+            a.executors
+                .contains_key(&(framework_id.to_string(), executor_id.to_string()))
+        });
+        if !runs {
+            return Err(Status::not_found(format!(
+                "executor_id: {} of this framework does not run on agent {}",
+                corral_proto::quote(executor_id),
+                corral_proto::quote(agent_id)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What the executors a launch would start hold: those its tasks name that do not run on

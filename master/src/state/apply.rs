@@ -364,7 +364,7 @@ impl ClusterState {
         }
         // Only the master decides that a task is unreachable, gone or unknown (a task an
         // agent could park in UNREACHABLE would never be reconciled).
-        if s.source == v1::Source::Agent as i32
+        if (s.source == v1::Source::Agent as i32 || s.source == v1::Source::Executor as i32)
             && matches!(
                 new_state,
                 v1::TaskState::TaskUnreachable

@@ -30,6 +30,15 @@ pub(super) enum Call {
         agent_id: String,
     },
     Reconcile(Vec<v1::ReconcileTask>),
+    Message {
+        agent_id: String,
+        executor_id: String,
+        data: Vec<u8>,
+    },
+    ShutdownExecutor {
+        agent_id: String,
+        executor_id: String,
+    },
     Revive,
     Suppress,
     Stop {
@@ -114,6 +123,23 @@ impl Driver {
     /// Explicit reconciliation of `tasks`, or implicit (all tasks) when empty.
     pub fn reconcile(&self, tasks: Vec<v1::ReconcileTask>) {
         self.send(Call::Reconcile(tasks));
+    }
+
+    /// Send `data` to executor `executor_id` on `agent_id` (best effort, as in Mesos).
+    pub fn message(&self, agent_id: &str, executor_id: &str, data: Vec<u8>) {
+        self.send(Call::Message {
+            agent_id: agent_id.into(),
+            executor_id: executor_id.into(),
+            data,
+        });
+    }
+
+    /// Shut executor `executor_id` on `agent_id` down (its unfinished tasks fail).
+    pub fn shutdown_executor(&self, agent_id: &str, executor_id: &str) {
+        self.send(Call::ShutdownExecutor {
+            agent_id: agent_id.into(),
+            executor_id: executor_id.into(),
+        });
     }
 
     /// Clear this framework's offer filters and resume offers.

@@ -60,6 +60,13 @@ pub trait Scheduler: Send {
     }
     /// The stream to the leader broke; the driver is re-subscribing.
     fn disconnected(&mut self, _driver: &Driver) {}
+    /// A message from executor `executor_id` on `agent_id` (best effort).
+    fn framework_message(&mut self, _driver: &Driver, _agent_id: &str, _executor_id: &str, _data: &[u8]) {}
+    /// Executor `executor_id` on `agent_id` ended (`exit_code` when it exited); its
+    /// unfinished tasks are failed by status updates of their own.
+    fn executor_lost(&mut self, _driver: &Driver, _agent_id: &str, _executor_id: &str, _exit_code: Option<i32>) {}
+    /// Agent `agent_id` was lost or removed.
+    fn agent_lost(&mut self, _driver: &Driver, _agent_id: &str) {}
 }
 
 /// Why [`run`] ended without being stopped.
@@ -161,7 +168,14 @@ pub async fn run<S: Scheduler>(
                                 return Err(DriverError::Removed(e.message));
                             }
                         }
-                        Some(v1::event::Event::Message(_)) | Some(v1::event::Event::Failure(_)) | Some(v1::event::Event::Heartbeat(_)) | None => {}
+                        Some(v1::event::Event::Message(m)) => {
+                            scheduler.framework_message(&driver, &m.agent_id, &m.executor_id, &m.data)
+                        }
+                        Some(v1::event::Event::Failure(f)) if f.executor_id.is_empty() => scheduler.agent_lost(&driver, &f.agent_id),
+                        Some(v1::event::Event::Failure(f)) => {
+                            scheduler.executor_lost(&driver, &f.agent_id, &f.executor_id, f.exit_code)
+                        }
+                        Some(v1::event::Event::Heartbeat(_)) | None => {}
                     }
                     report_overflow(&mut scheduler, &driver);
                 }
@@ -293,6 +307,35 @@ async fn perform<S: Scheduler>(
             call(client, |mut c| {
                 let req = req.clone();
                 async move { c.reconcile(req).await.map(|_| ()) }
+            })
+            .await
+        }
+        Call::Message {
+            agent_id,
+            executor_id,
+            data,
+        } => {
+            let req = v1::MessageRequest {
+                header: h,
+                agent_id,
+                executor_id,
+                data,
+            };
+            call(client, |mut c| {
+                let req = req.clone();
+                async move { c.message(req).await.map(|_| ()) }
+            })
+            .await
+        }
+        Call::ShutdownExecutor { agent_id, executor_id } => {
+            let req = v1::ShutdownRequest {
+                header: h,
+                agent_id,
+                executor_id,
+            };
+            call(client, |mut c| {
+                let req = req.clone();
+                async move { c.shutdown(req).await.map(|_| ()) }
             })
             .await
         }

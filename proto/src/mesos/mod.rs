@@ -21,6 +21,8 @@ pub mod v1 {
     }
 }
 
+pub mod convert;
+
 /// The media types Mesos' HTTP APIs speak.
 pub mod media {
     /// JSON.
