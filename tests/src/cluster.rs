@@ -550,8 +550,10 @@ impl Cluster {
         let args = vec![
             "--masters".to_string(),
             self.masters_arg(),
+            // A port of its own for life: executors find a restarted agent where they left
+            // it (MESOS_AGENT_ENDPOINT), as on a real host.
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{}", free_port()),
             "--work-dir".into(),
             path_str(&work_dir).to_string(),
             "--hostname".into(),

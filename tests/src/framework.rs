@@ -32,6 +32,10 @@ pub struct Framework {
     pub acked: std::collections::BTreeSet<Vec<u8>>,
     /// The event stream ended (the leader went away): [`Framework::resubscribe`].
     pub closed: bool,
+    /// Messages from the framework's executors, in order.
+    pub messages: Vec<v1::FrameworkMessage>,
+    /// FAILURE events (agents lost, executors ended), in order.
+    pub failures: Vec<v1::Failure>,
     info: v1::FrameworkInfo,
 }
 
@@ -51,6 +55,8 @@ impl Framework {
             ack_failures: Vec::new(),
             acked: Default::default(),
             closed: false,
+            messages: Vec::new(),
+            failures: Vec::new(),
             info,
         })
     }
@@ -146,9 +152,83 @@ impl Framework {
                     self.updates.push(s);
                 }
             }
+            Some(v1::event::Event::Message(m)) => self.messages.push(m),
+            Some(v1::event::Event::Failure(f)) => self.failures.push(f),
             _ => {}
         }
         true
+    }
+
+    /// Read events until `done` holds of what was recorded, or panic after `deadline`
+    /// saying `what` did not happen.
+    pub async fn wait_until(&mut self, deadline: Duration, what: &str, done: impl Fn(&Framework) -> bool) {
+        let give_up = Instant::now() + deadline;
+        while !done(self) {
+            assert!(
+                Instant::now() < give_up,
+                "framework {}: {what} did not happen within {deadline:?}; messages {:?}, failures {:?}",
+                self.id,
+                self.messages
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.data).to_string())
+                    .collect::<Vec<_>>(),
+                self.failures
+            );
+            self.pump(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Send `data` to executor `executor_id` on `agent_id`.
+    pub async fn message(&self, agent_id: &str, executor_id: &str, data: &[u8]) -> Result<(), Status> {
+        let req = v1::MessageRequest {
+            header: Some(self.header.clone()),
+            agent_id: agent_id.into(),
+            executor_id: executor_id.into(),
+            data: data.to_vec(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.message(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Tear the framework down.
+    pub async fn teardown(&self) -> Result<(), Status> {
+        let req = v1::TeardownRequest {
+            header: Some(self.header.clone()),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.teardown(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// A task on `agent_id` run by executor `executor_id`, started with `argv` (the
+    /// executor holds 0.1 cpus and 32 MB beside its tasks).
+    pub fn executor_task(id: &str, agent_id: &str, cpus: f64, executor_id: &str, argv: &[&str]) -> v1::TaskInfo {
+        let scalar = |n: &str, v: f64| v1::Resource {
+            name: n.into(),
+            value: Some(v1::resource::Value::Scalar(v)),
+        };
+        v1::TaskInfo {
+            task_id: id.into(),
+            name: id.into(),
+            agent_id: agent_id.into(),
+            resources: vec![scalar("cpus", cpus), scalar("mem", 16.0)],
+            executor: Some(v1::ExecutorInfo {
+                executor_id: executor_id.into(),
+                name: format!("{executor_id} (test)"),
+                command: Some(v1::CommandInfo {
+                    argv: argv.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                resources: vec![scalar("cpus", 0.1), scalar("mem", 32.0)],
+                data: Vec::new(),
+            }),
+            ..Default::default()
+        }
     }
 
     /// Wait for at least one offer (from `agent`, if given) and take the offers so far.
