@@ -55,38 +55,57 @@ fn ended_at(sandbox: &Path) -> Option<SystemTime> {
         .ok()
 }
 
-/// Remove the sandboxes under `work_dir` older than `age` whose (framework, task) is not in
-/// `held` (the tasks the agent still holds). Returns the removed sandboxes.
-pub fn collect(work_dir: &Path, held: &BTreeSet<(String, String)>, age: Duration, now: SystemTime) -> Vec<PathBuf> {
+/// What the agent still holds, whose sandboxes are never collected: tasks and executors,
+/// by (framework id, id).
+#[derive(Debug, Default, Clone)]
+pub struct Held {
+    /// Tasks running, or with updates not yet acknowledged.
+    pub tasks: BTreeSet<(String, String)>,
+    /// Executors running, or ended but not yet acknowledged by the master.
+    pub executors: BTreeSet<(String, String)>,
+}
+
+/// Remove the sandboxes (of tasks and of executors) under `work_dir` older than `age` that
+/// are not in `held`. Returns the removed sandboxes.
+pub fn collect(work_dir: &Path, held: &Held, age: Duration, now: SystemTime) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let frameworks = work_dir.join("frameworks");
     for f in std::fs::read_dir(&frameworks).into_iter().flatten().flatten() {
         let framework_id = f.file_name().to_string_lossy().to_string();
-        for t in std::fs::read_dir(f.path().join("tasks"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let task_id = t.file_name().to_string_lossy().to_string();
-            if held.contains(&(framework_id.clone(), task_id)) {
-                continue;
-            }
-            let sandbox = t.path();
-            let old = ended_at(&sandbox)
-                .and_then(|at| now.duration_since(at).ok())
-                .is_some_and(|a| a >= age);
-            if old {
-                match std::fs::remove_dir_all(&sandbox) {
-                    Ok(()) => removed.push(sandbox),
-                    Err(e) => tracing::warn!(sandbox = %sandbox.display(), error = %e, "could not remove a sandbox"),
-                }
-            }
+        for (kind, held) in [("tasks", &held.tasks), ("executors", &held.executors)] {
+            collect_kind(&f.path().join(kind), &framework_id, held, age, now, &mut removed);
+            let _ = std::fs::remove_dir(f.path().join(kind));
         }
         // A framework with no sandbox left goes too.
-        let _ = std::fs::remove_dir(f.path().join("tasks"));
         let _ = std::fs::remove_dir(f.path());
     }
     removed
+}
+
+fn collect_kind(
+    dir: &Path,
+    framework_id: &str,
+    held: &BTreeSet<(String, String)>,
+    age: Duration,
+    now: SystemTime,
+    removed: &mut Vec<PathBuf>,
+) {
+    for t in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let id = t.file_name().to_string_lossy().to_string();
+        if held.contains(&(framework_id.to_string(), id)) {
+            continue;
+        }
+        let sandbox = t.path();
+        let old = ended_at(&sandbox)
+            .and_then(|at| now.duration_since(at).ok())
+            .is_some_and(|a| a >= age);
+        if old {
+            match std::fs::remove_dir_all(&sandbox) {
+                Ok(()) => removed.push(sandbox),
+                Err(e) => tracing::warn!(sandbox = %sandbox.display(), error = %e, "could not remove a sandbox"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -112,12 +131,19 @@ mod tests {
             std::fs::write(sandbox(f, t).join("stdout"), "x").unwrap();
         }
         std::fs::write(sandbox("f", "new").join(FINISHED_MARKER), "").unwrap();
-        let held: BTreeSet<_> = [("f".to_string(), "held".to_string())].into();
+        // A running executor's sandbox, as old as the others: held, so kept.
+        let executor = dir.path().join("frameworks/f/executors/e1");
+        std::fs::create_dir_all(&executor).unwrap();
+        let held = Held {
+            tasks: [("f".to_string(), "held".to_string())].into(),
+            executors: [("f".to_string(), "e1".to_string())].into(),
+        };
         // An hour from now, with an age of 30 minutes: all but the held one are old enough...
         let later = SystemTime::now() + Duration::from_secs(3600);
         let removed = collect(dir.path(), &held, Duration::from_secs(1800), later);
         assert_eq!(removed.len(), 3);
         assert!(sandbox("f", "held").exists(), "a held task's sandbox stays");
+        assert!(executor.exists(), "a held executor's sandbox stays");
         assert!(
             !dir.path().join("frameworks/g").exists(),
             "an emptied framework dir goes"

@@ -304,9 +304,21 @@ impl Tasks {
                 );
             }
             Some(false) => {
-                let info = inner.tasks.get(task).map(|t| t.info.clone());
-                if let (Some(info), Some(e)) = (info, inner.executors.get_mut(&key)) {
-                    send(e, launch_event(&key.0, &info));
+                // Sent now if it is subscribed and this subscription has not had it yet
+                // (one that began since the task was recorded did); else at SUBSCRIBE.
+                let stream = inner
+                    .executors
+                    .get(&key)
+                    .and_then(|e| e.stream.as_ref().map(|(id, _)| *id));
+                let Some(stream) = stream else { return };
+                let Some(t) = inner.tasks.get_mut(task) else { return };
+                if t.delivered_on == Some(stream) {
+                    return;
+                }
+                t.delivered_on = Some(stream);
+                let ev = launch_event(&key.0, &t.info);
+                if let Some(e) = inner.executors.get_mut(&key) {
+                    send(e, ev);
                 }
             }
             None => {
@@ -526,6 +538,7 @@ impl Tasks {
         let endpoint = self.endpoint();
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut killed_undelivered = Vec::new();
+        let mut launched = Vec::new();
         let id = {
             let mut inner = self.lock();
             inner.subscriptions += 1;
@@ -570,6 +583,7 @@ impl Tasks {
                         continue;
                     }
                     events.push(launch_event(&key.0, &t.info));
+                    launched.push(tid.clone());
                 }
                 if t.kill_requested {
                     events.push(kill_event(tid, t.info.kill_grace_period_ms));
@@ -588,6 +602,11 @@ impl Tasks {
                 return Err(unknown(key));
             };
             e.stream = Some((id, tx));
+            for tid in launched {
+                if let Some(t) = inner.tasks.get_mut(&(key.0.clone(), tid)) {
+                    t.delivered_on = Some(id);
+                }
+            }
             id
         };
         for t in killed_undelivered {

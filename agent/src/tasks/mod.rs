@@ -65,12 +65,15 @@ struct TaskEntry {
     file: checkpoint::File,
     /// The executor that runs it (`None`: a command task, run by its own supervisor).
     executor: Option<String>,
+    /// The executor subscription its LAUNCH was sent on (never twice on one).
+    delivered_on: Option<u64>,
 }
 
 impl TaskEntry {
     fn new(info: v1::TaskInfo) -> TaskEntry {
         TaskEntry {
             executor: info.executor.as_ref().map(|e| e.executor_id.clone()),
+            delivered_on: None,
             info,
             state: v1::TaskState::TaskStaging,
             exit_code: None,
@@ -301,10 +304,15 @@ impl Tasks {
         }
     }
 
-    /// The tasks the agent holds (running, or with updates not yet acknowledged): their
-    /// sandboxes are never collected.
-    pub fn held(&self) -> std::collections::BTreeSet<Key> {
-        self.lock().tasks.keys().cloned().collect()
+    /// The tasks the agent holds (running, or with updates not yet acknowledged) and its
+    /// executors (until the master acknowledged their end): their sandboxes are never
+    /// collected.
+    pub fn held(&self) -> crate::gc::Held {
+        let inner = self.lock();
+        crate::gc::Held {
+            tasks: inner.tasks.keys().cloned().collect(),
+            executors: inner.executors.keys().cloned().collect(),
+        }
     }
 
     /// `n` more sandboxes were removed by garbage collection.
@@ -506,6 +514,31 @@ impl Tasks {
         }
         for key in ended {
             self.finish(&key);
+        }
+        // An executor's task whose executor was not recovered (its checkpoint is gone) has
+        // no one to report on it.
+        let orphans: Vec<Key> = {
+            let inner = self.lock();
+            inner
+                .tasks
+                .iter()
+                .filter(|(_, t)| !t.state.is_terminal())
+                .filter(|((f, _), t)| {
+                    t.executor
+                        .as_ref()
+                        .is_some_and(|e| !inner.executors.contains_key(&(f.clone(), e.clone())))
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for key in orphans {
+            self.update(
+                &key,
+                v1::TaskState::TaskFailed,
+                "its executor was not recovered after the agent restarted".into(),
+                None,
+                v1::Reason::ExecutorTerminated,
+            );
         }
         self.watch_recovered_executors(executors);
         recovered
