@@ -144,6 +144,17 @@ async fn tls_cluster_runs_tasks_through_failovers_and_refuses_strangers() {
         );
     };
     run(&cluster, "hello-over-tls");
+    // A framework's own executor: it reaches its agent on the agent's loopback executor
+    // endpoint (plain HTTP, as executors speak) while the agent's own port is TLS only.
+    let exe = binary("test-executor");
+    let mut fw = cluster.framework("tls-executor", "*").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    let task = corral_tests::Framework::executor_task("t1", &offer.agent_id, 0.5, "e1", &[exe.to_str().unwrap()]);
+    fw.accept(vec![offer.offer_id], vec![task], 0.0).await.unwrap();
+    fw.wait_state("t1", v1::TaskState::TaskRunning, T).await;
+    fw.message(&offer.agent_id, "e1", b"finish:t1").await.unwrap();
+    fw.wait_state("t1", v1::TaskState::TaskFinished, T).await;
+    fw.teardown().await.unwrap();
     for round in 1..=3 {
         cluster.kill(leader);
         let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
