@@ -275,6 +275,24 @@ async fn metrics(State(tasks): State<Tasks>) -> ([(axum::http::HeaderName, &'sta
     for (state, n) in by_state {
         let _ = writeln!(out, "corral_agent_tasks{{state=\"{state}\"}} {n}");
     }
+    let executors = tasks.executors();
+    let _ = writeln!(
+        out,
+        "# HELP corral_agent_executors Frameworks' executors this agent holds: running (subscribed or not), or ended and not yet acknowledged by the master.\n# TYPE corral_agent_executors gauge"
+    );
+    for (state, n) in [
+        (
+            "subscribed",
+            executors.iter().filter(|e| !e.ended && e.subscribed).count(),
+        ),
+        (
+            "unsubscribed",
+            executors.iter().filter(|e| !e.ended && !e.subscribed).count(),
+        ),
+        ("ended", executors.iter().filter(|e| e.ended).count()),
+    ] {
+        let _ = writeln!(out, "corral_agent_executors{{state=\"{state}\"}} {n}");
+    }
     let _ = writeln!(
         out,
         "# HELP corral_agent_isolation 1 if tasks run in cgroups with cpu and memory limits.\n# TYPE corral_agent_isolation gauge\ncorral_agent_isolation {}",

@@ -192,6 +192,27 @@ async fn an_executor_that_crashes_fails_its_tasks_and_frees_its_resources() {
         offers.iter().all(|o| o.resources.iter().all(|r| r.name != "cpus")),
         "nothing left to offer while the executor and its task hold the agent: {offers:?}"
     );
+    // The operator's view: the masters' /state lists the executor with what it holds, the
+    // agent's /metrics counts it.
+    wait_for(T, "the executor in a master's /state", || async {
+        let (_, body) = cluster.http_get(1, "/state").await?;
+        let state: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let listed = state["agents"].as_array()?.iter().any(|a| {
+            a["executors"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["executor_id"] == "e1" && e["resources"]["cpus"] == 0.1)
+            })
+        });
+        listed.then_some(())
+    })
+    .await;
+    let (_, metrics) = corral_tests::http_request(&agent.address, "GET", "/metrics", b"")
+        .await
+        .expect("/metrics");
+    assert!(
+        metrics.contains("corral_agent_executors{state=\"subscribed\"} 1"),
+        "{metrics}"
+    );
     fw.message(&agent.agent_id, "e1", b"crash:3").await.unwrap();
     let failed = fw.wait_state("t1", TaskState::TaskFailed, T).await;
     assert_eq!(failed.reason, v1::Reason::ExecutorTerminated as i32, "{failed:?}");

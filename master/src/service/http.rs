@@ -647,6 +647,13 @@ pub(crate) fn agent_json(a: &crate::state::AgentRecord) -> serde_json::Value {
         "used": resources_json(&a.used),
         "attributes": a.attributes.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
         "isolation": a.isolation,
+        "capabilities": a.capabilities,
+        "executors": a.executors.values().map(|e| json!({
+            "framework_id": e.framework_id,
+            "executor_id": e.executor_id,
+            "resources": resources_json(&e.resources),
+            "launched_at_ms": e.launched_at_ms,
+        })).collect::<Vec<_>>(),
         "registered_at_ms": a.registered_at_ms,
     })
 }
