@@ -396,9 +396,17 @@ async fn bad_executor_calls_get_a_4xx_naming_the_problem_and_the_agent_keeps_ser
         assert!(text.contains(needle), "{what}: {text:?} does not say {needle:?}");
     }
     // Once subscribed (as the sleeper, by hand), an update for a task that is not its own.
+    // Its subscription carries an invalid unacknowledged update: skipped, and said so with
+    // an ERROR event on the stream.
     let mut sub = call(&fid, "sleeper", me::call::Type::Subscribe);
-    sub.subscribe = Some(me::call::Subscribe::default());
+    let mut bad = update("t1").update.unwrap();
+    bad.status.uuid = None;
+    sub.subscribe = Some(me::call::Subscribe {
+        unacknowledged_tasks: Vec::new(),
+        unacknowledged_updates: vec![bad],
+    });
     let address = agent.address.clone();
+    let (error_tx, error_rx) = tokio::sync::oneshot::channel();
     let subscription = tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = sub.encode_to_vec();
@@ -409,12 +417,17 @@ async fn bad_executor_calls_get_a_4xx_naming_the_problem_and_the_agent_keeps_ser
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body).await.unwrap();
+        // Read until the ERROR event (protobuf inside RecordIO inside chunks: its text is
+        // there verbatim), then keep the stream open while the test runs.
+        let mut seen = Vec::new();
         let mut buf = vec![0; 4096];
-        let n = stream.read(&mut buf).await.unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        // Keep the stream open while the test runs.
+        while !String::from_utf8_lossy(&seen).contains("skipped") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the subscription ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let _ = error_tx.send(String::from_utf8_lossy(&seen).to_string());
         let _ = stream.read(&mut buf).await;
-        head
     });
     wait_for(T, "the hand-made subscription", || async {
         executors(&agent)
@@ -423,6 +436,15 @@ async fn bad_executor_calls_get_a_4xx_naming_the_problem_and_the_agent_keeps_ser
             .find(|(e, _, s)| e == "sleeper" && *s)
     })
     .await;
+    let seen = tokio::time::timeout(T, error_rx)
+        .await
+        .expect("the ERROR event")
+        .unwrap();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.contains("subscribe.unacknowledged_updates[0].status.uuid"),
+        "the ERROR names the field: {seen}"
+    );
     let (code, text) = post(&agent, pb, &update("t-of-nobody").encode_to_vec()).await;
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("update.status.task_id"), "{text}");

@@ -525,7 +525,14 @@ impl Tasks {
                 Ok(Some(ack)) => acks.push(ack),
                 Ok(None) => {}
                 Err(CallError::Invalid(why)) => {
-                    tracing::warn!(executor_id = %key.1, why, "skipped an invalid unacknowledged update")
+                    tracing::warn!(executor_id = %key.1, why, "skipped an invalid unacknowledged update");
+                    // Said on the stream too: SUBSCRIBE itself succeeds.
+                    acks.push(me::Event {
+                        error: Some(me::event::Error {
+                            message: format!("skipped: {why}"),
+                        }),
+                        ..event(me::event::Type::Error)
+                    });
                 }
                 Err(e) => return Err(e),
             }
