@@ -13,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.retain(|p| p.extension().is_some_and(|e| e == "proto"));
     files.sort();
     println!("cargo:rerun-if-changed=proto");
-    let mesos = [root.join("mesos/v1/mesos.proto"), root.join("mesos/v1/executor.proto")];
+    let mesos = [
+        root.join("mesos/v1/mesos.proto"),
+        root.join("mesos/v1/executor.proto"),
+        root.join("mesos/v1/scheduler.proto"),
+    ];
     let mesos_fds = protox::compile(&mesos, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("mesos_v1.bin"), prost::Message::encode_to_vec(&mesos_fds))?;

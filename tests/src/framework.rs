@@ -208,27 +208,16 @@ impl Framework {
     /// A task on `agent_id` run by executor `executor_id`, started with `argv` (the
     /// executor holds 0.1 cpus and 32 MB beside its tasks).
     pub fn executor_task(id: &str, agent_id: &str, cpus: f64, executor_id: &str, argv: &[&str]) -> v1::TaskInfo {
-        let scalar = |n: &str, v: f64| v1::Resource {
-            name: n.into(),
-            value: Some(v1::resource::Value::Scalar(v)),
+        let mut task = Self::task(id, agent_id, cpus, 16.0, argv);
+        let executor = v1::ExecutorInfo {
+            executor_id: executor_id.into(),
+            name: format!("{executor_id} (test)"),
+            command: task.command.take(),
+            resources: Self::task(id, agent_id, 0.1, 32.0, argv).resources,
+            data: Vec::new(),
         };
-        v1::TaskInfo {
-            task_id: id.into(),
-            name: id.into(),
-            agent_id: agent_id.into(),
-            resources: vec![scalar("cpus", cpus), scalar("mem", 16.0)],
-            executor: Some(v1::ExecutorInfo {
-                executor_id: executor_id.into(),
-                name: format!("{executor_id} (test)"),
-                command: Some(v1::CommandInfo {
-                    argv: argv.iter().map(|s| s.to_string()).collect(),
-                    ..Default::default()
-                }),
-                resources: vec![scalar("cpus", 0.1), scalar("mem", 32.0)],
-                data: Vec::new(),
-            }),
-            ..Default::default()
-        }
+        task.executor = Some(executor);
+        task
     }
 
     /// Wait for at least one offer (from `agent`, if given) and take the offers so far.

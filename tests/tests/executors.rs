@@ -556,3 +556,33 @@ async fn a_pymesos_executor_runs_tasks_exchanges_messages_and_shuts_down() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teardown_while_the_agent_is_away_shuts_its_executor_down_when_it_returns() {
+    let (mut cluster, agent) = cluster_with_agent("cpus:4;mem:1024").await;
+    let exe = binary("test-executor");
+    let exe = path_str(&exe).to_string();
+    let mut fw = cluster.framework("away", "*").await;
+    launch_one(&mut fw, |a| Framework::executor_task("t1", a, 0.5, "e1", &[&exe])).await;
+    fw.wait_state("t1", TaskState::TaskRunning, T).await;
+    let pid = subscribed_executor(&agent, "e1").await;
+    cluster.kill_agent("a1");
+    fw.teardown().await.unwrap();
+    assert!(alive(pid), "the executor runs on while its agent is away");
+    cluster.restart_agent("a1");
+    wait_for(T, "the executor shut down after its agent re-registered", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    // Its end reached the master: nothing of it is held any more.
+    wait_for(T, "the master forgot the executor", || async {
+        let (_, body) = cluster.http_get(1, "/state").await?;
+        let state: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let held = state["agents"]
+            .as_array()?
+            .iter()
+            .any(|a| a["executors"].as_array().is_some_and(|e| !e.is_empty()));
+        (!held).then_some(())
+    })
+    .await;
+}

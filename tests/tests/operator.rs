@@ -423,6 +423,18 @@ async fn operator_metrics_and_state_hold_the_cluster() {
         "/ redirects to the UI"
     );
     assert_eq!(cluster.http_get(1, "/no/such/page").await.map(|r| r.0), Some(404));
+    // Mesos' /version (clients parse `version`) and /master/redirect (307 to the leader).
+    let (code, body) = cluster.http_get(1, "/version").await.expect("/version");
+    assert_eq!(code, 200);
+    let version: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let v = version["version"].as_str().unwrap_or_default();
+    assert!(
+        !v.is_empty()
+            && v.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())),
+        "{body}"
+    );
+    assert_eq!(cluster.http_get(1, "/master/redirect").await.map(|r| r.0), Some(307));
     let posted = corral_tests::http_request(cluster.address(1), "POST", "/health", b"").await;
     assert_eq!(posted.map(|r| r.0), Some(405));
 }

@@ -146,6 +146,14 @@ impl Agents for AgentsService {
                 for k in kill {
                     soft.send_agent(&agent_id, v1::master_message::Message::KillTask(k));
                 }
+                // Executors of frameworks torn down while the agent was away: shut down now
+                // (the ShutdownFramework sent at the teardown did not reach it).
+                for f in orphaned_executors(&state.app, &agent_id) {
+                    soft.send_agent(
+                        &agent_id,
+                        v1::master_message::Message::ShutdownFramework(v1::ShutdownFramework { framework_id: f }),
+                    );
+                }
                 let inventory = inventory.len();
                 if known {
                     // After a failover every agent of the cluster comes back within a second
@@ -574,6 +582,25 @@ async fn finish_statuses(leader: &Leader, agent_id: &str, statuses: Vec<v1::Task
     }
 }
 
+/// The frameworks with executors on `agent_id` that are torn down (or forgotten).
+fn orphaned_executors(state: &ClusterState, agent_id: &str) -> std::collections::BTreeSet<String> {
+    let Some(agent) = state.agents.get(agent_id) else {
+        return Default::default();
+    };
+    agent
+        .executors
+        .keys()
+        .map(|(f, _)| f)
+        .filter(|f| {
+            state
+                .frameworks
+                .get(*f)
+                .is_none_or(|r| r.state == crate::state::FrameworkState::TornDown)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Send committed updates to their frameworks, as they stand in the replicated state.
 fn forward_statuses(shared: &Shared, soft: &mut Soft, statuses: &[v1::TaskStatus]) {
     let state = shared.state.read();
@@ -627,6 +654,66 @@ mod tests {
             state: v1::TaskState::TaskRunning as i32,
             exit_code: None,
         }
+    }
+
+    #[test]
+    fn executors_of_torn_down_frameworks_are_found_for_a_returning_agent() {
+        let mut s = ClusterState::default();
+        apply(
+            &mut s,
+            v1::command::Kind::RegisterAgent(v1::RegisterAgent {
+                agent_id: "a1".into(),
+                info: Some(v1::AgentInfo {
+                    hostname: "a1".into(),
+                    resources: cpus(4.0),
+                    capabilities: vec![crate::state::CAPABILITY_EXECUTORS.into()],
+                    ..Default::default()
+                }),
+            }),
+        );
+        for f in ["f1", "f2"] {
+            apply(
+                &mut s,
+                v1::command::Kind::RegisterFramework(v1::RegisterFramework {
+                    framework_id: f.into(),
+                    info: Some(v1::FrameworkInfo {
+                        name: f.into(),
+                        ..Default::default()
+                    }),
+                }),
+            );
+            apply(
+                &mut s,
+                v1::command::Kind::LaunchTasks(v1::LaunchTasks {
+                    framework_id: f.into(),
+                    agent_id: "a1".into(),
+                    tasks: vec![v1::TaskInfo {
+                        task_id: "t".into(),
+                        agent_id: "a1".into(),
+                        resources: cpus(0.5),
+                        executor: Some(v1::ExecutorInfo {
+                            executor_id: "e".into(),
+                            command: Some(v1::CommandInfo {
+                                argv: vec!["./executor".into()],
+                                ..Default::default()
+                            }),
+                            resources: cpus(0.1),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                }),
+            );
+        }
+        assert!(orphaned_executors(&s, "a1").is_empty());
+        apply(
+            &mut s,
+            v1::command::Kind::TeardownFramework(v1::TeardownFramework {
+                framework_id: "f2".into(),
+            }),
+        );
+        assert_eq!(orphaned_executors(&s, "a1"), ["f2".to_string()].into());
+        assert!(orphaned_executors(&s, "nobody").is_empty());
     }
 
     #[test]

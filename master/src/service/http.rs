@@ -37,6 +37,8 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/redirect", get(redirect))
+        .route("/master/redirect", get(redirect))
+        .route("/version", get(version))
         .merge(guarded)
         .with_state(shared)
 }
@@ -94,7 +96,7 @@ pub(crate) async fn fallback(request: axum::extract::Request) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!(
-            "{} is not served here: /ui/, /health, /metrics, /state, /events, /redirect (and the gRPC API)\n",
+            "{} is not served here: /ui/, /health, /metrics, /state, /events, /redirect, /master/redirect, /version (and the gRPC API)\n",
             corral_proto::quote(request.uri().path())
         ),
     )
@@ -625,6 +627,21 @@ pub(crate) async fn events(State(shared): State<Shared>) -> Response {
 }
 
 /// 307 to the leader's base URL, or 503 while there is none.
+/// The Mesos version whose HTTP APIs Corral serves: what Mesos clients read from
+/// `/version` (digits and dots; they compare it to the versions they support).
+pub const MESOS_API_VERSION: &str = "1.11.0";
+
+/// `GET /version`, in Mesos' shape, with Corral's own version beside it.
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({
+        "version": MESOS_API_VERSION,
+        "corral_version": env!("CARGO_PKG_VERSION"),
+        "build_user": "corral",
+        "git_sha": "",
+        "git_tag": "",
+    }))
+}
+
 async fn redirect(State(shared): State<Shared>) -> Response {
     match shared.leader() {
         Some((_, addr)) => (

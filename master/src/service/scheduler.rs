@@ -450,16 +450,8 @@ impl Scheduler for SchedulerService {
             executor_id: req.executor_id,
             data: req.data,
         };
-        let agent_id = req.agent_id;
-        let sent = on_soft(&self.shared, &leader, move |_, soft| {
-            soft.send_agent(&agent_id, v1::master_message::Message::FrameworkMessage(message))
-        })
-        .await?;
-        if !sent {
-            return Err(Status::unavailable(
-                "agent_id: the agent is not attached to the leader now; try again",
-            ));
-        }
+        let message = v1::master_message::Message::FrameworkMessage(message);
+        send_to_agent(&self.shared, &leader, req.agent_id, message).await?;
         Ok(Response::new(v1::MessageResponse {}))
     }
 
@@ -471,16 +463,8 @@ impl Scheduler for SchedulerService {
             framework_id,
             executor_id: req.executor_id,
         };
-        let agent_id = req.agent_id;
-        let sent = on_soft(&self.shared, &leader, move |_, soft| {
-            soft.send_agent(&agent_id, v1::master_message::Message::ShutdownExecutor(shutdown))
-        })
-        .await?;
-        if !sent {
-            return Err(Status::unavailable(
-                "agent_id: the agent is not attached to the leader now; try again",
-            ));
-        }
+        let message = v1::master_message::Message::ShutdownExecutor(shutdown);
+        send_to_agent(&self.shared, &leader, req.agent_id, message).await?;
         Ok(Response::new(v1::ShutdownResponse {}))
     }
 
@@ -604,6 +588,22 @@ impl SchedulerService {
         }
         Ok(())
     }
+}
+
+/// Send `message` on agent `agent_id`'s stream; UNAVAILABLE if it is not attached now.
+async fn send_to_agent(
+    shared: &Shared,
+    leader: &Leader,
+    agent_id: String,
+    message: v1::master_message::Message,
+) -> Result<(), Status> {
+    let sent = on_soft(shared, leader, move |_, soft| soft.send_agent(&agent_id, message)).await?;
+    if !sent {
+        return Err(Status::unavailable(
+            "agent_id: the agent is not attached to the leader now; try again",
+        ));
+    }
+    Ok(())
 }
 
 /// What the executors a launch would start hold: those its tasks name that do not run on

@@ -1,6 +1,7 @@
-//! Apache Mesos' v1 wire protocol, the part Corral serves: the messages (`mesos.v1`, and
-//! `mesos.v1.executor` for the Executor HTTP API), their JSON form as Mesos writes it, and
-//! RecordIO, the framing of Mesos' event streams.
+//! Apache Mesos' v1 wire protocol, the part Corral serves: the messages (`mesos.v1`, with
+//! `mesos.v1.executor` for the Executor HTTP API and `mesos.v1.scheduler` for the Scheduler
+//! HTTP API), their JSON form as Mesos writes it, and RecordIO, the framing of Mesos' event
+//! streams.
 //!
 //! The definitions are Corral's own (`proto/mesos/v1/*.proto`) with the protocol's names and
 //! numbers, so Mesos clients (pymesos, mesos-go, the Java and C++ drivers) interoperate.
@@ -18,6 +19,12 @@ pub mod v1 {
     pub mod executor {
         #![allow(clippy::all, missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/mesos.v1.executor.rs"));
+    }
+
+    /// The generated `mesos.v1.scheduler` messages (the Scheduler HTTP API).
+    pub mod scheduler {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.scheduler.rs"));
     }
 }
 
@@ -221,6 +228,46 @@ mod tests {
         assert_eq!(
             json::encode("mesos.v1.DurationInfo", &d).unwrap(),
             br#"{"nanoseconds":5000000000}"#
+        );
+    }
+
+    #[test]
+    fn a_pymesos_subscribe_and_accept_decode() {
+        use super::v1::scheduler as sched;
+        // As pymesos's MesosSchedulerDriver writes them.
+        let subscribe = br#"{"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "u", "name": "py",
+            "hostname": "h", "failover_timeout": 100.0, "capabilities": [{"type": "MULTI_ROLE"}], "roles": ["*"]}}}"#;
+        let c: sched::Call = json::decode("mesos.v1.scheduler.Call", subscribe).unwrap();
+        assert_eq!(c.r#type, Some(sched::call::Type::Subscribe as i32));
+        let info = c.subscribe.unwrap().framework_info;
+        assert_eq!(
+            (info.user.as_str(), info.name.as_str(), info.failover_timeout),
+            ("u", "py", Some(100.0))
+        );
+        let accept = br#"{"type": "ACCEPT", "framework_id": {"value": "f"}, "accept": {"offer_ids": [{"value": "o1"}],
+            "operations": [{"type": "LAUNCH", "launch": {"task_infos": [{"name": "t", "task_id": {"value": "t1"},
+            "agent_id": {"value": "a1"}, "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+            "command": {"value": "echo hi"}}]}}], "filters": {"refuse_seconds": 5.0}}}"#;
+        let c: sched::Call = json::decode("mesos.v1.scheduler.Call", accept).unwrap();
+        let a = c.accept.unwrap();
+        let task = &a.operations[0].launch.as_ref().unwrap().task_infos[0];
+        assert_eq!(task.task_id.value, "t1");
+        assert_eq!(task.command.as_ref().unwrap().value.as_deref(), Some("echo hi"));
+        assert_eq!(a.filters.unwrap().refuse_seconds, Some(5.0));
+        // An event as a Mesos master writes it.
+        let ev = sched::Event {
+            r#type: Some(sched::event::Type::Subscribed as i32),
+            subscribed: Some(sched::event::Subscribed {
+                framework_id: v1::FrameworkId { value: "f".into() },
+                heartbeat_interval_seconds: Some(15.0),
+                master_info: None,
+            }),
+            ..Default::default()
+        };
+        let text = String::from_utf8(json::encode("mesos.v1.scheduler.Event", &ev).unwrap()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":"f"},"heartbeat_interval_seconds":15.0}}"#
         );
     }
 
