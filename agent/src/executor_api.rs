@@ -89,7 +89,8 @@ fn accepted(headers: &HeaderMap, request: Media) -> Result<Media, Box<Response>>
     Err(Box::new(refuse(
         StatusCode::NOT_ACCEPTABLE,
         format!(
-            "Accept: {accept:?} names neither {} nor {}",
+            "Accept: {} names neither {} nor {}",
+            corral_proto::quote(accept),
             media::JSON,
             media::PROTOBUF
         ),
@@ -108,7 +109,8 @@ pub async fn handle(State(tasks): State<Tasks>, headers: HeaderMap, body: Bytes)
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "Content-Type: {content_type:?} is neither {} nor {}",
+                "Content-Type: {} is neither {} nor {}",
+                corral_proto::quote(content_type),
                 media::JSON,
                 media::PROTOBUF
             ),

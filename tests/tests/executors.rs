@@ -388,6 +388,20 @@ async fn bad_executor_calls_get_a_4xx_naming_the_problem_and_the_agent_keeps_ser
             415,
             "Content-Type",
         ),
+        (
+            "a SUBSCRIBE with too many unacknowledged updates",
+            pb,
+            {
+                let mut c = call(&fid, "sleeper", me::call::Type::Subscribe);
+                c.subscribe = Some(me::call::Subscribe {
+                    unacknowledged_tasks: Vec::new(),
+                    unacknowledged_updates: vec![update("t1").update.unwrap(); 1025],
+                });
+                c.encode_to_vec()
+            },
+            400,
+            "subscribe.unacknowledged_updates: 1025 entries, at most 1024",
+        ),
         ("a 10 MiB body", json, vec![b' '; 10 << 20], 413, "length limit"),
     ];
     for (what, content_type, body, status, needle) in cases {

@@ -41,6 +41,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 const EVENT_QUEUE: usize = 1024;
 /// Largest message between a framework and an executor.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Most unacknowledged updates a SUBSCRIBE may carry (each is checkpointed, an fsync).
+pub const MAX_SUBSCRIBE_UPDATES: usize = 1024;
+/// Most unacknowledged tasks a SUBSCRIBE may carry.
+pub const MAX_SUBSCRIBE_TASKS: usize = 4096;
 
 /// Where executors reach the agent and what SUBSCRIBED says of it.
 #[derive(Debug, Clone, Default)]
@@ -517,6 +521,24 @@ impl Tasks {
     /// first, then what the executor is owed: ACKNOWLEDGED for its updates already
     /// committed, LAUNCH for the tasks it does not have, KILL for kills asked for.
     pub fn subscribe(&self, key: &Key, subscribe: me::call::Subscribe) -> Result<Subscription, CallError> {
+        for (field, n, max) in [
+            (
+                "unacknowledged_updates",
+                subscribe.unacknowledged_updates.len(),
+                MAX_SUBSCRIBE_UPDATES,
+            ),
+            (
+                "unacknowledged_tasks",
+                subscribe.unacknowledged_tasks.len(),
+                MAX_SUBSCRIBE_TASKS,
+            ),
+        ] {
+            if n > max {
+                return Err(CallError::Invalid(format!(
+                    "subscribe.{field}: {n} entries, at most {max}"
+                )));
+            }
+        }
         // Its unacknowledged updates first, as UPDATE calls would have been.
         let mut acks = Vec::new();
         for (i, u) in subscribe.unacknowledged_updates.iter().enumerate() {
