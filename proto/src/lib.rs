@@ -46,6 +46,18 @@ pub const LEADER_METADATA_KEY: &str = "corral-leader";
 /// single request can claim on a master or an agent.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The sandbox of a task on its agent, relative to the agent's work dir (the path its
+/// `/files` endpoints take): `frameworks/<fid>/tasks/<tid>` for a command task, or
+/// `frameworks/<fid>/executors/<eid>` (empty `executor_id`: a command task) for a task its
+/// framework's executor runs, whose output is the executor's.
+pub fn sandbox_dir(framework_id: &str, task_id: &str, executor_id: &str) -> String {
+    if executor_id.is_empty() {
+        format!("frameworks/{framework_id}/tasks/{task_id}")
+    } else {
+        format!("frameworks/{framework_id}/executors/{executor_id}")
+    }
+}
+
 /// Longest prefix of a client's value quoted back in an error message or a log line.
 pub const QUOTE_CHARS: usize = 32;
 

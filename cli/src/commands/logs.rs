@@ -45,14 +45,8 @@ pub async fn run(masters: &Masters, deadline: Duration, opts: LogsOpts) -> Resul
     let agent = agent_address(masters, deadline, &task.agent_id).await?;
     let stream = if opts.stderr { Stream::Stderr } else { Stream::Stdout };
     // What was asked for goes to stdout, whichever stream it was.
-    let mut output = Output::new(
-        agent,
-        &task.framework_id,
-        &task.task_id,
-        stream,
-        Stream::Stdout,
-        deadline,
-    );
+    let sandbox = corral_proto::sandbox_dir(&task.framework_id, &task.task_id, &task.executor_id);
+    let mut output = Output::new(agent, &sandbox, stream, Stream::Stdout, deadline);
     if let Some(n) = opts.tail {
         output.offset = output.tail_start(n).await?;
     }
@@ -142,23 +136,16 @@ pub struct Output {
 }
 
 impl Output {
-    /// Output `stream` of task `task_id` of `framework_id`, on the agent at `agent`, to be
-    /// printed to `to`.
-    pub fn new(
-        agent: String,
-        framework_id: &str,
-        task_id: &str,
-        stream: Stream,
-        to: Stream,
-        deadline: Duration,
-    ) -> Output {
+    /// Output `stream` of the task whose sandbox is `sandbox` (see
+    /// [`corral_proto::sandbox_dir`]), on the agent at `agent`, to be printed to `to`.
+    pub fn new(agent: String, sandbox: &str, stream: Stream, to: Stream, deadline: Duration) -> Output {
         let file = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
         };
         Output {
             agent,
-            path: format!("frameworks/{framework_id}/tasks/{task_id}/{file}"),
+            path: format!("{sandbox}/{file}"),
             to,
             deadline,
             offset: 0,

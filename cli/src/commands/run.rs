@@ -229,16 +229,11 @@ async fn open_output(masters: &Masters, deadline: Duration, running: &Running) -
         return Ok(None);
     };
     let agent = agent_address(masters, deadline, &agent_id).await?;
+    // `corral run` launches command tasks.
+    let sandbox = corral_proto::sandbox_dir(&framework_id, &task_id, "");
     Ok(Some([
-        Output::new(
-            agent.clone(),
-            &framework_id,
-            &task_id,
-            Stream::Stdout,
-            Stream::Stdout,
-            deadline,
-        ),
-        Output::new(agent, &framework_id, &task_id, Stream::Stderr, Stream::Stderr, deadline),
+        Output::new(agent.clone(), &sandbox, Stream::Stdout, Stream::Stdout, deadline),
+        Output::new(agent, &sandbox, Stream::Stderr, Stream::Stderr, deadline),
     ]))
 }
 

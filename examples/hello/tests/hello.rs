@@ -61,4 +61,13 @@ async fn hello_runs_against_a_real_cluster() {
         text.contains("message from the scheduler: Hello from the scheduler"),
         "the scheduler's message did not reach the executor: {text:?}"
     );
+    // And as an operator reads it: `corral logs` finds the task's output in its executor's
+    // sandbox, through the masters and the agent's /files.
+    let logs = cluster.cli(&["logs", "hello-1", "--framework", &framework_id]);
+    let shown = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.status.success() && shown.contains("Hello, Corral!"),
+        "corral logs hello-1: {shown}{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
 }

@@ -502,6 +502,12 @@ impl Operator for OperatorService {
                     state: t.status.state,
                     resources: resources_to_wire(&t.resources),
                     exit_code: t.status.exit_code,
+                    // Decoded for the page's tasks only (the iterator is lazy).
+                    executor_id: t
+                        .task_info()
+                        .and_then(|i| i.executor)
+                        .map(|e| e.executor_id)
+                        .unwrap_or_default(),
                 };
                 (format!("{f}/{id}"), summary)
             });

@@ -385,7 +385,7 @@ async fn output(
             ))
         }
     };
-    let agent = {
+    let (agent, sandbox) = {
         let state = shared.state.read();
         let Some(task) = state.app.tasks.get(&(q.framework_id.clone(), q.task_id.clone())) else {
             return (
@@ -397,8 +397,11 @@ async fn output(
             )
                 .into_response();
         };
+        // A task its framework's executor runs writes to the executor's sandbox.
+        let executor = task.task_info().and_then(|i| i.executor).map(|e| e.executor_id);
+        let sandbox = corral_proto::sandbox_dir(&q.framework_id, &q.task_id, executor.as_deref().unwrap_or(""));
         match state.app.agents.get(&task.agent_id) {
-            Some(a) => corral_proto::http::reachable(&a.address, &a.hostname),
+            Some(a) => (corral_proto::http::reachable(&a.address, &a.hostname), sandbox),
             None => {
                 return (
                     StatusCode::NOT_FOUND,
@@ -408,7 +411,7 @@ async fn output(
             }
         }
     };
-    let path = format!("frameworks/{}/tasks/{}/{file}", q.framework_id, q.task_id);
+    let path = format!("{sandbox}/{file}");
     let path = corral_proto::http::query_value(&path);
     // Where to start: from `offset`, or the last MAX_OUTPUT_BYTES (the file's size first).
     let start = match q.offset {
