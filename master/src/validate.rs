@@ -43,8 +43,7 @@ pub const MAX_RECONCILE_TASKS: usize = 1024;
 pub const MAX_ARGV: usize = 1024;
 /// Longest total of a command's argv and environment, in bytes.
 pub const MAX_ARGV_ENV_BYTES: usize = 64 * 1024;
-/// Largest message between a framework and one of its executors.
-pub const MAX_FRAMEWORK_MESSAGE_BYTES: usize = 256 * 1024;
+pub use corral_proto::MAX_FRAMEWORK_MESSAGE_BYTES;
 /// Most capabilities an agent may advertise.
 pub const MAX_CAPABILITIES: usize = 32;
 /// Longest capability name.

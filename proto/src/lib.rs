@@ -58,6 +58,10 @@ pub fn sandbox_dir(framework_id: &str, task_id: &str, executor_id: &str) -> Stri
     }
 }
 
+/// Largest message between a framework and one of its executors, either way (the master
+/// and the agent both check it).
+pub const MAX_FRAMEWORK_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Longest prefix of a client's value quoted back in an error message or a log line.
 pub const QUOTE_CHARS: usize = 32;
 

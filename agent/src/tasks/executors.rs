@@ -39,8 +39,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// Events queued for an executor that does not read them; past this its subscription is
 /// closed (it re-subscribes, and what it missed is sent again then).
 const EVENT_QUEUE: usize = 1024;
-/// Largest message between a framework and an executor.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+use corral_proto::MAX_FRAMEWORK_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
+/// Longest uuid of an executor's status update.
+pub const MAX_UUID_BYTES: usize = 64;
+/// Longest message of an executor's status update kept (longer ones are cut), in
+/// characters: the master's limit for free text.
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 1024;
 /// Most unacknowledged updates a SUBSCRIBE may carry (each is checkpointed, an fsync).
 pub const MAX_SUBSCRIBE_UPDATES: usize = 1024;
 /// Most unacknowledged tasks a SUBSCRIBE may carry.
@@ -698,9 +702,9 @@ impl Tasks {
             return Err(CallError::Invalid(format!("{field}.task_id: missing")));
         }
         let uuid = status.uuid.clone().unwrap_or_default();
-        if uuid.is_empty() || uuid.len() > 64 {
+        if uuid.is_empty() || uuid.len() > MAX_UUID_BYTES {
             return Err(CallError::Invalid(format!(
-                "{field}.uuid: an executor's update needs a uuid (1 to 64 bytes)"
+                "{field}.uuid: an executor's update needs a uuid (1 to {MAX_UUID_BYTES} bytes)"
             )));
         }
         let state = convert::task_state_from_mesos(status.state);
@@ -744,7 +748,13 @@ impl Tasks {
                 Some(_) => {}
             }
         }
-        let message: String = status.message.clone().unwrap_or_default().chars().take(1024).collect();
+        let message: String = status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_STATUS_MESSAGE_CHARS)
+            .collect();
         let reason = status
             .reason
             .map_or(v1::Reason::Unspecified, convert::reason_from_mesos);

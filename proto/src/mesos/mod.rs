@@ -70,6 +70,17 @@ pub mod json {
             .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))
     }
 
+    /// Longest error text kept: serde's messages quote the offending value, which a client
+    /// may make megabytes long.
+    pub const MAX_ERROR_CHARS: usize = 256;
+
+    fn bounded(text: String) -> String {
+        match text.char_indices().nth(MAX_ERROR_CHARS) {
+            None => text,
+            Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        }
+    }
+
     /// Decode message `T` (named `full_name`, e.g. `mesos.v1.executor.Call`) from JSON.
     pub fn decode<T: prost::Message + Default>(full_name: &str, body: &[u8]) -> Result<T, JsonError> {
         let desc = descriptor(full_name)?;
@@ -83,16 +94,16 @@ pub mod json {
         )
         .map_err(|e| {
             let path = track.path().to_string();
-            JsonError::Invalid(if path == "." || path.is_empty() {
+            JsonError::Invalid(bounded(if path == "." || path.is_empty() {
                 e.to_string()
             } else {
                 format!("{path}: {e}")
-            })
+            }))
         })?;
-        de.end().map_err(|e| JsonError::Invalid(e.to_string()))?;
+        de.end().map_err(|e| JsonError::Invalid(bounded(e.to_string())))?;
         dynamic
             .transcode_to::<T>()
-            .map_err(|e| JsonError::Invalid(e.to_string()))
+            .map_err(|e| JsonError::Invalid(bounded(e.to_string())))
     }
 
     /// Encode message `T` (named `full_name`) as Mesos' JSON.
@@ -281,6 +292,15 @@ mod tests {
             let e = json::decode::<v1::executor::Call>("mesos.v1.executor.Call", body).unwrap_err();
             assert!(e.to_string().contains(needle), "{e} does not name {needle}");
         }
+        // A wrong value is not echoed whole.
+        let long = format!(r#"{{"executor_id": "{}"}}"#, "x".repeat(100_000));
+        let e = json::decode::<v1::executor::Call>("mesos.v1.executor.Call", long.as_bytes()).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("executor_id") && text.len() < 1024,
+            "{} bytes",
+            text.len()
+        );
         // An enum name this definition does not know is skipped like an unknown field (the
         // server then finds the call type missing).
         let c: exec::Call = json::decode("mesos.v1.executor.Call", br#"{"type": "NOPE"}"#).unwrap();
