@@ -15,44 +15,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use corral_proto::mesos::media::{self, Media};
 use corral_proto::mesos::v1::executor as me;
-use corral_proto::mesos::{json, media, recordio};
+use corral_proto::mesos::{json, recordio};
 use prost::Message;
 
 use crate::tasks::{CallError, Subscription, Tasks, HEARTBEAT_INTERVAL};
 
 /// Largest call body accepted.
-pub const MAX_CALL_BYTES: usize = 4 << 20;
+pub const MAX_CALL_BYTES: usize = media::MAX_CALL_BYTES;
 
 /// The route's path.
 pub const PATH: &str = "/api/v1/executor";
 
 const CALL: &str = "mesos.v1.executor.Call";
 const EVENT: &str = "mesos.v1.executor.Event";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Media {
-    Json,
-    Protobuf,
-}
-
-impl Media {
-    fn name(self) -> &'static str {
-        match self {
-            Media::Json => media::JSON,
-            Media::Protobuf => media::PROTOBUF,
-        }
-    }
-
-    fn parse(value: &str) -> Option<Media> {
-        let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        match essence.as_str() {
-            media::JSON => Some(Media::Json),
-            media::PROTOBUF => Some(Media::Protobuf),
-            _ => None,
-        }
-    }
-}
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
@@ -69,52 +46,12 @@ fn call_error(e: CallError) -> Response {
     refuse(status, e.to_string())
 }
 
-/// The media type of the answer: what `Accept` asks for, else the request's own.
-fn accepted(headers: &HeaderMap, request: Media) -> Result<Media, Box<Response>> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Ok(request);
-    };
-    let mut any = false;
-    for part in accept.split(',') {
-        let essence = part.split(';').next().unwrap_or("").trim();
-        if essence == "*/*" || essence == "application/*" {
-            any = true;
-        } else if let Some(m) = Media::parse(essence) {
-            return Ok(m);
-        }
-    }
-    if any {
-        return Ok(request);
-    }
-    Err(Box::new(refuse(
-        StatusCode::NOT_ACCEPTABLE,
-        format!(
-            "Accept: {} names neither {} nor {}",
-            corral_proto::quote(accept),
-            media::JSON,
-            media::PROTOBUF
-        ),
-    )))
-}
-
 /// `POST /api/v1/executor`.
 pub async fn handle(State(tasks): State<Tasks>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type: missing; expected {} or {}", media::JSON, media::PROTOBUF),
-        );
-    };
-    let Some(request) = Media::parse(content_type) else {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "Content-Type: {} is neither {} nor {}",
-                corral_proto::quote(content_type),
-                media::JSON,
-                media::PROTOBUF
-            ),
-        );
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let request = match Media::of_request(content_type) {
+        Ok(m) => m,
+        Err(why) => return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, why),
     };
     let call: me::Call = match request {
         Media::Json => match json::decode(CALL, &body) {
@@ -136,9 +73,10 @@ pub async fn handle(State(tasks): State<Tasks>, headers: HeaderMap, body: Bytes)
     let kind = call.r#type.and_then(|t| me::call::Type::try_from(t).ok());
     match kind {
         Some(me::call::Type::Subscribe) => {
-            let answer = match accepted(&headers, request) {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let answer = match Media::answer(accept, request) {
                 Ok(m) => m,
-                Err(r) => return *r,
+                Err(why) => return refuse(StatusCode::NOT_ACCEPTABLE, why),
             };
             let Some(subscribe) = call.subscribe else {
                 return refuse(StatusCode::BAD_REQUEST, "subscribe: missing for a SUBSCRIBE call");

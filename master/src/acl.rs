@@ -331,6 +331,10 @@ impl Principal {
     }
 }
 
+/// The header in which a master relaying a client's HTTP request to the leader names the
+/// client's principal (see [`Access::identify_http`]).
+pub const ON_BEHALF_OF: &str = "x-corral-on-behalf-of";
+
 /// The master's access control: the ACL in force (replaced on SIGHUP) and whether TLS is on.
 #[derive(Debug)]
 pub struct Access {
@@ -415,6 +419,41 @@ impl Access {
                 Some(_) => May::Nothing("the ACL file grants nothing to anonymous callers; send a bearer token"),
             },
         })
+    }
+
+    /// [`Access::identify`] for an HTTP request: its `Authorization` header and the
+    /// certificates of its connection. A request a master relays from a client
+    /// (`x-corral-on-behalf-of`, [`ON_BEHALF_OF`]) is identified as that client: the
+    /// header names the principal of the client's certificate, and is believed only from a
+    /// master certificate (a master may do everything anyway), never from a client. A
+    /// client's bearer token is relayed as it came, and identifies it as usual.
+    pub fn identify_http(
+        &self,
+        headers: &http::HeaderMap,
+        certs: Option<&[CertificateDer<'_>]>,
+    ) -> Result<Principal, Status> {
+        let authorization = headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let caller = self.identify(authorization, certs)?;
+        let relayed_for = headers.get(ON_BEHALF_OF).and_then(|v| v.to_str().ok());
+        let from_master = self.tls && has_role(certs.unwrap_or_default(), Role::Master, &self.cluster);
+        match relayed_for {
+            Some(name) if from_master && authorization.is_none() => {
+                let may = self.current().map_or(May::All, |acl| acl.may(name));
+                Ok(Principal {
+                    name: name.to_string(),
+                    may,
+                })
+            }
+            _ => Ok(caller),
+        }
+    }
+
+    /// What a master relaying `caller`'s request to the leader sends in
+    /// [`ON_BEHALF_OF`]: the principal of its client certificate, when that (not a token,
+    /// which is relayed itself) identified it.
+    pub fn relayed_name(&self, headers: &http::HeaderMap, caller: &Principal) -> Option<String> {
+        (self.tls && headers.get(http::header::AUTHORIZATION).is_none() && !caller.name.is_empty())
+            .then(|| caller.name.clone())
     }
 
     /// [`Access::identify`] for a gRPC request.

@@ -1,7 +1,7 @@
 //! The little HTTP Corral's programs speak to each other's plain HTTP endpoints (the CLI to
-//! masters and agents, a master to an agent's sandbox and to the leader's web UI API): one
-//! GET over HTTP/1.0, so the connection closes after the answer and its body needs no
-//! framing. Bounded in time (the head) and size (the head, and a body read whole).
+//! masters and agents, a master to an agent's sandbox and to the leader's web UI and Mesos
+//! APIs): one request (a GET, or a POST with a body) over HTTP/1.0, so the connection
+//! closes after the answer and its body needs no framing. Bounded in time (the head) and size (the head, and a body read whole).
 //!
 //! When this process has client TLS ([`crate::tls::set_client`]), every request goes over
 //! TLS with its certificate, and the server must hold a certificate of the role asked for.
@@ -96,6 +96,20 @@ pub async fn open(
     headers: &[(&str, &str)],
     deadline: Duration,
 ) -> Result<Opened, String> {
+    request(address, peer, "GET", target, headers, &[], deadline).await
+}
+
+/// Send `method target` with `headers` and `body` (its length in `Content-Length` when it
+/// is not empty), as [`open`] does for a GET.
+pub async fn request(
+    address: &str,
+    peer: Role,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    deadline: Duration,
+) -> Result<Opened, String> {
     let exchange = async {
         let tcp = TcpStream::connect(address)
             .await
@@ -113,13 +127,18 @@ pub async fn open(
             None => Box::new(tcp),
         };
         let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-        let mut request = format!("GET {target} HTTP/1.0\r\nHost: {host}\r\n");
+        let mut request = format!("{method} {target} HTTP/1.0\r\nHost: {host}\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(body);
         stream
-            .write_all(request.as_bytes())
+            .write_all(&request)
             .await
             .map_err(|e| format!("{address}: {e}"))?;
         let mut head = Vec::new();

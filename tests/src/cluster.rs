@@ -146,6 +146,8 @@ pub struct MasterProc {
     stopped: bool,
     /// Passed again on restart; None for masters added with `members add`.
     peers: Option<String>,
+    /// Flags of this master alone (after the cluster's), kept for restarts.
+    own_args: Vec<String>,
 }
 
 impl MasterProc {
@@ -223,6 +225,21 @@ impl Cluster {
     /// Start `n` masters with extra flags, after `prepare(id, data_dir, address)` has had
     /// the chance to fill each master's data dir (a test's seeded state).
     pub fn start_prepared(n: u64, extra_args: &[&str], prepare: impl Fn(u64, &Path, &str)) -> Cluster {
+        Self::start_shaped(n, extra_args, prepare, |_| Vec::new())
+    }
+
+    /// Start `n` masters with extra flags for every one, and `own(id)`'s flags for each
+    /// (a master that should rarely win an election gets a longer election timeout, say).
+    pub fn start_with_own(n: u64, extra_args: &[&str], own: impl Fn(u64) -> Vec<String>) -> Cluster {
+        Self::start_shaped(n, extra_args, |_, _, _| {}, own)
+    }
+
+    fn start_shaped(
+        n: u64,
+        extra_args: &[&str],
+        prepare: impl Fn(u64, &Path, &str),
+        own: impl Fn(u64) -> Vec<String>,
+    ) -> Cluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
         let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
@@ -254,13 +271,13 @@ impl Cluster {
         };
         for (id, address) in addresses {
             prepare(id, &cluster.dir.path().join(format!("master-{id}")), &address);
-            cluster.add_process(id, address, Some(peers.clone()));
+            cluster.add_process(id, address, Some(peers.clone()), own(id));
         }
         eprintln!("cluster: started {n} masters: {}", cluster.masters_arg());
         cluster
     }
 
-    fn add_process(&mut self, id: u64, address: String, peers: Option<String>) {
+    fn add_process(&mut self, id: u64, address: String, peers: Option<String>, own_args: Vec<String>) {
         let data_dir = self.dir.path().join(format!("master-{id}"));
         let log = self.dir.path().join(format!("master-{id}.log"));
         let mut m = MasterProc {
@@ -271,6 +288,7 @@ impl Cluster {
             child: None,
             stopped: false,
             peers,
+            own_args,
         };
         spawn(&mut m, &self.extra_args);
         self.masters.insert(id, m);
@@ -280,7 +298,7 @@ impl Cluster {
     /// `corral members add`.
     pub fn start_standalone(&mut self, id: u64) -> String {
         let address = format!("127.0.0.1:{}", free_port());
-        self.add_process(id, address.clone(), None);
+        self.add_process(id, address.clone(), None, Vec::new());
         address
     }
 
@@ -738,6 +756,7 @@ fn spawn(m: &mut MasterProc, extra: &[String]) {
         .arg(&m.data_dir)
         // `{id}` in a flag becomes the master's id (its own certificate, say).
         .args(extra.iter().map(|a| a.replace("{id}", &m.id.to_string())))
+        .args(&m.own_args)
         .env(
             "RUST_LOG",
             std::env::var("CORRAL_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -805,17 +824,34 @@ impl Drop for Cluster {
 /// One HTTP/1.1 request to `address` with `body`; the status code and body of the answer,
 /// or None if the connection failed or no answer came within 5 s.
 pub async fn http_request(address: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    http_request_with(address, method, path, &[], body).await
+}
+
+/// [`http_request`] with extra `headers`. A body the server refuses before it has all been
+/// sent (over a size limit) still gets the server's answer.
+pub async fn http_request_with(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
         );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await.ok()?;
-        stream.write_all(body).await.ok()?;
+        let _ = stream.write_all(body).await;
         let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
+        // A reset after the answer (the server closed with the body unread) keeps what came.
+        let _ = stream.read_to_end(&mut answer).await;
         let text = String::from_utf8_lossy(&answer).to_string();
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
         let body = text
@@ -828,6 +864,27 @@ pub async fn http_request(address: &str, method: &str, path: &str, body: &[u8]) 
         .await
         .ok()
         .flatten()
+}
+
+/// The virtualenv with pymesos (made by `tests/python/setup-pymesos.sh`, which `.ci/run`
+/// runs first; made here if missing).
+pub fn pymesos_python() -> PathBuf {
+    let venv = std::env::var_os("CORRAL_PYMESOS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("pymesos-venv"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/setup-pymesos.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&venv)
+        .output()
+        .expect("run setup-pymesos.sh");
+    assert!(
+        out.status.success(),
+        "could not make the pymesos virtualenv at {}: {}",
+        venv.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    venv.join("bin/python")
 }
 
 /// A temp dir path helper for tests that run a binary by hand.

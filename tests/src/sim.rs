@@ -25,7 +25,7 @@ const AGENTS_PER_CONNECTION: usize = 100;
 /// A leader silent this long is gone (as for real agents).
 const LEADER_SILENCE: Duration = Duration::from_secs(12);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -296,22 +296,35 @@ pub const TASK_CPUS: f64 = 0.01;
 pub const TASK_MEM: f64 = 1.0;
 
 #[derive(Default)]
-struct FrameworkState {
+pub(crate) struct FrameworkState {
     /// The first time an offer of each leader term arrived.
-    first_offer: Mutex<HashMap<u64, Instant>>,
+    pub(crate) first_offer: Mutex<HashMap<u64, Instant>>,
     /// When each task's launch was accepted (for accept-to-RUNNING latency).
-    accepted_at: Mutex<HashMap<String, Instant>>,
+    pub(crate) accepted_at: Mutex<HashMap<String, Instant>>,
     /// Accept-to-RUNNING latencies, in microseconds.
-    latencies: Mutex<Vec<u64>>,
+    pub(crate) latencies: Mutex<Vec<u64>>,
     /// Accept call latencies (until the launch is committed), in microseconds.
-    accept_latencies: Mutex<Vec<u64>>,
-    launched: AtomicU64,
-    running: AtomicU64,
-    finished: AtomicU64,
+    pub(crate) accept_latencies: Mutex<Vec<u64>>,
+    pub(crate) launched: AtomicU64,
+    pub(crate) running: AtomicU64,
+    pub(crate) finished: AtomicU64,
     /// Accepts the master refused.
-    refused: AtomicU64,
+    pub(crate) refused: AtomicU64,
     /// Acknowledgements sent and not answered yet.
-    acks_pending: AtomicU64,
+    pub(crate) acks_pending: AtomicU64,
+}
+
+impl FrameworkState {
+    /// Its counts so far.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            launched: self.launched.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            acks_pending: self.acks_pending.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A simulated framework.
@@ -364,13 +377,7 @@ impl SimFramework {
 
     /// Its counts so far.
     pub fn counts(&self) -> Counts {
-        Counts {
-            launched: self.state.launched.load(Ordering::Relaxed),
-            running: self.state.running.load(Ordering::Relaxed),
-            finished: self.state.finished.load(Ordering::Relaxed),
-            refused: self.state.refused.load(Ordering::Relaxed),
-            acks_pending: self.state.acks_pending.load(Ordering::Relaxed),
-        }
+        self.state.counts()
     }
 
     /// Take the accept-to-RUNNING latencies recorded so far (microseconds).

@@ -484,30 +484,9 @@ async fn bad_executor_calls_get_a_4xx_naming_the_problem_and_the_agent_keeps_ser
     assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
 }
 
-/// The virtualenv with pymesos (made by `tests/python/setup-pymesos.sh`, which `.ci/run`
-/// runs first; made here if missing).
-fn pymesos_python() -> PathBuf {
-    let venv = std::env::var_os("CORRAL_PYMESOS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| corral_tests::bin_dir().join("pymesos-venv"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/setup-pymesos.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(&venv)
-        .output()
-        .expect("run setup-pymesos.sh");
-    assert!(
-        out.status.success(),
-        "could not make the pymesos virtualenv at {}: {}",
-        venv.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    venv.join("bin/python")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pymesos_executor_runs_tasks_exchanges_messages_and_shuts_down() {
-    let python = pymesos_python();
+    let python = corral_tests::pymesos_python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pymesos_executor.py");
     let (cluster, agent) = cluster_with_agent("cpus:4;mem:1024").await;
     let mut fw = cluster.framework("pymesos", "*").await;

@@ -58,10 +58,7 @@ pub(crate) async fn require_read(
         .and_then(TlsConnectInfo::peer_certs);
     let verdict = shared
         .access
-        .identify(
-            request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-            certs.as_deref().map(Vec::as_slice),
-        )
+        .identify_http(request.headers(), certs.as_deref().map(Vec::as_slice))
         .and_then(|p| p.operator(crate::acl::OperatorAccess::Read));
     match verdict {
         Ok(()) => next.run(request).await,
@@ -577,6 +574,7 @@ fn state_json(app: &ClusterState, limit: usize, after: Option<(String, String)>)
             "state": t.state().as_str_name(),
             "resources": resources_json(&t.resources),
             "exit_code": t.status.exit_code,
+            "unacknowledged_updates": t.unacked.len(),
         }));
     }
     let next = if page.next().is_some() {
@@ -626,15 +624,10 @@ pub(crate) async fn events(State(shared): State<Shared>) -> Response {
         .into_response()
 }
 
-/// 307 to the leader's base URL, or 503 while there is none.
-/// The Mesos version whose HTTP APIs Corral serves: what Mesos clients read from
-/// `/version` (digits and dots; they compare it to the versions they support).
-pub const MESOS_API_VERSION: &str = "1.11.0";
-
 /// `GET /version`, in Mesos' shape, with Corral's own version beside it.
 async fn version() -> Json<serde_json::Value> {
     Json(json!({
-        "version": MESOS_API_VERSION,
+        "version": corral_proto::mesos::convert::MESOS_VERSION,
         "corral_version": env!("CARGO_PKG_VERSION"),
         "build_user": "corral",
         "git_sha": "",
@@ -642,6 +635,7 @@ async fn version() -> Json<serde_json::Value> {
     }))
 }
 
+/// 307 to the leader's base URL, or 503 while there is none.
 async fn redirect(State(shared): State<Shared>) -> Response {
     match shared.leader() {
         Some((_, addr)) => (

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod http;
+pub mod mesos;
 pub mod operator;
 pub mod scheduler;
 pub mod ui;

@@ -29,130 +29,25 @@ impl SchedulerService {
         SchedulerService { shared }
     }
 
-    /// The header names a subscribed framework and its current stream. Returns the
-    /// framework id and the handle of the term it is subscribed in.
-    async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<(String, Leader), Status> {
-        let (caller, leader) = self.caller(header).await?;
-        let framework_id = leader
-            .ask(move |_, soft| caller.check(soft))
-            .await
-            .map_err(|_| self.shared.not_leading())??;
-        Ok((framework_id, leader))
-    }
-
-    /// The header's checks that need no soft state, and the leader to ask: a call that runs
-    /// a job of its own checks the subscription in that job ([`Caller::check`]), one trip
-    /// through the leader's loop instead of two.
-    async fn caller(&self, header: Option<&v1::CallHeader>) -> Result<(Caller, Leader), Status> {
-        self.shared.leader_or_hold().await?;
-        let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
-        validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
-        let leader = self.shared.leading()?;
-        let caller = Caller {
-            framework_id: h.framework_id.clone(),
-            stream_id: h.stream_id.clone(),
-        };
-        Ok((caller, leader))
-    }
-}
-
-/// A call's framework and subscription, as its header names them.
-struct Caller {
-    framework_id: String,
-    stream_id: String,
-}
-
-impl Caller {
-    /// The framework is subscribed to this term's leader with this stream: its id.
-    fn check(self, soft: &Soft) -> Result<String, Status> {
-        match soft.frameworks.get(&self.framework_id) {
-            None => Err(Status::invalid_argument(format!(
-                "header.framework_id: {} is not subscribed to this leader",
-                self.framework_id
-            ))),
-            Some(s) if s.stream_id != self.stream_id => Err(Status::invalid_argument(
-                "header.stream_id: does not match the framework's current subscription",
-            )),
-            Some(_) => Ok(self.framework_id),
-        }
-    }
-}
-
-/// Run `f` on the soft state of `leader`'s term, or answer with the redirect.
-async fn on_soft<R, F>(shared: &Shared, leader: &Leader, f: F) -> Result<R, Status>
-where
-    R: Send + 'static,
-    F: FnOnce(&Shared, &mut Soft) -> R + Send + 'static,
-{
-    leader.ask(f).await.map_err(|_| shared.not_leading())
-}
-
-type EventStream = FrameworkEvents;
-
-/// The acknowledgements of one Acknowledge call (the one in its own fields, if any, and its
-/// list), each checked, as replicated acks of `framework_id`.
-fn acknowledgements(framework_id: &str, req: v1::AcknowledgeRequest) -> Result<Vec<v1::StatusAck>, Status> {
-    if req.acks.len() > validate::MAX_ACKS_PER_CALL {
-        return Err(Status::invalid_argument(format!(
-            "acks: {} acknowledgements, at most {} per call",
-            req.acks.len(),
-            validate::MAX_ACKS_PER_CALL
-        )));
-    }
-    let single = (!req.task_id.is_empty() || !req.uuid.is_empty() || req.acks.is_empty()).then(|| {
-        (
-            String::new(),
-            v1::Acknowledgement {
-                agent_id: req.agent_id,
-                task_id: req.task_id,
-                uuid: req.uuid,
-            },
-        )
-    });
-    let listed = req
-        .acks
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| (format!("acks[{i}]."), a));
-    single
-        .into_iter()
-        .chain(listed)
-        .map(|(at, a)| {
-            validate::id(&format!("{at}task_id"), &a.task_id).map_err(Status::invalid_argument)?;
-            if a.uuid.is_empty() || a.uuid.len() > 64 {
-                return Err(Status::invalid_argument(format!(
-                    "{at}uuid: must be the 1 to 64 byte uuid of a status update"
-                )));
-            }
-            Ok(v1::StatusAck {
-                framework_id: framework_id.to_string(),
-                task_id: a.task_id,
-                uuid: a.uuid,
-            })
-        })
-        .collect()
-}
-
-fn filter_until(refuse_seconds: f64) -> Option<Instant> {
-    (refuse_seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(refuse_seconds))
-}
-
-#[tonic::async_trait]
-impl Scheduler for SchedulerService {
-    type SubscribeStream = EventStream;
-
-    async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+    /// Subscribe (register, or fail over with a known framework id) as `principal`: the
+    /// framework's event stream, its first event SUBSCRIBED. Shared by the gRPC `Subscribe`
+    /// and the Mesos HTTP API's SUBSCRIBE.
+    /// `field` names the framework's description in refusals.
+    pub(crate) async fn subscribe_as(
+        &self,
+        principal: crate::acl::Principal,
+        req: v1::SubscribeRequest,
+        field: &str,
+    ) -> Result<EventStream, Status> {
         let shared = &self.shared;
-        let principal = shared.access.caller(&req)?;
         shared.leader_or_hold().await?;
-        let req = req.into_inner();
         let mut info = req
             .framework
-            .ok_or_else(|| Status::invalid_argument("framework: missing"))?;
-        validate::framework_request("framework", &info).map_err(Status::invalid_argument)?;
+            .ok_or_else(|| Status::invalid_argument(format!("{field}: missing")))?;
+        validate::framework_request(field, &info).map_err(Status::invalid_argument)?;
         if !info.principal.is_empty() && info.principal != principal.name {
             return Err(Status::permission_denied(format!(
-                "framework.principal: {} is not the principal this call is made as ({})",
+                "{field}.principal: {} is not the principal this call is made as ({})",
                 corral_proto::quote(&info.principal),
                 corral_proto::quote(&principal.name)
             )));
@@ -170,13 +65,13 @@ impl Scheduler for SchedulerService {
             match state.app.frameworks.get(&info.framework_id) {
                 None => {
                     return Err(Status::not_found(format!(
-                        "framework.framework_id: {} is not known to this cluster",
+                        "{field}.framework_id: {} is not known to this cluster",
                         info.framework_id
                     )))
                 }
                 Some(f) if f.state == FrameworkState::TornDown => {
                     return Err(Status::failed_precondition(format!(
-                        "framework.framework_id: {} was torn down",
+                        "{field}.framework_id: {} was torn down",
                         info.framework_id
                     )))
                 }
@@ -238,7 +133,126 @@ impl Scheduler for SchedulerService {
         tracing::info!(%framework_id, name = %info.name, role = %info.role, principal = %info.principal, failover, "framework subscribed");
         shared.allocate_now.notify_one();
         tokio::spawn(watch_framework(shared.clone(), leader, framework_id, stream_id, gone));
-        Ok(Response::new(events))
+        Ok(events)
+    }
+
+    /// The header names a subscribed framework and its current stream. Returns the
+    /// framework id and the handle of the term it is subscribed in.
+    async fn check_header(&self, header: Option<&v1::CallHeader>) -> Result<(String, Leader), Status> {
+        let (caller, leader) = self.caller(header).await?;
+        let framework_id = leader
+            .ask(move |_, soft| caller.check(soft))
+            .await
+            .map_err(|_| self.shared.not_leading())??;
+        Ok((framework_id, leader))
+    }
+
+    /// The header's checks that need no soft state, and the leader to ask: a call that runs
+    /// a job of its own checks the subscription in that job ([`Caller::check`]), one trip
+    /// through the leader's loop instead of two.
+    async fn caller(&self, header: Option<&v1::CallHeader>) -> Result<(Caller, Leader), Status> {
+        self.shared.leader_or_hold().await?;
+        let h = header.ok_or_else(|| Status::invalid_argument("header: missing"))?;
+        validate::id("header.framework_id", &h.framework_id).map_err(Status::invalid_argument)?;
+        let leader = self.shared.leading()?;
+        let caller = Caller {
+            framework_id: h.framework_id.clone(),
+            stream_id: h.stream_id.clone(),
+        };
+        Ok((caller, leader))
+    }
+}
+
+/// A call's framework and subscription, as its header names them.
+struct Caller {
+    framework_id: String,
+    stream_id: String,
+}
+
+impl Caller {
+    /// The framework is subscribed to this term's leader with this stream: its id.
+    fn check(self, soft: &Soft) -> Result<String, Status> {
+        match soft.frameworks.get(&self.framework_id) {
+            None => Err(Status::invalid_argument(format!(
+                "header.framework_id: {} is not subscribed to this leader",
+                self.framework_id
+            ))),
+            Some(s) if s.stream_id != self.stream_id => Err(Status::invalid_argument(
+                "header.stream_id: does not match the framework's current subscription",
+            )),
+            Some(_) => Ok(self.framework_id),
+        }
+    }
+}
+
+/// Run `f` on the soft state of `leader`'s term, or answer with the redirect.
+async fn on_soft<R, F>(shared: &Shared, leader: &Leader, f: F) -> Result<R, Status>
+where
+    R: Send + 'static,
+    F: FnOnce(&Shared, &mut Soft) -> R + Send + 'static,
+{
+    leader.ask(f).await.map_err(|_| shared.not_leading())
+}
+
+pub(crate) type EventStream = FrameworkEvents;
+
+/// The acknowledgements of one Acknowledge call (the one in its own fields, if any, and its
+/// list), each checked, as replicated acks of `framework_id`.
+pub(crate) fn acknowledgements(framework_id: &str, req: v1::AcknowledgeRequest) -> Result<Vec<v1::StatusAck>, Status> {
+    if req.acks.len() > validate::MAX_ACKS_PER_CALL {
+        return Err(Status::invalid_argument(format!(
+            "acks: {} acknowledgements, at most {} per call",
+            req.acks.len(),
+            validate::MAX_ACKS_PER_CALL
+        )));
+    }
+    let single = (!req.task_id.is_empty() || !req.uuid.is_empty() || req.acks.is_empty()).then(|| {
+        (
+            String::new(),
+            v1::Acknowledgement {
+                agent_id: req.agent_id,
+                task_id: req.task_id,
+                uuid: req.uuid,
+            },
+        )
+    });
+    let listed = req
+        .acks
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (format!("acks[{i}]."), a));
+    single
+        .into_iter()
+        .chain(listed)
+        .map(|(at, a)| {
+            validate::id(&format!("{at}task_id"), &a.task_id).map_err(Status::invalid_argument)?;
+            if a.uuid.is_empty() || a.uuid.len() > 64 {
+                return Err(Status::invalid_argument(format!(
+                    "{at}uuid: must be the 1 to 64 byte uuid of a status update"
+                )));
+            }
+            Ok(v1::StatusAck {
+                framework_id: framework_id.to_string(),
+                task_id: a.task_id,
+                uuid: a.uuid,
+            })
+        })
+        .collect()
+}
+
+fn filter_until(refuse_seconds: f64) -> Option<Instant> {
+    (refuse_seconds > 0.0).then(|| Instant::now() + Duration::from_secs_f64(refuse_seconds))
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, req: Request<v1::SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let principal = self.shared.access.caller(&req)?;
+        self.subscribe_as(principal, req.into_inner(), "framework")
+            .await
+            .map(Response::new)
     }
 
     async fn accept(&self, req: Request<v1::AcceptRequest>) -> Result<Response<v1::AcceptResponse>, Status> {

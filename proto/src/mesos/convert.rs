@@ -3,6 +3,7 @@
 //! dropped as documented on each function.
 
 use super::v1 as m;
+use super::v1::scheduler as ms;
 use crate::v1 as c;
 
 /// A Mesos id message from a string.
@@ -337,6 +338,164 @@ pub fn status_to_mesos(s: &c::TaskStatus, executor_id: Option<&str>) -> m::TaskS
         reason: reason_to_mesos(s.reason).map(|r| r as i32),
         uuid: (!s.uuid.is_empty()).then(|| s.uuid.clone()),
         ..Default::default()
+    }
+}
+
+/// Mesos' framework in Corral's form (`field` names it in errors). Corral frameworks have
+/// one role: `role`, or the only entry of `roles` (MULTI_ROLE frameworks with one role).
+pub fn framework_from_mesos(field: &str, f: &m::FrameworkInfo) -> Result<c::FrameworkInfo, String> {
+    let role = match (f.role.as_deref(), f.roles.as_slice()) {
+        (_, [one]) => one.clone(),
+        (_, [_, _, ..]) => {
+            return Err(format!(
+                "{field}.roles: {} roles; a Corral framework has exactly one",
+                f.roles.len()
+            ))
+        }
+        (Some(role), []) => role.to_string(),
+        (None, []) => String::new(),
+    };
+    let failover = f.failover_timeout.unwrap_or(0.0);
+    if !failover.is_finite() || failover < 0.0 {
+        return Err(format!(
+            "{field}.failover_timeout: must be a number of seconds, 0 or more"
+        ));
+    }
+    Ok(c::FrameworkInfo {
+        framework_id: f.id.as_ref().map(|i| i.value.clone()).unwrap_or_default(),
+        name: f.name.clone(),
+        role: if role == "*" { String::new() } else { role },
+        user: f.user.clone(),
+        hostname: f.hostname.clone().unwrap_or_default(),
+        failover_timeout_seconds: failover,
+        labels: f
+            .labels
+            .iter()
+            .flat_map(|l| l.labels.iter())
+            .map(|l| (l.key.clone(), l.value.clone().unwrap_or_default()))
+            .collect(),
+        principal: f.principal.clone().unwrap_or_default(),
+    })
+}
+
+/// Corral's agent attributes (name:value text) in Mesos' form: TEXT attributes.
+pub fn attributes_to_mesos(attributes: &[c::Attribute]) -> Vec<m::Attribute> {
+    attributes
+        .iter()
+        .map(|a| m::Attribute {
+            name: a.name.clone(),
+            r#type: m::value::Type::Text as i32,
+            text: Some(m::value::Text { value: a.value.clone() }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Corral's offer in Mesos' form.
+pub fn offer_to_mesos(o: &c::Offer) -> m::Offer {
+    m::Offer {
+        id: id!(OfferId, o.offer_id),
+        framework_id: id!(FrameworkId, o.framework_id),
+        agent_id: id!(AgentId, o.agent_id),
+        hostname: o.hostname.clone(),
+        resources: resources_to_mesos(&o.resources),
+        executor_ids: Vec::new(),
+        attributes: attributes_to_mesos(&o.attributes),
+    }
+}
+
+/// A master's `host:port` as Mesos' MasterInfo: `ip` is the IPv4 address in network byte
+/// order read as a little-endian number (Mesos' encoding: 127.0.0.1 is 16777343), 0 for a
+/// host name.
+pub fn master_info_to_mesos(id: u64, address: &str) -> m::MasterInfo {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "5050"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().unwrap_or(5050);
+    let ipv4: Option<std::net::Ipv4Addr> = host.parse().ok();
+    m::MasterInfo {
+        id: id.to_string(),
+        ip: ipv4.map_or(0, |ip| u32::from_le_bytes(ip.octets())),
+        port: u32::from(port),
+        pid: Some(format!("master@{address}")),
+        hostname: Some(host.to_string()),
+        version: Some(MESOS_VERSION.to_string()),
+        address: Some(m::Address {
+            hostname: Some(host.to_string()),
+            ip: ipv4.map(|ip| ip.to_string()),
+            port: i32::from(port),
+        }),
+    }
+}
+
+/// The Mesos version whose HTTP APIs Corral serves: what Mesos clients read from
+/// `/version` and `MasterInfo.version` (digits and dots; they compare it to the versions
+/// they support).
+pub const MESOS_VERSION: &str = "1.11.0";
+
+/// Corral's scheduler event in Mesos' form (`mesos.v1.scheduler.Event`), for framework
+/// `framework_id` on master `master` (`(id, address)`).
+pub fn scheduler_event_to_mesos(ev: &c::Event, master: (u64, &str)) -> ms::Event {
+    use c::event::Event as E;
+    use ms::event as me;
+    let of = |t: me::Type| ms::Event {
+        r#type: Some(t as i32),
+        ..Default::default()
+    };
+    match &ev.event {
+        Some(E::Subscribed(s)) => ms::Event {
+            subscribed: Some(me::Subscribed {
+                framework_id: id!(FrameworkId, s.framework_id),
+                heartbeat_interval_seconds: Some(s.heartbeat_interval_seconds),
+                master_info: Some(master_info_to_mesos(master.0, master.1)),
+            }),
+            ..of(me::Type::Subscribed)
+        },
+        Some(E::Offers(o)) => ms::Event {
+            offers: Some(me::Offers {
+                offers: o.offers.iter().map(offer_to_mesos).collect(),
+            }),
+            ..of(me::Type::Offers)
+        },
+        Some(E::Rescind(r)) => ms::Event {
+            rescind: Some(me::Rescind {
+                offer_id: id!(OfferId, r.offer_id),
+            }),
+            ..of(me::Type::Rescind)
+        },
+        Some(E::Update(u)) => ms::Event {
+            update: Some(me::Update {
+                status: u.status.as_ref().map(|s| status_to_mesos(s, None)).unwrap_or_default(),
+            }),
+            ..of(me::Type::Update)
+        },
+        Some(E::Message(msg)) => ms::Event {
+            message: Some(me::Message {
+                agent_id: id!(AgentId, msg.agent_id),
+                executor_id: id!(ExecutorId, msg.executor_id),
+                data: msg.data.clone(),
+            }),
+            ..of(me::Type::Message)
+        },
+        Some(E::Failure(f)) => {
+            let executor = (!f.executor_id.is_empty()).then(|| id!(ExecutorId, f.executor_id));
+            ms::Event {
+                failure: Some(me::Failure {
+                    agent_id: (!f.agent_id.is_empty()).then(|| id!(AgentId, f.agent_id)),
+                    // An executor's end always carries a status (clients read it): its exit
+                    // code, or -1 when it has none (killed by a signal).
+                    status: executor.as_ref().map(|_| f.exit_code.unwrap_or(-1)),
+                    executor_id: executor,
+                }),
+                ..of(me::Type::Failure)
+            }
+        }
+        Some(E::Error(e)) => ms::Event {
+            error: Some(me::Error {
+                message: e.message.clone(),
+            }),
+            ..of(me::Type::Error)
+        },
+        Some(E::Heartbeat(_)) | None => of(me::Type::Heartbeat),
     }
 }
 

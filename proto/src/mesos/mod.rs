@@ -30,12 +30,80 @@ pub mod v1 {
 
 pub mod convert;
 
-/// The media types Mesos' HTTP APIs speak.
+/// The media types Mesos' HTTP APIs speak, and how a request names them.
 pub mod media {
     /// JSON.
     pub const JSON: &str = "application/json";
     /// Protobuf.
     pub const PROTOBUF: &str = "application/x-protobuf";
+
+    /// Largest call body the Mesos HTTP APIs accept (the agent's executor API, the
+    /// masters' scheduler and operator APIs): 413 past it.
+    pub const MAX_CALL_BYTES: usize = 4 << 20;
+
+    /// One of the two media types.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Media {
+        /// `application/json`, Mesos' JSON.
+        Json,
+        /// `application/x-protobuf`.
+        Protobuf,
+    }
+
+    impl Media {
+        /// Its name, for `Content-Type`.
+        pub fn name(self) -> &'static str {
+            match self {
+                Media::Json => JSON,
+                Media::Protobuf => PROTOBUF,
+            }
+        }
+
+        /// The media type a `Content-Type` value names (parameters ignored), if one of the
+        /// two.
+        pub fn parse(value: &str) -> Option<Media> {
+            let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            match essence.as_str() {
+                JSON => Some(Media::Json),
+                PROTOBUF => Some(Media::Protobuf),
+                _ => None,
+            }
+        }
+
+        /// The request's media type from its `Content-Type` header, or the refusal (for a 415).
+        pub fn of_request(content_type: Option<&str>) -> Result<Media, String> {
+            let Some(value) = content_type else {
+                return Err(format!("Content-Type: missing; expected {JSON} or {PROTOBUF}"));
+            };
+            Media::parse(value)
+                .ok_or_else(|| format!("Content-Type: {} is neither {JSON} nor {PROTOBUF}", crate::quote(value)))
+        }
+
+        /// The media type of the answer: the first of the two that `accept` (the `Accept`
+        /// header) names, else `request`'s own when it allows anything or is absent; the
+        /// refusal (for a 406) when it allows neither.
+        pub fn answer(accept: Option<&str>, request: Media) -> Result<Media, String> {
+            let Some(accept) = accept else {
+                return Ok(request);
+            };
+            let mut any = false;
+            for part in accept.split(',') {
+                let essence = part.split(';').next().unwrap_or("").trim();
+                if essence == "*/*" || essence == "application/*" {
+                    any = true;
+                } else if let Some(m) = Media::parse(essence) {
+                    return Ok(m);
+                }
+            }
+            if any {
+                return Ok(request);
+            }
+            Err(format!(
+                "Accept: {} names neither {JSON} nor {PROTOBUF}",
+                crate::quote(accept)
+            ))
+        }
+    }
 }
 
 /// Mesos' JSON encoding of the `mesos.v1` messages.

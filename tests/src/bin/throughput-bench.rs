@@ -7,7 +7,7 @@
 //! ```sh
 //! cargo build --release --bins
 //! target/release/throughput-bench [--masters 3] [--seconds 20] [--tasks-per-offer 4] [--tls off|on|both] \
-//!     [--configs 100x10,1000x50,10000x100]
+//!     [--configs 100x10,1000x50,10000x100] [--mesos-frameworks K] [--mesos-via leader|follower]
 //! ```
 //!
 //! Frameworks launch at most `--tasks-per-offer` tasks per offer, which bounds the tasks in
@@ -15,7 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{percentile_ms, rss_mib, Fleet, Mode, SimFramework};
+use corral_tests::sim::{percentile_ms, rss_mib, Counts, Fleet, Mode, SimFramework};
+use corral_tests::sim_mesos::MesosFramework;
 use corral_tests::Cluster;
 
 /// The simulated fleet allocates like a server does; the system allocator would make the
@@ -30,6 +31,10 @@ struct Args {
     per_offer: usize,
     /// Run each configuration without TLS, with mutual TLS, or both (one after the other).
     tls: Vec<bool>,
+    /// Frameworks on the Mesos HTTP API (JSON) beside the gRPC ones, in the same run.
+    mesos: usize,
+    /// Whether they talk to the leader or (relayed) to a follower.
+    mesos_via_follower: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +44,8 @@ fn parse_args() -> Result<Args, String> {
         configs: vec![(100, 10), (1000, 50), (10_000, 100)],
         per_offer: 4,
         tls: vec![false],
+        mesos: 0,
+        mesos_via_follower: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -53,6 +60,14 @@ fn parse_args() -> Result<Args, String> {
             "--masters" => a.masters = number()?,
             "--seconds" => a.seconds = number()?.max(1),
             "--tasks-per-offer" => a.per_offer = number()?.max(1) as usize,
+            "--mesos-frameworks" => a.mesos = number()? as usize,
+            "--mesos-via" => {
+                a.mesos_via_follower = match value.as_str() {
+                    "leader" => false,
+                    "follower" => true,
+                    _ => return Err(format!("--mesos-via: {value:?} is not leader or follower")),
+                }
+            }
             "--tls" => {
                 a.tls = match value.as_str() {
                     "off" => vec![false],
@@ -112,6 +127,8 @@ async fn write_counters(address: &str) -> Option<(u64, u64, u64)> {
 
 struct Row {
     tls: bool,
+    /// The frameworks' API: gRPC (`corral.v1`) or Mesos HTTP/JSON.
+    api: &'static str,
     agents: usize,
     frameworks: usize,
     tasks_per_s: f64,
@@ -126,15 +143,63 @@ struct Row {
     refused: u64,
 }
 
+/// What the bench reads of a simulated framework, whichever API it speaks.
+trait Churner {
+    fn counts(&self) -> Counts;
+    fn take_latencies(&self) -> Vec<u64>;
+    fn take_accept_latencies(&self) -> Vec<u64>;
+}
+
+impl Churner for SimFramework {
+    fn counts(&self) -> Counts {
+        SimFramework::counts(self)
+    }
+    fn take_latencies(&self) -> Vec<u64> {
+        SimFramework::take_latencies(self)
+    }
+    fn take_accept_latencies(&self) -> Vec<u64> {
+        SimFramework::take_accept_latencies(self)
+    }
+}
+
+impl Churner for MesosFramework {
+    fn counts(&self) -> Counts {
+        MesosFramework::counts(self)
+    }
+    fn take_latencies(&self) -> Vec<u64> {
+        MesosFramework::take_latencies(self)
+    }
+    fn take_accept_latencies(&self) -> Vec<u64> {
+        MesosFramework::take_accept_latencies(self)
+    }
+}
+
+/// A group of frameworks of one API: (finished, refused) so far.
+fn totals(group: &[&dyn Churner]) -> (u64, u64) {
+    group.iter().fold((0, 0), |(f, r), c| {
+        let n = c.counts();
+        (f + n.finished, r + n.refused)
+    })
+}
+
+/// Sorted latencies of a group: (accept to RUNNING, accept call).
+fn latencies(group: &[&dyn Churner]) -> (Vec<u64>, Vec<u64>) {
+    let mut lat: Vec<u64> = group.iter().flat_map(|f| f.take_latencies()).collect();
+    lat.sort_unstable();
+    let mut accept: Vec<u64> = group.iter().flat_map(|f| f.take_accept_latencies()).collect();
+    accept.sort_unstable();
+    (lat, accept)
+}
+
 async fn leader_address(cluster: &Cluster, ids: &[u64]) -> String {
     let id = cluster.wait_leader(ids, Duration::from_secs(30)).await;
     cluster.masters[&id].address.clone()
 }
 
-async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, String> {
+async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Vec<Row>, String> {
     let cluster = Cluster::start_with(args.masters, &corral_tests::sim::master_args());
     let ids: Vec<u64> = (1..=args.masters).collect();
-    cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+    let first = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
     let masters: Vec<String> = cluster.masters_arg().split(',').map(str::to_string).collect();
     let fleet = Fleet::start(&masters, agents, "cpus:8;mem:16384", true);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -155,17 +220,22 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
             )
         })
         .collect();
-    let finished = |fws: &[SimFramework]| fws.iter().map(|f| f.counts().finished).sum::<u64>();
-    let refused = |fws: &[SimFramework]| fws.iter().map(|f| f.counts().refused).sum::<u64>();
-    // Warm up until tasks flow, then measure a window.
+    // A Mesos framework knows one master: the leader, or a follower that relays.
+    let mesos_master = match ids.iter().find(|id| (**id != first) == args.mesos_via_follower) {
+        Some(id) => cluster.masters[id].address.clone(),
+        None => cluster.masters[&first].address.clone(),
+    };
+    let mesos: Vec<MesosFramework> = (0..args.mesos)
+        .map(|i| MesosFramework::start(&mesos_master, &format!("mesos{i}"), args.per_offer))
+        .collect();
+    let grpc_group: Vec<&dyn Churner> = fws.iter().map(|f| f as &dyn Churner).collect();
+    let mesos_group: Vec<&dyn Churner> = mesos.iter().map(|f| f as &dyn Churner).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for f in &fws {
-        f.take_latencies();
-        f.take_accept_latencies();
-    }
+    latencies(&grpc_group);
+    latencies(&mesos_group);
     let leader = leader_address(&cluster, &ids).await;
     let before = write_counters(&leader).await.ok_or("no /metrics from the leader")?;
-    let (f0, r0, t0) = (finished(&fws), refused(&fws), Instant::now());
+    let (g0, m0, t0) = (totals(&grpc_group), totals(&mesos_group), Instant::now());
     let mut peak_rss: f64 = 0.0;
     while t0.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -176,7 +246,7 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
         }
     }
     let dt = t0.elapsed().as_secs_f64();
-    let (f1, r1) = (finished(&fws), refused(&fws));
+    let (g1, m1) = (totals(&grpc_group), totals(&mesos_group));
     let after_leader = leader_address(&cluster, &ids).await;
     let after = write_counters(&after_leader)
         .await
@@ -184,30 +254,42 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Row, Strin
     if after_leader != leader {
         return Err("the leader changed during the measurement".into());
     }
-    let mut lat: Vec<u64> = fws.iter().flat_map(|f| f.take_latencies()).collect();
-    lat.sort_unstable();
-    let mut accept: Vec<u64> = fws.iter().flat_map(|f| f.take_accept_latencies()).collect();
-    accept.sort_unstable();
+    let mut rows = Vec::new();
+    for (api, group, b, a, count) in [
+        ("grpc", &grpc_group, g0, g1, frameworks),
+        ("mesos", &mesos_group, m0, m1, args.mesos),
+    ] {
+        if count == 0 {
+            continue;
+        }
+        let (lat, accept) = latencies(group);
+        rows.push(Row {
+            tls: false,
+            api,
+            agents,
+            frameworks: count,
+            tasks_per_s: a.0.saturating_sub(b.0) as f64 / dt,
+            p50_ms: percentile_ms(&lat, 50.0),
+            p99_ms: percentile_ms(&lat, 99.0),
+            accept_p50_ms: percentile_ms(&accept, 50.0),
+            accept_p99_ms: percentile_ms(&accept, 99.0),
+            entries_per_s: after.0.saturating_sub(before.0) as f64 / dt,
+            commands_per_s: after.1.saturating_sub(before.1) as f64 / dt,
+            bytes_per_s: after.2.saturating_sub(before.2) as f64 / dt,
+            rss_mib: peak_rss,
+            refused: a.1.saturating_sub(b.1),
+        });
+    }
+    drop((grpc_group, mesos_group));
     for f in fws {
+        f.stop().await;
+    }
+    for f in mesos {
         f.stop().await;
     }
     fleet.stop().await;
     drop(cluster);
-    Ok(Row {
-        tls: false,
-        agents,
-        frameworks,
-        tasks_per_s: (f1 - f0) as f64 / dt,
-        p50_ms: percentile_ms(&lat, 50.0),
-        p99_ms: percentile_ms(&lat, 99.0),
-        accept_p50_ms: percentile_ms(&accept, 50.0),
-        accept_p99_ms: percentile_ms(&accept, 99.0),
-        entries_per_s: after.0.saturating_sub(before.0) as f64 / dt,
-        commands_per_s: after.1.saturating_sub(before.1) as f64 / dt,
-        bytes_per_s: after.2.saturating_sub(before.2) as f64 / dt,
-        rss_mib: peak_rss,
-        refused: r1 - r0,
-    })
+    Ok(rows)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +319,7 @@ async fn bench() {
             let mode = if tls { "mutual TLS" } else { "plaintext" };
             eprintln!("running {n} agents x {m} frameworks for {} s, {mode} ...", args.seconds);
             match run(&args, n, m).await {
-                Ok(row) => rows.push(Row { tls, ..row }),
+                Ok(run) => rows.extend(run.into_iter().map(|row| Row { tls, ..row })),
                 Err(e) => eprintln!("  {n} x {m} ({mode}): {e}"),
             }
         }
@@ -248,9 +330,11 @@ async fn bench() {
         args.masters, args.seconds
     );
     println!("latency: accept call to RUNNING received (p50, p99); accept: the Accept call alone (launch committed)");
+    println!("api: grpc = corral.v1 frameworks, mesos = Mesos v1 HTTP/JSON frameworks in the same run; entries, commands, KiB/s and RSS are the cluster's");
     println!(
-        "{:>3} {:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>10} {:>10} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
+        "{:>3} {:>5} {:>7} {:>5} | {:>9} | {:>9} {:>9} | {:>10} {:>10} | {:>9} {:>10} {:>10} | {:>9} | {:>8}",
         "tls",
+        "api",
         "agents",
         "fws",
         "tasks/s",
@@ -266,8 +350,9 @@ async fn bench() {
     );
     for r in rows {
         println!(
-            "{:>3} {:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>10.1} {:>10.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
+            "{:>3} {:>5} {:>7} {:>5} | {:>9.0} | {:>9.1} {:>9.1} | {:>10.1} {:>10.1} | {:>9.0} {:>10.0} {:>10.0} | {:>9.0} | {:>8}",
             if r.tls { "on" } else { "off" },
+            r.api,
             r.agents,
             r.frameworks,
             r.tasks_per_s,
