@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("mesos/v1/mesos.proto"),
         root.join("mesos/v1/executor.proto"),
         root.join("mesos/v1/scheduler.proto"),
+        root.join("mesos/v1/master.proto"),
     ];
     let mesos_fds = protox::compile(&mesos, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

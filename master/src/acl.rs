@@ -456,8 +456,13 @@ impl Access {
             .then(|| caller.name.clone())
     }
 
-    /// [`Access::identify`] for a gRPC request.
+    /// [`Access::identify`] for a gRPC request. A request made in this process on behalf
+    /// of a caller the HTTP front end identified (the Mesos APIs) carries that
+    /// [`Principal`] in its extensions, which no peer can set.
     pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<Principal, Status> {
+        if let Some(p) = req.extensions().get::<Principal>() {
+            return Ok(p.clone());
+        }
         let certs = req.peer_certs();
         self.identify(
             req.metadata().get("authorization").map(|v| v.as_bytes()),

@@ -656,7 +656,8 @@ async fn serve(
         .add_service(agents);
     let http = crate::service::http::router(shared.clone())
         .merge(crate::service::ui::router(shared.clone()))
-        .merge(crate::service::mesos::router(shared.clone()));
+        .merge(crate::service::mesos::router(shared.clone()))
+        .merge(crate::service::mesos_operator::router(shared.clone()));
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http).fallback(crate::service::http::fallback);
     let router = tonic::transport::Server::builder()

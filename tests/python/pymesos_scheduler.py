@@ -10,7 +10,8 @@ scheduler ends by itself (exit 0) when its MODE is done, or exits 1 after 120 s.
 MODE "tour": one accept launches a command task that finishes (cmd-1), one that runs until
 killed (sleep-1) and one run by a pymesos executor (exe-1, EXECUTOR_ARGV); the scheduler
 kills sleep-1 once RUNNING, reconciles cmd-1 once FINISHED, exchanges messages with the
-executor ("hello" → "echo:hello"; then "finish:exe-1" finishes exe-1). Then it logs "done"
+executor ("hello" → "echo:hello"; then "finish:exe-1" finishes exe-1). It reads the cluster
+with pymesos's operator driver through the same master ("operator"). Then it logs "done"
 and waits for WORKDIR/continue (the test checks the master's state meanwhile), stops its
 driver without tearing down, subscribes again with a second driver under the same framework
 id, and tears down.
@@ -29,6 +30,7 @@ import threading
 import time
 
 from pymesos import MesosSchedulerDriver, Scheduler, decode_data, encode_data
+from pymesos.operator_v1 import MesosOperatorMasterDriver
 
 MASTER, WORKDIR, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
 EXECUTOR_ARGV = sys.argv[4:]
@@ -223,6 +225,19 @@ def main():
         driver.stop(failover=True)
         sys.exit(1)
     if MODE == "tour":
+        # The operator API through the same master, with pymesos's operator driver.
+        # (Its daemon driver lacks the lock its calls take; the master driver, not started,
+        # makes the same calls.)
+        operator = MesosOperatorMasterDriver(MASTER)
+        state = operator.getState()["get_state"]
+        log("operator",
+            healthy=operator.getHealth()["get_health"]["healthy"],
+            version=operator.getVersion()["get_version"]["version_info"]["version"],
+            frameworks=[f["framework_info"]["id"]["value"]
+                        for f in state["get_frameworks"].get("frameworks", [])],
+            completed_tasks=[t["task_id"]["value"] for t in state["get_tasks"].get("completed_tasks", [])],
+            agents=[a["agent_info"]["hostname"] for a in operator.getAgents()["get_agents"]["agents"]],
+            roles=[r["name"] for r in operator.getRoles()["get_roles"].get("roles", [])])
         # The test checks that the master holds no unacknowledged update, then lets it go on:
         # stop without a teardown, subscribe again as the same framework, tear down.
         log("done")

@@ -854,10 +854,11 @@ pub async fn http_request_with(
         let _ = stream.read_to_end(&mut answer).await;
         let text = String::from_utf8_lossy(&answer).to_string();
         let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let chunked = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+        let body = if chunked { dechunk(body) } else { body.to_string() };
         Some((code, body))
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
@@ -885,6 +886,22 @@ pub fn pymesos_python() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     venv.join("bin/python")
+}
+
+/// The data of a chunked HTTP/1.1 body (as far as it is whole).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }
 
 /// A temp dir path helper for tests that run a binary by hand.

@@ -40,8 +40,8 @@ impl Conn {
         })
     }
 
-    /// POST `body` as a JSON call with `stream_id`: the answer's status.
-    async fn post(&mut self, address: &str, stream_id: &str, body: &[u8]) -> std::io::Result<u16> {
+    /// POST `body` as a JSON call with `stream_id`: the answer's status and text.
+    async fn post(&mut self, address: &str, stream_id: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
         let head = format!(
             "POST {PATH} HTTP/1.1\r\nHost: {address}\r\nContent-Type: {}\r\nMesos-Stream-Id: {stream_id}\r\nContent-Length: {}\r\n\r\n",
             media::JSON,
@@ -77,7 +77,8 @@ impl Conn {
         }
         let mut rest = vec![0u8; length];
         self.stream.read_exact(&mut rest).await?;
-        status.ok_or_else(|| bad("no status"))
+        let status = status.ok_or_else(|| bad("no status"))?;
+        Ok((status, String::from_utf8_lossy(&rest).into_owned()))
     }
 }
 
@@ -229,8 +230,9 @@ impl Run {
         }
     }
 
-    /// Send `call` on a pooled connection; its status, or None if the connection failed.
-    async fn call(&self, stream_id: &str, call: ms::Call) -> Option<u16> {
+    /// Send `call` on a pooled connection; its status and text, or None if the connection
+    /// failed.
+    async fn call(&self, stream_id: &str, call: ms::Call) -> Option<(u16, String)> {
         let _permit = self.calls.clone().acquire_owned().await.ok()?;
         let body = json::encode(CALL, &call).ok()?;
         let pooled = lock(&self.pool).pop();
@@ -307,7 +309,7 @@ impl Run {
                 }
             }
             match this.call(&stream_id, call).await {
-                Some(202) => {
+                Some((202, _)) => {
                     lock(&this.state.accept_latencies).push(started.elapsed().as_micros() as u64);
                     this.state.launched.fetch_add(tasks.len() as u64, Ordering::Relaxed);
                 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use corral_proto::mesos::media;
 use corral_proto::mesos::recordio;
 use corral_proto::mesos::v1 as m;
+use corral_proto::mesos::v1::master as mm;
 use corral_proto::mesos::v1::scheduler as ms;
 use corral_proto::tls::Role;
 use corral_tests::{path_str, wait_for, Cluster};
@@ -225,6 +226,29 @@ async fn mesos_scheduler_p1_a_pymesos_scheduler_on_a_follower_runs_tasks_executo
     for text in ["launched:exe-1", "echo:hello"] {
         assert!(messages.iter().any(|m| m == text), "{text:?} not among {messages:?}");
     }
+    // pymesos's operator driver read the cluster through the same follower.
+    let operator = script.wait_event(T, "operator").await;
+    assert_eq!(operator["healthy"], true, "{operator}");
+    assert_eq!(operator["version"], "1.11.0", "{operator}");
+    assert!(
+        operator["frameworks"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == framework_id.as_str())),
+        "{operator}"
+    );
+    for task in ["cmd-1", "sleep-1", "exe-1"] {
+        assert!(
+            operator["completed_tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == task)),
+            "{task} not among the completed tasks: {operator}"
+        );
+    }
+    assert_eq!(operator["agents"].as_array().map(Vec::len), Some(1), "{operator}");
+    assert!(
+        operator["roles"].as_array().is_some_and(|r| r.iter().any(|r| r == "*")),
+        "{operator}"
+    );
     // pymesos acknowledged every update: the master holds none unacknowledged.
     let leader = cluster.wait_leader(&[1, 2, 3], T).await;
     wait_for(T, "every update of the pymesos framework acknowledged", || async {
@@ -794,4 +818,195 @@ async fn mesos_scheduler_p2_bad_calls_get_the_right_status_and_a_message_and_cha
         let log = cluster.masters[&id].log_text();
         assert!(!log.contains("panicked"), "master {id} panicked:\n{log}");
     }
+}
+
+/// An operator call to `address`: the status and the decoded response (None for an empty
+/// body or a refusal).
+async fn operator(address: &str, media_type: &'static str, call: &mm::Call) -> (u16, Option<mm::Response>, String) {
+    let body = if media_type == media::PROTOBUF {
+        call.encode_to_vec()
+    } else {
+        corral_proto::mesos::json::encode("mesos.v1.master.Call", call).expect("a call encodes")
+    };
+    let headers = [("content-type", media_type), ("accept", media_type)];
+    let answer = corral_proto::http::request(address, Role::Master, "POST", "/api/v1", &headers, &body, T)
+        .await
+        .unwrap_or_else(|e| panic!("POST /api/v1 to {address}: {e}"));
+    let status = answer.status;
+    let bytes = answer.body.read_to_end(64 << 20).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if status != 200 || bytes.is_empty() {
+        return (status, None, text);
+    }
+    let response = if media_type == media::PROTOBUF {
+        mm::Response::decode(bytes.as_slice()).expect("a protobuf response")
+    } else {
+        corral_proto::mesos::json::decode("mesos.v1.master.Response", &bytes).expect("a JSON response")
+    };
+    (status, Some(response), text)
+}
+
+fn operator_call(kind: mm::call::Type) -> mm::Call {
+    mm::Call {
+        r#type: Some(kind as i32),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_operator_p1_state_weights_roles_and_teardown_through_a_follower() {
+    use mm::call::Type as C;
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    cluster.start_agent("a1", "cpus:4;mem:2048", "rack:r1");
+    let agent = cluster.wait_agents(1, T).await.remove(0);
+    let mut fw = cluster.framework("grpc-fw", "*").await;
+    let offer = fw.next_offers(T).await.remove(0);
+    fw.accept(
+        vec![offer.offer_id.clone()],
+        vec![corral_tests::Framework::task(
+            "long",
+            &offer.agent_id,
+            0.5,
+            64.0,
+            &["sleep", "600"],
+        )],
+        0.0,
+    )
+    .await
+    .expect("accept");
+    fw.wait_state("long", corral_proto::v1::TaskState::TaskRunning, T).await;
+    let follower = cluster.address(followers(leader)[0]).to_string();
+
+    let (code, health, _) = operator(&follower, media::JSON, &operator_call(C::GetHealth)).await;
+    assert_eq!(code, 200);
+    assert_eq!(health.and_then(|r| r.get_health).map(|h| h.healthy), Some(true));
+    let (_, version, _) = operator(&follower, media::PROTOBUF, &operator_call(C::GetVersion)).await;
+    assert_eq!(
+        version.and_then(|r| r.get_version).map(|v| v.version_info.version),
+        Some("1.11.0".to_string())
+    );
+
+    // GET_STATE, in both encodings, is the leader's view.
+    for media_type in [media::PROTOBUF, media::JSON] {
+        let (code, state, text) = operator(&follower, media_type, &operator_call(C::GetState)).await;
+        assert_eq!(code, 200, "{text}");
+        let state = state.and_then(|r| r.get_state).expect("get_state");
+        let agents = state.get_agents.expect("get_agents").agents;
+        assert_eq!(agents.len(), 1);
+        assert_eq!(
+            agents[0].agent_info.id.as_ref().map(|i| i.value.as_str()),
+            Some(agent.agent_id.as_str())
+        );
+        assert!(agents[0].active);
+        assert!(agents[0].agent_info.attributes.iter().any(|a| a.name == "rack"));
+        let cpus = |r: &[m::Resource]| {
+            r.iter()
+                .filter(|r| r.name == "cpus")
+                .filter_map(|r| r.scalar.as_ref())
+                .map(|s| s.value)
+                .sum::<f64>()
+        };
+        assert_eq!(cpus(&agents[0].total_resources), 4.0);
+        assert_eq!(cpus(&agents[0].allocated_resources), 0.5);
+        let frameworks = state.get_frameworks.expect("get_frameworks").frameworks;
+        let grpc = frameworks
+            .iter()
+            .find(|f| f.framework_info.id.as_ref().map(|i| i.value.as_str()) == Some(fw.id.as_str()))
+            .expect("the gRPC framework listed");
+        assert!(grpc.connected, "{grpc:?}");
+        assert_eq!(cpus(&grpc.allocated_resources), 0.5);
+        let tasks = state.get_tasks.expect("get_tasks").tasks;
+        assert!(
+            tasks
+                .iter()
+                .any(|t| t.task_id.value == "long" && t.state == m::TaskState::TaskRunning as i32),
+            "{tasks:?}"
+        );
+    }
+
+    // Weights: set through the follower, read back, refused when invalid.
+    let update = mm::Call {
+        r#type: Some(C::UpdateWeights as i32),
+        update_weights: Some(mm::call::UpdateWeights {
+            weight_infos: vec![m::WeightInfo {
+                weight: 2.5,
+                role: Some("batch".into()),
+            }],
+        }),
+        ..Default::default()
+    };
+    let (code, _, text) = operator(&follower, media::JSON, &update).await;
+    assert_eq!(code, 200, "{text}");
+    let (_, weights, _) = operator(&follower, media::JSON, &operator_call(C::GetWeights)).await;
+    let weights = weights.and_then(|r| r.get_weights).expect("get_weights").weight_infos;
+    assert!(
+        weights
+            .iter()
+            .any(|w| w.role.as_deref() == Some("batch") && w.weight == 2.5),
+        "{weights:?}"
+    );
+    let (_, roles, _) = operator(&follower, media::JSON, &operator_call(C::GetRoles)).await;
+    let roles = roles.and_then(|r| r.get_roles).expect("get_roles").roles;
+    assert!(roles.iter().any(|r| r.name == "batch" && r.weight == 2.5), "{roles:?}");
+    assert!(
+        roles
+            .iter()
+            .any(|r| r.name == "*" && r.frameworks.iter().any(|f| f.value == fw.id)),
+        "{roles:?}"
+    );
+    let mut bad = update.clone();
+    if let Some(u) = bad.update_weights.as_mut() {
+        u.weight_infos[0].weight = -1.0;
+    }
+    let (code, _, text) = operator(&follower, media::JSON, &bad).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("weight"), "{text}");
+    let (code, _, text) = operator(&follower, media::JSON, &operator_call(C::GetFlags)).await;
+    assert_eq!(code, 501, "{text}");
+    assert!(text.contains("GET_FLAGS"), "{text}");
+
+    // Mesos' /master/state, from a follower, is the leader's.
+    for path in ["/master/state", "/state.json"] {
+        let (code, body) = cluster.http_get(followers(leader)[0], path).await.expect("an answer");
+        assert_eq!(code, 200, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["version"], "1.11.0");
+        assert_eq!(v["leader"], format!("master@{}", cluster.address(leader)));
+        assert_eq!(v["slaves"][0]["id"], agent.agent_id.as_str());
+        assert_eq!(v["slaves"][0]["resources"]["cpus"], 4.0);
+        assert_eq!(v["slaves"][0]["used_resources"]["cpus"], 0.5);
+        let framework = v["frameworks"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["id"] == fw.id.as_str()).cloned())
+            .expect("the framework in /master/state");
+        assert_eq!(framework["tasks"][0]["id"], "long");
+        assert_eq!(framework["tasks"][0]["state"], "TASK_RUNNING");
+        assert_eq!(framework["tasks"][0]["slave_id"], agent.agent_id.as_str());
+    }
+
+    // TEARDOWN of a gRPC framework through the operator API.
+    let teardown = mm::Call {
+        r#type: Some(C::Teardown as i32),
+        teardown: Some(mm::call::Teardown {
+            framework_id: m::FrameworkId { value: fw.id.clone() },
+        }),
+        ..Default::default()
+    };
+    let (code, _, text) = operator(&follower, media::PROTOBUF, &teardown).await;
+    assert_eq!(code, 200, "{text}");
+    wait_for(T, "the torn-down framework's task killed", || async {
+        let tasks = state_tasks(&cluster, leader, &fw.id).await?;
+        tasks
+            .iter()
+            .any(|t| t["task_id"] == "long" && t["state"] == "TASK_KILLED")
+            .then_some(())
+    })
+    .await;
+    let (_, frameworks, _) = operator(&follower, media::JSON, &operator_call(C::GetFrameworks)).await;
+    let frameworks = frameworks.and_then(|r| r.get_frameworks).expect("get_frameworks");
+    assert!(frameworks
+        .completed_frameworks
+        .iter()
+        .any(|f| f.framework_info.id.as_ref().map(|i| i.value.as_str()) == Some(fw.id.as_str())));
 }

@@ -774,3 +774,85 @@ async fn tls_rotated_certificates_are_taken_on_sighup_and_tasks_keep_running() {
     assert!(out.status.success(), "corral logs over TLS: {}", text(&out));
     cluster.wait_converged(&[1, 2, 3], 1, T).await;
 }
+
+/// The Mesos HTTP APIs through a follower act as the caller, not as the relaying master:
+/// the follower names the client's certificate to the leader, which checks the ACL for it
+/// (a master's own certificate may do everything; a client's claim to be relayed is not
+/// believed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_the_mesos_apis_through_a_follower_act_as_the_caller() {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    make_pki(
+        dir,
+        &[
+            ("master", "m1"),
+            ("master", "m2"),
+            ("master", "m3"),
+            ("client", "ops"),
+            ("client", "alice"),
+        ],
+    );
+    let acl = dir.join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[principals.ops]\noperator = \"write\"\nteardown = \"any\"\nregister_roles = [\"*\"]\nrun_as_users = [\"*\"]\n\n\
+         [principals.alice]\noperator = \"read\"\nregister_roles = [\"alice\"]\nrun_as_users = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let mut flags = tls_flags(&files(dir, "m{id}"));
+    flags.extend(["--acl-file".to_string(), acl.to_str().unwrap().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster = Cluster::start_with(3, &flags);
+    let (ops, alice) = (files(dir, "ops"), files(dir, "alice"));
+    corral_proto::tls::set_client(Some(ClientTls::load(&ops, "corral").unwrap()));
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let addr = cluster.address(follower).to_string();
+    let post = |path: &'static str, body: String, extra: Option<(&'static str, &'static str)>| {
+        let addr = addr.clone();
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(extra);
+            let opened = corral_proto::http::request(
+                &addr,
+                corral_proto::tls::Role::Master,
+                "POST",
+                path,
+                &headers,
+                body.as_bytes(),
+                T,
+            )
+            .await
+            .unwrap();
+            let status = opened.status;
+            let text = opened.body.read_to_end(64 * 1024).await.unwrap_or_default();
+            (status, String::from_utf8_lossy(&text).into_owned())
+        }
+    };
+    let weights = r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"r","weight":2.0}]}}"#;
+    let prod = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"nobody","name":"p","role":"prod"}}}"#;
+
+    // alice reads, but may not write weights nor register role prod, through the follower.
+    corral_proto::tls::set_client(Some(ClientTls::load(&alice, "corral").unwrap()));
+    let (code, body) = post("/api/v1", r#"{"type":"GET_STATE"}"#.into(), None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post("/api/v1", weights.into(), None).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("operator write") && body.contains("alice"), "{body}");
+    let (code, body) = post("/api/v1/scheduler", prod.into(), None).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("register_roles") && body.contains("alice"), "{body}");
+    // Claiming to be relayed for ops is not believed from a client certificate.
+    let (code, body) = post("/api/v1", weights.into(), Some(("x-corral-on-behalf-of", "ops"))).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("alice"), "{body}");
+
+    // ops may.
+    corral_proto::tls::set_client(Some(ClientTls::load(&ops, "corral").unwrap()));
+    let (code, body) = post("/api/v1", weights.into(), None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post("/api/v1", r#"{"type":"GET_WEIGHTS"}"#.into(), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"role\":\"r\""), "{body}");
+}

@@ -93,7 +93,7 @@ pub(crate) async fn fallback(request: axum::extract::Request) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!(
-            "{} is not served here: /ui/, /health, /metrics, /state, /events, /redirect, /master/redirect, /version (and the gRPC API)\n",
+            "{} is not served here: /ui/, /health, /metrics, /state, /events, /redirect, /version, the Mesos APIs (/api/v1/scheduler, /api/v1, /master/state, /master/redirect) and the gRPC API\n",
             corral_proto::quote(request.uri().path())
         ),
     )

@@ -92,7 +92,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new().route(PATH, post(scheduler)).with_state(shared)
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
     tracing::debug!(status = status.as_u16(), %message, "scheduler call refused");
     (
@@ -104,7 +104,7 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// A Corral refusal as the HTTP status Mesos clients expect.
-fn refuse_status(s: &Status) -> Response {
+pub(crate) fn refuse_status(s: &Status) -> Response {
     let code = match s.code() {
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -166,34 +166,73 @@ fn check_call(call: &ms::Call, kind: ms::call::Type) -> Result<(), String> {
     }
 }
 
-/// `POST /api/v1/scheduler`.
-async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request) -> Response {
+/// A Mesos API request read: its headers, body, media type, decoded call and caller.
+pub(crate) struct Received<T> {
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body as it came (relayed as is).
+    pub body: Bytes,
+    /// Its media type.
+    pub media: Media,
+    /// The call.
+    pub call: T,
+    /// Who made it.
+    pub principal: Principal,
+}
+
+/// Read a Mesos API call of type `T` (message `full_name`) and identify its caller, or the
+/// refusal: 413 over [`MAX_CALL_BYTES`], 415 for another media type, 400 when it does not
+/// decode, 401 for an unknown token.
+pub(crate) async fn receive<T: prost::Message + Default>(
+    shared: &Shared,
+    request: axum::extract::Request,
+    full_name: &str,
+) -> Result<Received<T>, Response> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_CALL_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body: over the limit of {MAX_CALL_BYTES} bytes for a call"),
-            )
-        }
-    };
+    let body = axum::body::to_bytes(body, MAX_CALL_BYTES).await.map_err(|_| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: over the limit of {MAX_CALL_BYTES} bytes for a call"),
+        )
+    })?;
     let headers = parts.headers;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let media = match Media::of_request(content_type) {
-        Ok(m) => m,
-        Err(why) => return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, why),
+    let media = Media::of_request(content_type).map_err(|why| refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, why))?;
+    let call = match media {
+        Media::Json => json::decode(full_name, &body)
+            .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("malformed JSON call: {e}")))?,
+        Media::Protobuf => T::decode(body.as_ref())
+            .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("malformed protobuf call: {e}")))?,
     };
-    let call: ms::Call = match media {
-        Media::Json => match json::decode(CALL, &body) {
-            Ok(c) => c,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed JSON call: {e}")),
-        },
-        Media::Protobuf => match ms::Call::decode(body.as_ref()) {
-            Ok(c) => c,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed protobuf call: {e}")),
-        },
+    let certs = parts
+        .extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs);
+    let principal = shared
+        .access
+        .identify_http(&headers, certs.as_deref().map(Vec::as_slice))
+        .map_err(|s| refuse_status(&s))?;
+    Ok(Received {
+        headers,
+        body,
+        media,
+        call,
+        principal,
+    })
+}
+
+/// `POST /api/v1/scheduler`.
+async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request) -> Response {
+    let Received {
+        headers,
+        body,
+        media,
+        call,
+        principal,
+    } = match receive::<ms::Call>(&shared, request, CALL).await {
+        Ok(r) => r,
+        Err(refused) => return refused,
     };
     let Some(kind) = call_type(&call) else {
         return refuse(
@@ -204,23 +243,48 @@ async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request
     if let Err(why) = check_call(&call, kind) {
         return refuse(StatusCode::BAD_REQUEST, why);
     }
-    let certs = parts
-        .extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(TlsConnectInfo::peer_certs);
-    let principal = match shared
-        .access
-        .identify_http(&headers, certs.as_deref().map(Vec::as_slice))
-    {
-        Ok(p) => p,
-        Err(s) => return refuse_status(&s),
+    let call_to = Call {
+        principal: &principal,
+        headers: &headers,
+        body: &body,
+        path: PATH,
+        streams: kind == ms::call::Type::Subscribe,
     };
+    lead_or_relay(&shared, call_to, |leader| {
+        serve(&shared, leader, principal.clone(), &headers, media, call, kind)
+    })
+    .await
+}
+
+/// A Mesos API call as it came, for relaying it.
+pub(crate) struct Call<'a> {
+    /// Who made it (identified here; the leader is told, see [`Access::identify_http`]).
+    ///
+    /// [`Access::identify_http`]: crate::acl::Access::identify_http
+    pub principal: &'a Principal,
+    /// Its headers.
+    pub headers: &'a HeaderMap,
+    /// Its body.
+    pub body: &'a Bytes,
+    /// Its path.
+    pub path: &'static str,
+    /// Whether a 200 answer is a stream to pass on as it comes (SUBSCRIBE).
+    pub streams: bool,
+}
+
+/// Serve a Mesos API call with `serve` if this master leads, else relay it to the leader,
+/// waiting up to [`RELAY_HOLD`] for one that answers (see the module doc).
+pub(crate) async fn lead_or_relay<F, Fut>(shared: &Shared, call: Call<'_>, serve: F) -> Response
+where
+    F: FnOnce(Leader) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let deadline = Instant::now() + RELAY_HOLD;
     loop {
         if let Ok(leader) = shared.leading() {
-            return serve(&shared, leader, principal, &headers, media, call, kind).await;
+            return serve(leader).await;
         }
-        if let Some(by) = headers.get(RELAYED) {
+        if let Some(by) = call.headers.get(RELAYED) {
             // Relayed to a master that no longer leads: the relaying master tries again.
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -233,7 +297,7 @@ async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request
         }
         let leader = shared.leader().filter(|(id, _)| *id != shared.config.id);
         if let Some((id, address)) = leader {
-            if let Some(answer) = relay(&shared, &principal, &headers, &body, kind, id, &address).await {
+            if let Some(answer) = relay(shared, &call, id, &address).await {
                 return answer;
             }
         }
@@ -253,15 +317,14 @@ async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request
 /// Relay the call to the leader at `address` and pass its answer on (a SUBSCRIBE's stream
 /// as it comes). None when the leader did not answer or no longer leads: the caller tries
 /// again once a leader is known.
-async fn relay(
-    shared: &Shared,
-    principal: &Principal,
-    headers: &HeaderMap,
-    body: &Bytes,
-    kind: ms::call::Type,
-    leader_id: u64,
-    address: &str,
-) -> Option<Response> {
+async fn relay(shared: &Shared, call: &Call<'_>, leader_id: u64, address: &str) -> Option<Response> {
+    let Call {
+        principal,
+        headers,
+        body,
+        path,
+        streams,
+    } = *call;
     let me = shared.config.id.to_string();
     let on_behalf = shared.access.relayed_name(headers, principal);
     let mut sent: Vec<(&str, &str)> = vec![(RELAYED, me.as_str())];
@@ -277,7 +340,7 @@ async fn relay(
         address,
         corral_proto::tls::Role::Master,
         "POST",
-        PATH,
+        path,
         &sent,
         body,
         RELAY_ATTEMPT,
@@ -295,7 +358,7 @@ async fn relay(
         }
     };
     let status = StatusCode::from_u16(opened.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = if kind == ms::call::Type::Subscribe && status == StatusCode::OK {
+    let mut response = if streams && status == StatusCode::OK {
         Response::new(Body::from_stream(opened.body))
     } else {
         match opened.body.read_to_end(MAX_RELAYED_ANSWER).await {

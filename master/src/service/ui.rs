@@ -100,7 +100,7 @@ fn unavailable(why: String) -> Response {
 }
 
 /// Relay `target` to the leader and pass its answer on as it comes, or say why not.
-async fn to_leader(shared: &Shared, headers: &HeaderMap, target: &str) -> Response {
+pub(crate) async fn to_leader(shared: &Shared, headers: &HeaderMap, target: &str) -> Response {
     if let Some(by) = headers.get(RELAYED) {
         return unavailable(format!(
             "master {} is not the leader either (relayed by master {}); try again",

@@ -1,7 +1,7 @@
 //! Apache Mesos' v1 wire protocol, the part Corral serves: the messages (`mesos.v1`, with
-//! `mesos.v1.executor` for the Executor HTTP API and `mesos.v1.scheduler` for the Scheduler
-//! HTTP API), their JSON form as Mesos writes it, and RecordIO, the framing of Mesos' event
-//! streams.
+//! `mesos.v1.executor` for the Executor HTTP API, `mesos.v1.scheduler` for the Scheduler
+//! HTTP API and `mesos.v1.master` for the Operator HTTP API), their JSON form as Mesos
+//! writes it, and RecordIO, the framing of Mesos' event streams.
 //!
 //! The definitions are Corral's own (`proto/mesos/v1/*.proto`) with the protocol's names and
 //! numbers, so Mesos clients (pymesos, mesos-go, the Java and C++ drivers) interoperate.
@@ -25,6 +25,12 @@ pub mod v1 {
     pub mod scheduler {
         #![allow(clippy::all, missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/mesos.v1.scheduler.rs"));
+    }
+
+    /// The generated `mesos.v1.master` messages (the Operator HTTP API).
+    pub mod master {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.master.rs"));
     }
 }
 
