@@ -366,6 +366,15 @@ impl SimFramework {
         SimFramework { state, stop, handle }
     }
 
+    /// A framework whose loop (run by `handle`, stopped through `stop`) counts into `state`.
+    pub(crate) fn running(
+        state: Arc<FrameworkState>,
+        stop: watch::Sender<bool>,
+        handle: JoinHandle<()>,
+    ) -> SimFramework {
+        SimFramework { state, stop, handle }
+    }
+
     /// When the first offer made in a term above `term` arrived.
     pub fn first_offer_after_term(&self, term: u64) -> Option<Instant> {
         lock(&self.state.first_offer)

@@ -13,10 +13,9 @@ use corral_proto::mesos::{json, media, recordio};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
-use crate::sim::{lock, Counts, FrameworkState, TASK_CPUS, TASK_MEM};
+use crate::sim::{lock, FrameworkState, SimFramework, TASK_CPUS, TASK_MEM};
 
 const PATH: &str = "/api/v1/scheduler";
 const CALL: &str = "mesos.v1.scheduler.Call";
@@ -82,51 +81,22 @@ impl Conn {
     }
 }
 
-/// A simulated Mesos HTTP framework.
-pub struct MesosFramework {
-    state: Arc<FrameworkState>,
-    stop: watch::Sender<bool>,
-    handle: JoinHandle<()>,
-}
-
-impl MesosFramework {
-    /// Subscribe framework `name` through master `address` (any master: a follower
-    /// relays) and churn up to `per_offer` tasks from every offer.
-    pub fn start(address: &str, name: &str, per_offer: usize) -> MesosFramework {
-        let state = Arc::new(FrameworkState::default());
-        let (stop, stopped) = watch::channel(false);
-        let run = Run {
-            address: address.to_string(),
-            name: name.to_string(),
-            per_offer,
-            state: state.clone(),
-            pool: Arc::new(Mutex::new(Vec::new())),
-            calls: Arc::new(Semaphore::new(CONNECTIONS)),
-        };
-        let handle = tokio::spawn(run.run(stopped));
-        MesosFramework { state, stop, handle }
-    }
-
-    /// Its counts so far.
-    pub fn counts(&self) -> Counts {
-        self.state.counts()
-    }
-
-    /// Take the accept-to-RUNNING latencies recorded so far (microseconds).
-    pub fn take_latencies(&self) -> Vec<u64> {
-        std::mem::take(&mut *lock(&self.state.latencies))
-    }
-
-    /// Take the latencies of ACCEPT calls (202: the launch committed) so far (microseconds).
-    pub fn take_accept_latencies(&self) -> Vec<u64> {
-        std::mem::take(&mut *lock(&self.state.accept_latencies))
-    }
-
-    /// Stop the framework and wait for its loop to end.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.handle.await;
-    }
+/// Start a simulated Mesos HTTP framework `name` through master `address` (any master: a
+/// follower relays), churning up to `per_offer` tasks from every offer. Read and stop it as
+/// any simulated framework.
+pub fn start(address: &str, name: &str, per_offer: usize) -> SimFramework {
+    let state = Arc::new(FrameworkState::default());
+    let (stop, stopped) = watch::channel(false);
+    let run = Run {
+        address: address.to_string(),
+        name: name.to_string(),
+        per_offer,
+        state: state.clone(),
+        pool: Arc::new(Mutex::new(Vec::new())),
+        calls: Arc::new(Semaphore::new(CONNECTIONS)),
+    };
+    let handle = tokio::spawn(run.run(stopped));
+    SimFramework::running(state, stop, handle)
 }
 
 #[derive(Clone)]

@@ -618,11 +618,76 @@ async fn mesos_scheduler_p1_a_protobuf_client_launches_acknowledges_and_tears_do
         (tasks.len() == 1 && tasks[0]["unacknowledged_updates"] == 0).then_some(())
     })
     .await;
-    let teardown = ms::Call {
+    // UPDATE_FRAMEWORK: a new name is taken, a new role refused (a framework's for life).
+    let mut info = subscribe_call("proto-renamed", Some(&fid))
+        .subscribe
+        .unwrap()
+        .framework_info;
+    info.failover_timeout = Some(60.0);
+    let update = |info: m::FrameworkInfo| ms::Call {
         framework_id: framework(&fid),
-        r#type: Some(ms::call::Type::Teardown as i32),
+        r#type: Some(ms::call::Type::UpdateFramework as i32),
+        update_framework: Some(ms::call::UpdateFramework {
+            framework_info: info,
+            suppressed_roles: Vec::new(),
+        }),
         ..Default::default()
     };
+    let (code, text) = protobuf_call(&address, &stream_id, &update(info.clone())).await;
+    assert_eq!(code, 202, "{text}");
+    wait_for(T, "the framework renamed", || async {
+        let (_, body) = cluster.http_get(leader, "/state").await?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let f = v["frameworks"]
+            .as_array()?
+            .iter()
+            .find(|f| f["framework_id"] == fid.as_str())?
+            .clone();
+        (f["name"] == "proto-renamed" && f["failover_timeout_seconds"] == 60.0).then_some(())
+    })
+    .await;
+    let (code, text) = protobuf_call(
+        &address,
+        &stream_id,
+        &update(m::FrameworkInfo {
+            role: Some("other".into()),
+            ..info
+        }),
+    )
+    .await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("update_framework.framework_info.role"), "{text}");
+    // SUPPRESS, then REVIVE: offers come again; SHUTDOWN of an executor that does not run is
+    // dropped, as in Mesos.
+    let plain = |kind: ms::call::Type| ms::Call {
+        framework_id: framework(&fid),
+        r#type: Some(kind as i32),
+        ..Default::default()
+    };
+    assert_eq!(
+        protobuf_call(&address, &stream_id, &plain(ms::call::Type::Suppress))
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        protobuf_call(&address, &stream_id, &plain(ms::call::Type::Revive))
+            .await
+            .0,
+        202
+    );
+    events
+        .until("an offer (the framework is revived)", |e| e.offers.clone())
+        .await;
+    let shutdown = ms::Call {
+        shutdown: Some(ms::call::Shutdown {
+            executor_id: m::ExecutorId { value: "none".into() },
+            agent_id: offer.agent_id.clone(),
+        }),
+        ..plain(ms::call::Type::Shutdown)
+    };
+    assert_eq!(protobuf_call(&address, &stream_id, &shutdown).await.0, 202);
+    let teardown = plain(ms::call::Type::Teardown);
     assert_eq!(protobuf_call(&address, &stream_id, &teardown).await.0, 202);
     // The stream ends with the framework.
     while events.next().await.is_some() {}
@@ -1009,4 +1074,123 @@ async fn mesos_operator_p1_state_weights_roles_and_teardown_through_a_follower()
         .completed_frameworks
         .iter()
         .any(|f| f.framework_info.id.as_ref().map(|i| i.value.as_str()) == Some(fw.id.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesos_scheduler_p1_calls_in_flight_at_a_leader_kill_are_taken_by_the_new_leader() {
+    // As in the pinned test: master 3 stays a follower while 1 or 2 is up.
+    const PINNED: u64 = 3;
+    let mut cluster = Cluster::start_with_own(3, &[], |id| {
+        if id == PINNED {
+            vec!["--election-timeout-ms".into(), "400".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    let leader = cluster.wait_leader(&[1, 2, 3], T).await;
+    assert_ne!(leader, PINNED, "the slow master won the first election");
+    cluster.start_agent("a1", "cpus:2;mem:1024", "");
+    cluster.wait_agents(1, T).await;
+    let address = cluster.address(PINNED).to_string();
+    let (stream_id, mut events) = subscribe_protobuf(&address, &subscribe_call("in-flight", None)).await;
+    let fid = events
+        .until("SUBSCRIBED", |e| e.subscribed.clone())
+        .await
+        .framework_id
+        .value;
+    let offer = events
+        .until("an offer", |e| {
+            e.offers.as_ref().and_then(|o| o.offers.first().cloned())
+        })
+        .await;
+    let accept = ms::Call {
+        framework_id: framework(&fid),
+        r#type: Some(ms::call::Type::Accept as i32),
+        accept: Some(ms::call::Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![m::offer::Operation {
+                r#type: Some(m::offer::operation::Type::Launch as i32),
+                launch: Some(m::offer::operation::Launch {
+                    task_infos: vec![m::TaskInfo {
+                        name: "g-1".into(),
+                        task_id: m::TaskId { value: "g-1".into() },
+                        agent_id: offer.agent_id.clone(),
+                        resources: vec![m::Resource {
+                            name: "cpus".into(),
+                            r#type: m::value::Type::Scalar as i32,
+                            scalar: Some(m::value::Scalar { value: 0.1 }),
+                            ..Default::default()
+                        }],
+                        command: Some(m::CommandInfo {
+                            value: Some("sleep 600".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                }),
+            }],
+            filters: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(protobuf_call(&address, &stream_id, &accept).await.0, 202);
+    // Every update until RUNNING, none acknowledged yet.
+    let mut unacked = Vec::new();
+    loop {
+        let status = events
+            .until("an update of g-1", |e| e.update.as_ref().map(|u| u.status.clone()))
+            .await;
+        let running = status.state == m::TaskState::TaskRunning as i32;
+        unacked.push(status);
+        if running {
+            break;
+        }
+    }
+    cluster.kill(leader);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let new_leader = cluster.wait_leader(&others, T).await;
+    while events.next().await.is_some() {}
+    // The acknowledgements the framework was sending when its leader died, with the stream
+    // id of that leader's subscription: taken by the new leader, before any re-subscription.
+    for status in &unacked {
+        let ack = ms::Call {
+            framework_id: framework(&fid),
+            r#type: Some(ms::call::Type::Acknowledge as i32),
+            acknowledge: Some(ms::call::Acknowledge {
+                agent_id: status.agent_id.clone().expect("an agent id"),
+                task_id: status.task_id.clone(),
+                uuid: status.uuid.clone().expect("a uuid"),
+            }),
+            ..Default::default()
+        };
+        let (code, text) = protobuf_call(&address, &stream_id, &ack).await;
+        assert_eq!(code, 202, "{text}");
+    }
+    wait_for(T, "the acknowledgements applied by the new leader", || async {
+        let tasks = state_tasks(&cluster, new_leader, &fid).await?;
+        (tasks.len() == 1 && tasks[0]["unacknowledged_updates"] == 0).then_some(())
+    })
+    .await;
+    // Any other call of the framework is dropped, not refused; a framework the cluster does
+    // not know is refused all the same.
+    let revive = ms::Call {
+        framework_id: framework(&fid),
+        r#type: Some(ms::call::Type::Revive as i32),
+        ..Default::default()
+    };
+    assert_eq!(protobuf_call(&address, &stream_id, &revive).await.0, 202);
+    let stranger = ms::Call {
+        framework_id: framework("fw-stranger"),
+        ..revive.clone()
+    };
+    assert_eq!(protobuf_call(&address, &stream_id, &stranger).await.0, 403);
+    // The framework subscribes again through the same master; its task runs on.
+    let (again, mut events) = subscribe_protobuf(&address, &subscribe_call("in-flight", Some(&fid))).await;
+    assert_ne!(again, stream_id);
+    let subscribed = events.until("SUBSCRIBED again", |e| e.subscribed.clone()).await;
+    assert_eq!(subscribed.framework_id.value, fid);
+    let tasks = state_tasks(&cluster, new_leader, &fid).await.expect("tasks");
+    assert_eq!(tasks[0]["state"], "TASK_RUNNING");
+    // Once subscribed, the old stream id is refused.
+    assert_eq!(protobuf_call(&address, &stream_id, &revive).await.0, 403);
 }

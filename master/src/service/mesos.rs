@@ -94,7 +94,7 @@ pub(crate) fn router(shared: Shared) -> Router {
 
 pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     let message = message.into();
-    tracing::debug!(status = status.as_u16(), %message, "scheduler call refused");
+    tracing::debug!(status = status.as_u16(), %message, "mesos api call refused");
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

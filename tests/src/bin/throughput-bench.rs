@@ -15,8 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use corral_tests::sim::{percentile_ms, rss_mib, Counts, Fleet, Mode, SimFramework};
-use corral_tests::sim_mesos::MesosFramework;
+use corral_tests::sim::{percentile_ms, rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 
 /// The simulated fleet allocates like a server does; the system allocator would make the
@@ -143,39 +142,8 @@ struct Row {
     refused: u64,
 }
 
-/// What the bench reads of a simulated framework, whichever API it speaks.
-trait Churner {
-    fn counts(&self) -> Counts;
-    fn take_latencies(&self) -> Vec<u64>;
-    fn take_accept_latencies(&self) -> Vec<u64>;
-}
-
-impl Churner for SimFramework {
-    fn counts(&self) -> Counts {
-        SimFramework::counts(self)
-    }
-    fn take_latencies(&self) -> Vec<u64> {
-        SimFramework::take_latencies(self)
-    }
-    fn take_accept_latencies(&self) -> Vec<u64> {
-        SimFramework::take_accept_latencies(self)
-    }
-}
-
-impl Churner for MesosFramework {
-    fn counts(&self) -> Counts {
-        MesosFramework::counts(self)
-    }
-    fn take_latencies(&self) -> Vec<u64> {
-        MesosFramework::take_latencies(self)
-    }
-    fn take_accept_latencies(&self) -> Vec<u64> {
-        MesosFramework::take_accept_latencies(self)
-    }
-}
-
 /// A group of frameworks of one API: (finished, refused) so far.
-fn totals(group: &[&dyn Churner]) -> (u64, u64) {
+fn totals(group: &[SimFramework]) -> (u64, u64) {
     group.iter().fold((0, 0), |(f, r), c| {
         let n = c.counts();
         (f + n.finished, r + n.refused)
@@ -183,7 +151,7 @@ fn totals(group: &[&dyn Churner]) -> (u64, u64) {
 }
 
 /// Sorted latencies of a group: (accept to RUNNING, accept call).
-fn latencies(group: &[&dyn Churner]) -> (Vec<u64>, Vec<u64>) {
+fn latencies(group: &[SimFramework]) -> (Vec<u64>, Vec<u64>) {
     let mut lat: Vec<u64> = group.iter().flat_map(|f| f.take_latencies()).collect();
     lat.sort_unstable();
     let mut accept: Vec<u64> = group.iter().flat_map(|f| f.take_accept_latencies()).collect();
@@ -225,17 +193,15 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Vec<Row>, 
         Some(id) => cluster.masters[id].address.clone(),
         None => cluster.masters[&first].address.clone(),
     };
-    let mesos: Vec<MesosFramework> = (0..args.mesos)
-        .map(|i| MesosFramework::start(&mesos_master, &format!("mesos{i}"), args.per_offer))
+    let mesos: Vec<SimFramework> = (0..args.mesos)
+        .map(|i| corral_tests::sim_mesos::start(&mesos_master, &format!("mesos{i}"), args.per_offer))
         .collect();
-    let grpc_group: Vec<&dyn Churner> = fws.iter().map(|f| f as &dyn Churner).collect();
-    let mesos_group: Vec<&dyn Churner> = mesos.iter().map(|f| f as &dyn Churner).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    latencies(&grpc_group);
-    latencies(&mesos_group);
+    latencies(&fws);
+    latencies(&mesos);
     let leader = leader_address(&cluster, &ids).await;
     let before = write_counters(&leader).await.ok_or("no /metrics from the leader")?;
-    let (g0, m0, t0) = (totals(&grpc_group), totals(&mesos_group), Instant::now());
+    let (g0, m0, t0) = (totals(&fws), totals(&mesos), Instant::now());
     let mut peak_rss: f64 = 0.0;
     while t0.elapsed() < Duration::from_secs(args.seconds) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -246,7 +212,7 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Vec<Row>, 
         }
     }
     let dt = t0.elapsed().as_secs_f64();
-    let (g1, m1) = (totals(&grpc_group), totals(&mesos_group));
+    let (g1, m1) = (totals(&fws), totals(&mesos));
     let after_leader = leader_address(&cluster, &ids).await;
     let after = write_counters(&after_leader)
         .await
@@ -256,8 +222,8 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Vec<Row>, 
     }
     let mut rows = Vec::new();
     for (api, group, b, a, count) in [
-        ("grpc", &grpc_group, g0, g1, frameworks),
-        ("mesos", &mesos_group, m0, m1, args.mesos),
+        ("grpc", &fws, g0, g1, frameworks),
+        ("mesos", &mesos, m0, m1, args.mesos),
     ] {
         if count == 0 {
             continue;
@@ -280,7 +246,6 @@ async fn run(args: &Args, agents: usize, frameworks: usize) -> Result<Vec<Row>, 
             refused: a.1.saturating_sub(b.1),
         });
     }
-    drop((grpc_group, mesos_group));
     for f in fws {
         f.stop().await;
     }
