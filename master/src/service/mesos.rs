@@ -603,10 +603,19 @@ fn best_effort(done: Result<(), Status>) -> Result<(), Status> {
     }
 }
 
+/// A Mesos decline filter, as a Mesos master takes it: a negative or not-a-number
+/// `refuse_seconds` is the default (5 s), a longer one than Corral keeps is that longest
+/// ([`crate::validate::MAX_REFUSE_SECONDS`], a year) rather than a refusal: frameworks
+/// decline "for ever" with huge values.
 fn filters(f: corral_proto::mesos::v1::Filters) -> v1::Filters {
-    v1::Filters {
-        refuse_seconds: f.refuse_seconds,
-    }
+    let refuse = f.refuse_seconds.map(|s| {
+        if s.is_nan() || s < 0.0 {
+            crate::validate::DEFAULT_REFUSE_SECONDS
+        } else {
+            s.min(crate::validate::MAX_REFUSE_SECONDS)
+        }
+    });
+    v1::Filters { refuse_seconds: refuse }
 }
 
 /// A call of a framework that has not subscribed to this leader yet, in the failover
@@ -998,5 +1007,27 @@ impl tokio_stream::Stream for MesosEvents {
                 Poll::Ready(Some(Ok(self.frame(&error))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decline_filters_are_taken_as_a_mesos_master_takes_them() {
+        let f = |s: f64| {
+            filters(corral_proto::mesos::v1::Filters {
+                refuse_seconds: Some(s),
+            })
+            .refuse_seconds
+        };
+        assert_eq!(f(2.5), Some(2.5));
+        assert_eq!(f(-1.0), Some(crate::validate::DEFAULT_REFUSE_SECONDS));
+        assert_eq!(f(f64::NAN), Some(crate::validate::DEFAULT_REFUSE_SECONDS));
+        assert_eq!(f(1e12), Some(crate::validate::MAX_REFUSE_SECONDS));
+        assert_eq!(f(f64::INFINITY), Some(crate::validate::MAX_REFUSE_SECONDS));
+        let none = filters(corral_proto::mesos::v1::Filters { refuse_seconds: None });
+        assert_eq!(none.refuse_seconds, None);
     }
 }

@@ -529,6 +529,61 @@ mod tests {
     }
 
     #[test]
+    fn a_mesos_framework_has_one_role() {
+        let info = |role: Option<&str>, roles: &[&str]| m::FrameworkInfo {
+            user: "u".into(),
+            name: "n".into(),
+            role: role.map(str::to_string),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let f = framework_from_mesos("fi", &info(Some("a"), &[])).unwrap();
+        assert_eq!(f.role, "a");
+        // MULTI_ROLE with one role; "*" is the default role.
+        assert_eq!(framework_from_mesos("fi", &info(None, &["b"])).unwrap().role, "b");
+        assert_eq!(framework_from_mesos("fi", &info(Some("*"), &[])).unwrap().role, "");
+        let e = framework_from_mesos("fi", &info(None, &["a", "b"])).unwrap_err();
+        assert!(e.starts_with("fi.roles"), "{e}");
+        let mut bad = info(None, &[]);
+        bad.failover_timeout = Some(-1.0);
+        assert!(framework_from_mesos("fi", &bad)
+            .unwrap_err()
+            .starts_with("fi.failover_timeout"));
+    }
+
+    #[test]
+    fn master_info_and_failures_are_as_mesos_writes_them() {
+        let info = master_info_to_mesos(2, "127.0.0.1:5051");
+        assert_eq!(info.ip, 16_777_343, "127.0.0.1 in network order, read little-endian");
+        assert_eq!((info.port, info.id.as_str()), (5051, "2"));
+        assert_eq!(info.address.as_ref().and_then(|a| a.ip.as_deref()), Some("127.0.0.1"));
+        assert_eq!(master_info_to_mesos(1, "m1.example:5050").ip, 0);
+        let ev = |f: c::Failure| {
+            scheduler_event_to_mesos(
+                &c::Event {
+                    event: Some(c::event::Event::Failure(f)),
+                },
+                (1, "h:1"),
+            )
+            .failure
+            .unwrap()
+        };
+        // An executor's end always carries a status; a lost agent's has none.
+        let exited = ev(c::Failure {
+            agent_id: "a".into(),
+            executor_id: "e".into(),
+            exit_code: None,
+            message: String::new(),
+        });
+        assert_eq!(exited.status, Some(-1));
+        let lost = ev(c::Failure {
+            agent_id: "a".into(),
+            ..Default::default()
+        });
+        assert_eq!((lost.executor_id, lost.status), (None, None));
+    }
+
+    #[test]
     fn commands_round_trip_in_both_forms() {
         for cmd in [
             c::CommandInfo {
