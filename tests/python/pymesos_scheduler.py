@@ -205,7 +205,9 @@ class Failover(Base):
 
 def framework(framework_id=None):
     info = dict(user="root" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
-                name="pymesos-" + MODE, failover_timeout=60.0, hostname="localhost")
+                name="pymesos-" + MODE, failover_timeout=60.0, hostname="localhost",
+                # Named as frameworks often name themselves, without authenticating.
+                principal="pymesos")
     if framework_id:
         info["id"] = dict(value=framework_id)
     return info

@@ -669,6 +669,14 @@ async fn subscribe(
         Ok(info) => info,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
     };
+    // A Mesos master without authentication takes the principal a framework names for
+    // itself (Marathon, say, always names one). Corral records who subscribed instead: an
+    // anonymous caller's claim is not checked, and not kept. (With an ACL, an anonymous
+    // caller may do nothing anyway; an identified one must name itself or nobody.)
+    if principal.name.is_empty() && !info.principal.is_empty() {
+        tracing::debug!(claimed = %info.principal, "an anonymous framework names a principal; ignored");
+        info.principal.clear();
+    }
     if let Some(id) = call.framework_id {
         if info.framework_id.is_empty() {
             info.framework_id = id.value;
