@@ -78,9 +78,6 @@ pub const RELAY_ATTEMPT: Duration = Duration::from_secs(3);
 /// Pause between relay attempts (a dead leader refuses connections at once).
 const RELAY_RETRY: Duration = Duration::from_millis(100);
 
-/// Largest answer to a relayed call (not SUBSCRIBE) read back: a refusal's text.
-const MAX_RELAYED_ANSWER: u64 = 64 << 10;
-
 /// How long after a leader takes office calls of frameworks not yet subscribed to it are
 /// answered 202 (see the module's "The failover window").
 pub const FAILOVER_GRACE: Duration = Duration::from_secs(10);
@@ -248,7 +245,6 @@ async fn scheduler(State(shared): State<Shared>, request: axum::extract::Request
         headers: &headers,
         body: &body,
         path: PATH,
-        streams: kind == ms::call::Type::Subscribe,
     };
     lead_or_relay(&shared, call_to, |leader| {
         serve(&shared, leader, principal.clone(), &headers, media, call, kind)
@@ -268,8 +264,6 @@ pub(crate) struct Call<'a> {
     pub body: &'a Bytes,
     /// Its path.
     pub path: &'static str,
-    /// Whether a 200 answer is a stream to pass on as it comes (SUBSCRIBE).
-    pub streams: bool,
 }
 
 /// Serve a Mesos API call with `serve` if this master leads, else relay it to the leader,
@@ -314,16 +308,15 @@ where
     }
 }
 
-/// Relay the call to the leader at `address` and pass its answer on (a SUBSCRIBE's stream
-/// as it comes). None when the leader did not answer or no longer leads: the caller tries
-/// again once a leader is known.
+/// Relay the call to the leader at `address` and pass its answer on as it comes. None when
+/// the leader did not answer or no longer leads (it has not taken the call): the caller
+/// tries again once a leader is known.
 async fn relay(shared: &Shared, call: &Call<'_>, leader_id: u64, address: &str) -> Option<Response> {
     let Call {
         principal,
         headers,
         body,
         path,
-        streams,
     } = *call;
     let me = shared.config.id.to_string();
     let on_behalf = shared.access.relayed_name(headers, principal);
@@ -357,18 +350,10 @@ async fn relay(shared: &Shared, call: &Call<'_>, leader_id: u64, address: &str) 
             return None;
         }
     };
+    // Passed on as it comes: a SUBSCRIBE's stream, or an answer of any size (GET_STATE). Once
+    // the head has come the leader has taken the call: it is never sent again.
     let status = StatusCode::from_u16(opened.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = if streams && status == StatusCode::OK {
-        Response::new(Body::from_stream(opened.body))
-    } else {
-        match opened.body.read_to_end(MAX_RELAYED_ANSWER).await {
-            Ok(text) => Response::new(Body::from(text)),
-            Err(e) => {
-                tracing::debug!(leader = leader_id, error = %e, "relayed answer cut; relaying again");
-                return None;
-            }
-        }
-    };
+    let mut response = Response::new(Body::from_stream(opened.body));
     *response.status_mut() = status;
     for name in ["content-type", STREAM_ID] {
         let value = opened.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());

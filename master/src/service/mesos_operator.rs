@@ -127,7 +127,6 @@ async fn api(shared: Shared, request: axum::extract::Request, path: &'static str
         headers: &headers,
         body: &body,
         path,
-        streams: false,
     };
     lead_or_relay(&shared, to, |leader| {
         serve(&shared, leader, &principal, answer, call, kind)
