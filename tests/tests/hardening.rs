@@ -558,8 +558,8 @@ async fn watch_until_raft_stop_exit(cluster: &mut Cluster, victim: u64, since: I
     assert!(log.contains("raft stopped"), "one clear line says why:\n{log}");
 }
 
-/// A small tmpfs mounted over a data dir, unmounted on drop (after the cluster's masters
-/// are gone: drop the cluster first).
+/// A small tmpfs mounted over a data dir, unmounted on drop (after the master that writes
+/// to it is gone, and before the cluster's temp dir is removed).
 struct SmallDisk {
     path: std::path::PathBuf,
 }
@@ -672,8 +672,11 @@ async fn hardening_p1_a_master_whose_disk_fills_exits_and_resumes_once_freed() {
     let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
     let index = cluster.member(leader).await.expect("leader").applied_index;
     cluster.wait_converged(&[1, 2, 3], index, Duration::from_secs(30)).await;
-    drop(cluster);
+    // The tmpfs goes before the cluster's temp dir, or that dir cannot be removed (its
+    // mount point is busy) and stays behind; its master goes before the tmpfs.
+    cluster.kill(VICTIM);
     drop(disk);
+    drop(cluster);
 }
 
 /// The README's "Recovering a damaged master", step by step with the CLI.
