@@ -521,6 +521,39 @@ fn framework(id: &str) -> Option<m::FrameworkId> {
     Some(m::FrameworkId { value: id.into() })
 }
 
+/// An ACCEPT of `offer` launching one command task (`task_id`, 0.1 cpu) running `command`.
+fn launch_call(fid: &str, offer: &m::Offer, task_id: &str, command: &str) -> ms::Call {
+    let task = m::TaskInfo {
+        name: task_id.into(),
+        task_id: m::TaskId { value: task_id.into() },
+        agent_id: offer.agent_id.clone(),
+        resources: vec![m::Resource {
+            name: "cpus".into(),
+            r#type: m::value::Type::Scalar as i32,
+            scalar: Some(m::value::Scalar { value: 0.1 }),
+            ..Default::default()
+        }],
+        command: Some(m::CommandInfo {
+            value: Some(command.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ms::Call {
+        framework_id: framework(fid),
+        r#type: Some(ms::call::Type::Accept as i32),
+        accept: Some(ms::call::Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![m::offer::Operation {
+                r#type: Some(m::offer::operation::Type::Launch as i32),
+                launch: Some(m::offer::operation::Launch { task_infos: vec![task] }),
+            }],
+            filters: None,
+        }),
+        ..Default::default()
+    }
+}
+
 async fn protobuf_call(address: &str, stream_id: &str, call: &ms::Call) -> (u16, String) {
     let headers = [("content-type", media::PROTOBUF), ("mesos-stream-id", stream_id)];
     self::call(address, &headers, &call.encode_to_vec()).await
@@ -546,35 +579,7 @@ async fn mesos_scheduler_p1_a_protobuf_client_launches_acknowledges_and_tears_do
         })
         .await;
     assert_eq!(offer.framework_id.value, fid);
-    let task = m::TaskInfo {
-        name: "p-1".into(),
-        task_id: m::TaskId { value: "p-1".into() },
-        agent_id: offer.agent_id.clone(),
-        resources: vec![m::Resource {
-            name: "cpus".into(),
-            r#type: m::value::Type::Scalar as i32,
-            scalar: Some(m::value::Scalar { value: 0.1 }),
-            ..Default::default()
-        }],
-        command: Some(m::CommandInfo {
-            value: Some("exit 0".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let accept = ms::Call {
-        framework_id: framework(&fid),
-        r#type: Some(ms::call::Type::Accept as i32),
-        accept: Some(ms::call::Accept {
-            offer_ids: vec![offer.id.clone()],
-            operations: vec![m::offer::Operation {
-                r#type: Some(m::offer::operation::Type::Launch as i32),
-                launch: Some(m::offer::operation::Launch { task_infos: vec![task] }),
-            }],
-            filters: None,
-        }),
-        ..Default::default()
-    };
+    let accept = launch_call(&fid, &offer, "p-1", "exit 0");
     assert_eq!(protobuf_call(&address, &stream_id, &accept).await.0, 202);
     // Each update acknowledged as it comes, until FINISHED.
     loop {
@@ -1126,36 +1131,7 @@ async fn mesos_scheduler_p1_calls_in_flight_at_a_leader_kill_are_taken_by_the_ne
             e.offers.as_ref().and_then(|o| o.offers.first().cloned())
         })
         .await;
-    let accept = ms::Call {
-        framework_id: framework(&fid),
-        r#type: Some(ms::call::Type::Accept as i32),
-        accept: Some(ms::call::Accept {
-            offer_ids: vec![offer.id.clone()],
-            operations: vec![m::offer::Operation {
-                r#type: Some(m::offer::operation::Type::Launch as i32),
-                launch: Some(m::offer::operation::Launch {
-                    task_infos: vec![m::TaskInfo {
-                        name: "g-1".into(),
-                        task_id: m::TaskId { value: "g-1".into() },
-                        agent_id: offer.agent_id.clone(),
-                        resources: vec![m::Resource {
-                            name: "cpus".into(),
-                            r#type: m::value::Type::Scalar as i32,
-                            scalar: Some(m::value::Scalar { value: 0.1 }),
-                            ..Default::default()
-                        }],
-                        command: Some(m::CommandInfo {
-                            value: Some("sleep 600".into()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }],
-                }),
-            }],
-            filters: None,
-        }),
-        ..Default::default()
-    };
+    let accept = launch_call(&fid, &offer, "g-1", "sleep 600");
     assert_eq!(protobuf_call(&address, &stream_id, &accept).await.0, 202);
     // Every update until RUNNING, none acknowledged yet.
     let mut unacked = Vec::new();
