@@ -282,6 +282,8 @@ fn as_caller<T>(principal: &Principal, message: T) -> Request<T> {
 /// What the leader knows: its applied state (bounded lists) and the soft state only it has.
 struct View {
     agents: Vec<AgentRecord>,
+    /// Agent id → its place in `agents`.
+    agent_at: HashMap<String, usize>,
     frameworks: Vec<FrameworkRecord>,
     framework_used: HashMap<String, Resources>,
     /// Framework id → its user (a task runs as its framework's user).
@@ -324,6 +326,13 @@ impl View {
         let app = &state.app;
         Some(View {
             agents: app.agents.values().take(MAX_STATE_RECORDS).cloned().collect(),
+            agent_at: app
+                .agents
+                .keys()
+                .take(MAX_STATE_RECORDS)
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect(),
             frameworks: app.frameworks.values().take(MAX_STATE_RECORDS).cloned().collect(),
             framework_used: app.framework_used.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             users: app
@@ -384,7 +393,7 @@ impl View {
             .map(|list| {
                 list.iter()
                     .map(|(id, agent_id, resources)| {
-                        let agent = self.agents.iter().find(|a| a.id == *agent_id);
+                        let agent = self.agent_at.get(agent_id).map(|i| &self.agents[*i]);
                         m::Offer {
                             id: m::OfferId { value: id.clone() },
                             framework_id: m::FrameworkId { value: f.id.clone() },
@@ -620,10 +629,16 @@ impl View {
         })
     }
 
-    fn v0_framework(&self, f: &FrameworkRecord) -> serde_json::Value {
+    /// One framework of `/master/state`, with its tasks and executors (grouped once by
+    /// [`View::v0`], so that the page costs one walk of each list, not one per framework).
+    fn v0_framework(
+        &self,
+        f: &FrameworkRecord,
+        mine: &[&TaskRecord],
+        executors: Vec<serde_json::Value>,
+    ) -> serde_json::Value {
         let connected = self.subscribed.contains(&f.id);
         let used = self.framework_used.get(&f.id).cloned().unwrap_or_default();
-        let mine: Vec<&TaskRecord> = self.tasks.iter().filter(|t| t.framework_id == f.id).collect();
         let tasks = |pick: &dyn Fn(&TaskRecord) -> bool| -> Vec<serde_json::Value> {
             mine.iter().filter(|t| pick(t)).map(|t| self.v0_task(t)).collect()
         };
@@ -636,13 +651,6 @@ impl View {
                     .collect()
             })
             .unwrap_or_default();
-        let executors: Vec<serde_json::Value> = self
-            .agents
-            .iter()
-            .flat_map(|a| a.executors.values().map(move |e| (a, e)))
-            .filter(|(_, e)| e.framework_id == f.id)
-            .map(|(a, e)| json!({"executor_id": e.executor_id, "slave_id": a.id, "resources": v0_resources(&e.resources)}))
-            .collect();
         json!({
             "id": f.id,
             "name": f.name,
@@ -704,6 +712,24 @@ impl View {
             .frameworks
             .iter()
             .partition(|f| f.state == FrameworkState::TornDown);
+        let mut tasks: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+        for t in &self.tasks {
+            tasks.entry(t.framework_id.as_str()).or_default().push(t);
+        }
+        let mut executors: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
+        for a in &self.agents {
+            for e in a.executors.values() {
+                executors.entry(e.framework_id.as_str()).or_default().push(
+                    json!({"executor_id": e.executor_id, "slave_id": a.id, "resources": v0_resources(&e.resources)}),
+                );
+            }
+        }
+        let mut framework = |f: &FrameworkRecord| {
+            let mine = tasks.get(f.id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            self.v0_framework(f, mine, executors.remove(f.id.as_str()).unwrap_or_default())
+        };
+        let live: Vec<serde_json::Value> = live.into_iter().map(&mut framework).collect();
+        let done: Vec<serde_json::Value> = done.into_iter().map(&mut framework).collect();
         let info = mc::master_info_to_mesos(*id, address);
         json!({
             "version": MESOS_VERSION,
@@ -722,8 +748,8 @@ impl View {
             "deactivated_slaves": count(AgentState::Draining),
             "unreachable_slaves": count(AgentState::Unreachable),
             "slaves": slaves,
-            "frameworks": live.into_iter().map(|f| self.v0_framework(f)).collect::<Vec<_>>(),
-            "completed_frameworks": done.into_iter().map(|f| self.v0_framework(f)).collect::<Vec<_>>(),
+            "frameworks": live,
+            "completed_frameworks": done,
             "orphan_tasks": [],
             "unregistered_frameworks": [],
         })
