@@ -14,6 +14,11 @@ pub const MIN_SNAPSHOT_EVERY_ENTRIES: u64 = 10;
 /// Most entries between snapshots accepted (the log, and a restart's replay, stay bounded).
 pub const MAX_SNAPSHOT_EVERY_ENTRIES: u64 = 1_000_000;
 
+/// Smallest log growth, in MiB, between snapshots accepted (`--snapshot-every-mib`).
+pub const MIN_SNAPSHOT_EVERY_MIB: u64 = 1;
+/// Largest log growth, in MiB, between snapshots accepted: the data dir stays bounded.
+pub const MAX_SNAPSHOT_EVERY_MIB: u64 = 16 * 1024;
+
 /// Finished tasks kept per framework by default (Mesos' `--max_completed_tasks_per_framework`).
 pub const DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK: u64 = 1000;
 /// Torn-down frameworks kept by default (Mesos' `--max_completed_frameworks`).
@@ -59,9 +64,10 @@ pub struct MasterArgs {
     #[arg(long, env = "CORRAL_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// Election timeout t. The leader lease is 2t; a follower that hears no leader for the
-    /// lease plus a fresh random 0.2t..0.9t stands for election, and an undecided
-    /// candidate stands again after a fresh 0.75t..1.5t (see the master's `election` module).
+    /// Election timeout t. A follower that hears no leader for t plus one heartbeat interval
+    /// (the lease) plus a fresh random 0.1t..0.5t asks the other voters and, if a majority
+    /// miss the leader too, stands for election; an undecided candidate stands again after
+    /// a fresh 0.75t..1.5t (see the master's `election` module).
     #[arg(long, env = "CORRAL_ELECTION_TIMEOUT_MS", default_value_t = 90)]
     pub election_timeout_ms: u64,
 
@@ -87,10 +93,16 @@ pub struct MasterArgs {
     pub offer_timeout: Duration,
 
     /// Log entries between two snapshots; the log is purged behind each snapshot (keeping
-    /// up to 2,000 entries, and at most a fifth of this, for lagging followers). Lower means smaller data dirs and faster
-    /// restarts, higher means fewer snapshot builds.
+    /// up to 500 entries, and at most a fifth of this, for lagging followers). Lower means
+    /// smaller data dirs and faster restarts, higher means fewer snapshot builds.
     #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_ENTRIES", default_value_t = crate::node::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
+
+    /// MiB of log (encoded entries) between two snapshots, whichever of this and
+    /// --snapshot-every-entries comes first. Bounds the log on disk however large the
+    /// entries are: under full churn group-committed entries are tens of KiB each.
+    #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_MIB", default_value_t = crate::node::SNAPSHOT_EVERY_MIB)]
+    pub snapshot_every_mib: u64,
 
     /// Finished tasks kept per framework (the newest); older ones are removed from the
     /// replicated state, and their ids may then be launched again.
@@ -196,6 +208,8 @@ pub struct Config {
     pub offer_timeout: Option<Duration>,
     /// Log entries between snapshots.
     pub snapshot_every_entries: u64,
+    /// Log bytes between snapshots.
+    pub snapshot_every_bytes: u64,
     /// Finished tasks kept per framework.
     pub max_completed_tasks_per_framework: u64,
     /// None: no age limit.
@@ -257,6 +271,11 @@ impl MasterArgs {
                 "--snapshot-every-entries: must be between {MIN_SNAPSHOT_EVERY_ENTRIES} and {MAX_SNAPSHOT_EVERY_ENTRIES}"
             ));
         }
+        if !(MIN_SNAPSHOT_EVERY_MIB..=MAX_SNAPSHOT_EVERY_MIB).contains(&self.snapshot_every_mib) {
+            return Err(format!(
+                "--snapshot-every-mib: must be between {MIN_SNAPSHOT_EVERY_MIB} and {MAX_SNAPSHOT_EVERY_MIB}"
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err("--data-dir: must not be empty".into());
         }
@@ -276,6 +295,7 @@ impl MasterArgs {
             allocation_interval: self.allocation_interval,
             offer_timeout: (!self.offer_timeout.is_zero()).then_some(self.offer_timeout),
             snapshot_every_entries: self.snapshot_every_entries,
+            snapshot_every_bytes: self.snapshot_every_mib << 20,
             max_completed_tasks_per_framework: self.max_completed_tasks_per_framework,
             completed_task_max_age: (!self.completed_task_max_age.is_zero()).then_some(self.completed_task_max_age),
             max_completed_frameworks: self.max_completed_frameworks,

@@ -18,7 +18,8 @@
 //!   writes in flight [`crate::raft::write::MAX_IN_FLIGHT`]; the commit queue
 //!   [`crate::raft::write::QUEUE_CAPACITY`]; follower lag
 //!   [`crate::raft::write::MAX_FOLLOWER_LAG`]; snapshots
-//!   [`crate::node::SNAPSHOT_EVERY_ENTRIES`] and [`crate::node::LOG_KEPT_BEHIND_SNAPSHOT`].
+//!   [`crate::node::SNAPSHOT_EVERY_ENTRIES`], [`crate::node::SNAPSHOT_EVERY_MIB`] and
+//!   [`crate::node::LOG_KEPT_BEHIND_SNAPSHOT`].
 //! - **The replicated state**: unacknowledged updates
 //!   [`crate::state::MAX_UNACKED_PER_TASK`] and [`crate::state::MAX_UNACKED_PER_FRAMEWORK`];
 //!   retention defaults in [`crate::config`].
@@ -73,3 +74,9 @@ const _: () = assert!(
     crate::config::MIN_SNAPSHOT_EVERY_ENTRIES <= node::SNAPSHOT_EVERY_ENTRIES
         && node::SNAPSHOT_EVERY_ENTRIES <= crate::config::MAX_SNAPSHOT_EVERY_ENTRIES
 );
+const _: () = assert!(
+    crate::config::MIN_SNAPSHOT_EVERY_MIB <= node::SNAPSHOT_EVERY_MIB
+        && node::SNAPSHOT_EVERY_MIB <= crate::config::MAX_SNAPSHOT_EVERY_MIB
+);
+// A snapshot by size is due after at least one largest entry.
+const _: () = assert!(write::MAX_BATCH_BYTES as u64 <= crate::config::MIN_SNAPSHOT_EVERY_MIB << 20);

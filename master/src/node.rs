@@ -26,9 +26,17 @@ pub const LEADER_HOLD: Duration = Duration::from_millis(1500);
 /// Entries between two snapshots by default (`--snapshot-every-entries`); the log is purged
 /// behind each one.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// MiB of log between two snapshots by default (`--snapshot-every-mib`), whichever of this
+/// and [`SNAPSHOT_EVERY_ENTRIES`] comes first. Under full churn entries are group-committed
+/// batches of tens of KiB, and 10,000 of them made a log of about 200 MiB that dominated the
+/// data dir (`soak-bench`); this keeps the log at a size that does not depend on the load.
+pub const SNAPSHOT_EVERY_MIB: u64 = 32;
+/// How often the log's growth is checked against [`SNAPSHOT_EVERY_MIB`].
+const SNAPSHOT_SIZE_CHECK: Duration = Duration::from_millis(200);
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
-/// log instead of needing the whole snapshot.
-pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 2_000;
+/// log instead of needing the whole snapshot (about a second and a half of full churn; a
+/// follower further behind is sent the snapshot).
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 500;
 /// Most entries in one AppendEntries. openraft gives every AppendEntries one heartbeat
 /// interval to complete, follower fsync included; with group-committed entries of up to
 /// `raft::write::MAX_BATCH_BYTES`, openraft's default (300) makes messages of tens of MiB that
@@ -106,6 +114,8 @@ pub struct Shared {
     pub watch: crate::service::watch::Hub,
     /// Who callers are and what they may do ([`crate::acl`]).
     pub access: Arc<crate::acl::Access>,
+    /// This master's Raft log store, for its counters (`/metrics`).
+    pub log: LogStore<CorralRaft>,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -132,9 +142,18 @@ pub struct SelfView {
 }
 
 impl Shared {
-    /// The leader's id and address, if one is known.
+    /// The leader's id and address, if one is known: this master itself, or a leader it
+    /// has heard within the lease. openraft keeps naming the last leader after it went
+    /// silent, and a follower that cannot muster a quorum never stands (its pre-votes fail)
+    /// to replace that name, so the name alone would point clients at a dead master.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        crate::raft::leader_of(&self.raft)
+        let (id, addr) = crate::raft::leader_of(&self.raft)?;
+        (id == self.config.id || self.contact.silence(id).is_some_and(|s| s <= self.lease())).then_some((id, addr))
+    }
+
+    /// How long a leader may be silent before this master takes it for gone.
+    pub fn lease(&self) -> Duration {
+        crate::raft::election::Timing::new(self.config.election_timeout, self.config.heartbeat_interval).lease
     }
 
     /// Why this master's Raft core has stopped, if it has: it then cannot vote, append or
@@ -193,8 +212,9 @@ impl Shared {
         // their election timeout, and until then keep naming it.
         let silent = self.config.heartbeat_interval * 3;
         loop {
-            // What to answer if the hold runs out: the leader named, though silent.
-            let stale_hint = {
+            // What to answer if the hold runs out: the leader named, though silent (within the
+            // lease); and whether a leader is named at all (it may be heard again).
+            let (stale_hint, named) = {
                 let m = metrics.borrow_and_update();
                 let other = m.current_leader.filter(|id| *id != self.config.id);
                 if m.state == ServerState::Leader {
@@ -203,16 +223,18 @@ impl Shared {
                     }
                     // Elected, its barrier not applied yet (`leader::run_leadership`); the
                     // apply changes the metrics.
-                    None
+                    (None, false)
                 } else if let Some(id) = other {
                     let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone());
                     let redirect = corral_proto::client::not_leader(addr.as_deref());
-                    if self.contact.silence(id).is_some_and(|s| s <= silent) {
+                    let silence = self.contact.silence(id);
+                    if silence.is_some_and(|s| s <= silent) {
                         return Err(redirect);
                     }
-                    Some(redirect)
+                    // Past the lease it is taken for gone: no hint at all.
+                    (silence.is_some_and(|s| s <= self.lease()).then_some(redirect), true)
                 } else {
-                    None
+                    (None, false)
                 }
             };
             tokio::select! {
@@ -220,7 +242,7 @@ impl Shared {
                     return Err(Status::unavailable("this master's raft node stopped"));
                 },
                 // A known but silent leader: look again when it might have been heard from.
-                _ = tokio::time::sleep(silent), if stale_hint.is_some() => {}
+                _ = tokio::time::sleep(silent), if named => {}
                 _ = &mut hold => {
                     return Err(stale_hint.unwrap_or_else(|| corral_proto::client::not_leader(None)));
                 }
@@ -436,13 +458,19 @@ impl Master {
                 .map_err(|e| StartError::Raft(e.to_string()))?
                 .is_none();
         let state = sm.reader();
+        let log_for_snapshots = log.clone();
+        let log_for_metrics = log.clone();
 
         let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
             cluster_name: config.cluster.clone(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            // Elections are the driver's (`raft::election`): openraft's timer is off, and
+            // its range matters only as the vote lease, `election_timeout_max` = t (a voter
+            // refuses votes for that long after hearing its leader).
+            election_timeout_min: election_ms - 1,
+            election_timeout_max: election_ms,
+            enable_elect: false,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT.min(config.snapshot_every_entries / 5),
             install_snapshot_timeout: 2_000,
@@ -493,6 +521,7 @@ impl Master {
             elections: elections.clone(),
             watch: watch_hub,
             access: Arc::new(access),
+            log: log_for_metrics,
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -509,7 +538,13 @@ impl Master {
             shared.config.id,
             shared.contact.clone(),
             elections.clone(),
-            shared.config.election_timeout,
+            crate::raft::election::Timing::new(shared.config.election_timeout, shared.config.heartbeat_interval),
+            stopped.clone(),
+        ));
+        tasks.spawn(snapshot_by_size(
+            shared.raft.clone(),
+            log_for_snapshots,
+            shared.config.snapshot_every_bytes,
             stopped.clone(),
         ));
         let tls_for_reload = tls.clone();
@@ -607,6 +642,43 @@ impl Master {
     }
 }
 
+/// Build a snapshot whenever the log has grown by `every_bytes` since the last one (openraft's
+/// own policy counts entries, whatever their size). A snapshot installed from the leader
+/// counts as one. The log is then purged behind it as after any snapshot.
+async fn snapshot_by_size(raft: Raft, log: LogStore<CorralRaft>, every_bytes: u64, mut stop: watch::Receiver<bool>) {
+    let mut last_snapshot = raft.metrics().borrow().snapshot;
+    let mut since = log.appended_bytes();
+    let mut tick = tokio::time::interval(SNAPSHOT_SIZE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let snapshot = raft.metrics().borrow().snapshot;
+        let appended = log.appended_bytes();
+        if snapshot != last_snapshot {
+            last_snapshot = snapshot;
+            since = appended;
+            continue;
+        }
+        if appended.saturating_sub(since) < every_bytes {
+            continue;
+        }
+        tracing::debug!(
+            log_bytes = appended - since,
+            "log grew past --snapshot-every-mib: building a snapshot"
+        );
+        // Counted from now: the snapshot, once built, moves `since` again.
+        since = appended;
+        if let Err(e) = raft.trigger().snapshot().await {
+            // The core stopped; `raft_stopped` reports why.
+            tracing::debug!(error = %e, "snapshot trigger");
+            return;
+        }
+    }
+}
+
 /// Form the cluster from `--peers`. Every initial master does this with the same list: the
 /// membership entry they write is identical (log index 0, term 0), so whichever starts
 /// first, they agree; a master that already received a leader's log refuses, harmlessly.
@@ -633,7 +705,8 @@ async fn serve(
         id: shared.config.id,
         contact: shared.contact.clone(),
         elections: shared.elections.clone(),
-        lease: shared.config.election_timeout * 2,
+        lease: crate::raft::election::Timing::new(shared.config.election_timeout, shared.config.heartbeat_interval)
+            .lease,
         pre_vote_silence: shared.config.election_timeout,
         tls: tls.is_some(),
     })

@@ -17,6 +17,7 @@
 //! been reported to deadlock (`corral local` runs three stores in one process).
 
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -41,11 +42,45 @@ const SLOW_FLUSH: Duration = Duration::from_millis(50);
 /// the watermark).
 type Waiter = (Durable, Option<u64>);
 
+/// Where the flusher's time goes, counted since the store was opened: each durable append
+/// waits for sled to write and `sync_file_range` its buffers, then for our `fdatasync`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushStats {
+    /// Flushes done (each covers every callback queued before it).
+    pub flushes: u64,
+    /// Callbacks served (appends, votes, purges, truncations waiting for durability).
+    pub callbacks: u64,
+    /// Time in sled's flush (its write and `sync_file_range`), in nanoseconds.
+    pub sled_nanos: u64,
+    /// Time in `fdatasync`, in nanoseconds.
+    pub sync_nanos: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    flushes: AtomicU64,
+    callbacks: AtomicU64,
+    sled_nanos: AtomicU64,
+    sync_nanos: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn read(&self) -> FlushStats {
+        FlushStats {
+            flushes: self.flushes.load(Ordering::Relaxed),
+            callbacks: self.callbacks.load(Ordering::Relaxed),
+            sled_nanos: self.sled_nanos.load(Ordering::Relaxed),
+            sync_nanos: self.sync_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Handle to the flusher thread. Dropping it closes the queue; the thread serves what is
 /// queued, then exits, and the drop waits for it.
 pub(crate) struct Flusher {
     tx: Option<mpsc::Sender<Waiter>>,
     thread: Option<thread::JoinHandle<()>>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Flusher {
@@ -53,12 +88,15 @@ impl Flusher {
     /// `mark` to the highest log index the flush made durable.
     pub(crate) fn start(db: sled::Db, data_file: File, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Waiter>();
+        let counters = Arc::new(Counters::default());
+        let for_thread = counters.clone();
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(db, data_file, mark, rx))?;
+            .spawn(move || run(db, data_file, mark, rx, &for_thread))?;
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
+            counters,
         })
     }
 
@@ -101,7 +139,7 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Waiter>) {
+fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Waiter>, counters: &Counters) {
     let mut batch: Vec<Waiter> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -112,11 +150,19 @@ fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<W
             }
         }
         let started = Instant::now();
-        let outcome = db
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
+        let written = db.flush().map_err(|e| e.to_string());
+        let sled_done = Instant::now();
+        let outcome = written.and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
         let took = started.elapsed();
+        counters.flushes.fetch_add(1, Ordering::Relaxed);
+        counters.callbacks.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        counters
+            .sled_nanos
+            .fetch_add(nanos(sled_done - started), Ordering::Relaxed);
+        counters
+            .sync_nanos
+            .fetch_add(nanos(sled_done.elapsed()), Ordering::Relaxed);
         if took >= SLOW_FLUSH {
             warn!(
                 callbacks = batch.len(),

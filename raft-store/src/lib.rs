@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 pub use codec::FORMAT_VERSION;
 pub use error::StoreError;
+pub use flusher::FlushStats;
 pub use log_store::{LogStore, LogSummary};
 pub use openraft;
 /// Run `work`, which blocks for a while (a large apply, a purge of thousands of entries),
@@ -205,6 +206,7 @@ where
         meta,
         flusher,
         mark,
+        appended_bytes: Default::default(),
     }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {

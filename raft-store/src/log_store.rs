@@ -32,6 +32,8 @@ pub(crate) struct LogInner {
     pub(crate) flusher: Flusher,
     /// How far the log has been durable (see `watermark`).
     pub(crate) mark: Arc<crate::watermark::Watermark>,
+    /// Encoded bytes appended since this store was opened (never lowered).
+    pub(crate) appended_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// The Raft log, vote and committed index of one node. Cheap to clone; every clone is the
@@ -92,6 +94,18 @@ impl<C: StoreConfig> LogStore<C> {
     fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
         self.inner.meta.insert(key, encode(key, value)?)?;
         Ok(())
+    }
+
+    /// Encoded bytes of the entries appended since the store was opened. Only grows: the
+    /// difference between two readings is what the log took on in between, which is what a
+    /// snapshot policy by size needs (openraft's own counts entries, whatever their size).
+    pub fn appended_bytes(&self) -> u64 {
+        self.inner.appended_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where the flusher's time went since the store was opened.
+    pub fn flush_stats(&self) -> crate::FlushStats {
+        self.inner.flusher.counters.read()
     }
 
     /// Wait until every write made so far is durable (see `flusher`).
@@ -297,6 +311,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     {
         let mut encoded = Vec::new();
         let mut last = None;
+        let mut total = 0u64;
         for entry in entries {
             last = Some(entry.log_id.index);
             let bytes = encode("log entry", &entry).map_err(write_err)?;
@@ -306,6 +321,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
                     bytes: bytes.len(),
                 }));
             }
+            total += bytes.len() as u64;
             encoded.push((index_key(entry.log_id.index), bytes));
         }
         let started = std::time::Instant::now();
@@ -323,6 +339,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             }
             self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
         }
+        self.inner
+            .appended_bytes
+            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
         let took = started.elapsed();
         if took >= SLOW_APPEND {
             // openraft's core waits for this: no heartbeat goes out meanwhile.

@@ -140,3 +140,53 @@ async fn retention_p1_an_agent_removes_old_sandboxes_and_keeps_a_running_tasks()
     let state = tasks.iter().find(|t| t.task_id == "long").map(|t| t.state);
     assert_eq!(state, Some(v1::TaskState::TaskRunning as i32));
 }
+
+/// A gauge of a master's /metrics (labelled with the master's id only).
+async fn gauge(cluster: &Cluster, id: u64, name: &str) -> Option<u64> {
+    let (code, body) = cluster.http_get(id, "/metrics").await?;
+    (code == 200).then_some(())?;
+    let series = format!("{name}{{id=\"{id}\"}}");
+    body.lines()
+        .find(|l| l.split(' ').next() == Some(series.as_str()))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_p2_every_master_snapshots_its_log_by_size() {
+    // The entry count alone would never snapshot here: only the log's size can.
+    let mut cluster = Cluster::start_with(3, &["--snapshot-every-mib", "1", "--snapshot-every-entries", "1000000"]);
+    cluster.wait_leader(&[1, 2, 3], Duration::from_secs(15)).await;
+    cluster.start_agent("a", "cpus:8;mem:8192", "");
+    cluster.wait_agents(1, Duration::from_secs(20)).await;
+    let mut fw = cluster.framework("big", "*").await;
+    // About 2 MiB of log in a few dozen entries: tasks with a 48 KiB argument.
+    let padding = "p".repeat(48 * 1024);
+    // One task per offer: returned resources come back as offers of their own.
+    let mut launched = Vec::new();
+    while launched.len() < 40 {
+        for offer in fw.next_offers(Duration::from_secs(20)).await {
+            let id = format!("t{}", launched.len());
+            let task = Framework::task(&id, &offer.agent_id, 0.01, 1.0, &["true", &padding]);
+            fw.accept(vec![offer.offer_id], vec![task], 0.0).await.expect("launch");
+            launched.push(id);
+        }
+    }
+    for id in &launched {
+        fw.wait_state(id, v1::TaskState::TaskFinished, Duration::from_secs(20))
+            .await;
+    }
+    for id in [1, 2, 3] {
+        // (The purge behind it keeps the last 500 entries, more than this test writes.)
+        let snapshot = wait_for(Duration::from_secs(20), "a snapshot by size", || async {
+            let snapshot = gauge(&cluster, id, "corral_raft_snapshot_index").await?;
+            (snapshot > 0).then_some(snapshot)
+        })
+        .await;
+        let last = gauge(&cluster, id, "corral_raft_last_log_index")
+            .await
+            .expect("metrics");
+        eprintln!("master {id}: last index {last}, snapshot at {snapshot}");
+        assert!(snapshot <= last);
+    }
+}

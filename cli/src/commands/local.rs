@@ -75,6 +75,7 @@ pub async fn run(masters: u32, agents: u32, data_dir: Option<PathBuf>) -> Result
             allocation_interval: Duration::from_secs(1),
             offer_timeout: None,
             snapshot_every_entries: corral_master::node::SNAPSHOT_EVERY_ENTRIES,
+            snapshot_every_bytes: corral_master::node::SNAPSHOT_EVERY_MIB << 20,
             max_completed_tasks_per_framework: corral_master::config::DEFAULT_MAX_COMPLETED_TASKS_PER_FRAMEWORK,
             completed_task_max_age: None,
             max_completed_frameworks: corral_master::config::DEFAULT_MAX_COMPLETED_FRAMEWORKS,

@@ -8,14 +8,17 @@
 //! log, which cannot win, stood first and voted for itself, so the other's request in the
 //! same term was refused, and the two traded terms until a timer ran out (1 s to a leader).
 //!
-//! The driver here ([`run`]) decides instead, and openraft's own timer stays as a fallback
-//! (it fires later than ours). A voter stands when:
-//! - **the leader has gone silent**: no AppendEntries has arrived for the lease plus a fresh
-//!   random `0.2t..0.9t` (counted from the last one, the last term change or the start),
-//!   and a majority of the voters, asked first (**pre-vote**, Raft thesis 9.6), miss the
-//!   leader too. A master that alone does not hear a live leader (its runtime starved, a
-//!   one-sided partition) so never bumps the term and deposes it; it asks again after a
-//!   short wait;
+//! The driver here ([`run`]) decides instead; openraft's own timer is off
+//! (`enable_elect: false`), so that every stand against a leader that may be alive goes
+//! through the pre-vote. A voter stands when:
+//! - **the leader has gone silent**: no AppendEntries has arrived for the lease
+//!   ([`Timing::lease`]: the election timeout plus one heartbeat interval, 120 ms at the
+//!   defaults) plus a fresh random `0.1t..0.5t` (counted from the last one, the last term
+//!   change or the start), and a majority of the voters, asked first (**pre-vote**, Raft
+//!   thesis 9.6), miss the leader too. A master that alone does not hear a live leader (its
+//!   runtime starved, a one-sided partition) so never bumps the term and deposes it; it
+//!   asks again after a short wait. A voter that granted a peer's pre-vote in the last
+//!   `t/2` leaves the election to that peer rather than split the vote;
 //! - **an election is undecided**: no leader `0.75t..1.5t` (drawn anew each round) after its
 //!   term last changed, as a candidate or as a follower that voted in a term nobody won
 //!   yet (no lease is at stake then);
@@ -26,6 +29,11 @@
 //!
 //! It does not stand by silence or by timer for `4t` after a peer showed a longer log
 //! ([`Elections::outlogged`]): that peer can win and this one cannot.
+//!
+//! openraft's vote lease (a voter refuses votes while it heard a leader within
+//! `election_timeout_max`) is set to `t`, shorter than the driver's lease, so that a voter
+//! whose Raft core is a little behind its network (a slow flush) still grants the vote
+//! that its pre-vote promised.
 //!
 //! Standing for election is always safe in Raft; these rules only decide how soon a
 //! leader is elected.
@@ -57,6 +65,7 @@ struct Inner {
 struct Hints {
     outlogged_at: Option<Instant>,
     stand_now: bool,
+    granted_pre_vote_at: Option<Instant>,
 }
 
 impl Elections {
@@ -71,11 +80,40 @@ impl Elections {
         self.0.wake.notify_one();
     }
 
+    /// This master granted a peer's pre-vote: the peer is about to stand.
+    pub fn granted_pre_vote(&self) {
+        self.0
+            .hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .granted_pre_vote_at = Some(Instant::now());
+    }
+
     fn take(&self) -> Hints {
         let mut h = self.0.hints.lock().unwrap_or_else(|p| p.into_inner());
         let out = *h;
         h.stand_now = false;
         out
+    }
+}
+
+/// The election's durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The election timeout `t`.
+    pub t: Duration,
+    /// How long a leader must be silent before a follower asks to replace it.
+    pub lease: Duration,
+}
+
+impl Timing {
+    /// The lease is the election timeout plus one heartbeat interval: a leader is taken for
+    /// gone once `t` has passed without a heartbeat, and then the next heartbeat's time too.
+    pub fn new(election_timeout: Duration, heartbeat: Duration) -> Timing {
+        Timing {
+            t: election_timeout,
+            lease: election_timeout + heartbeat,
+        }
     }
 }
 
@@ -127,11 +165,14 @@ pub struct Look {
     pub outlogged_at: Option<Instant>,
     /// A peer with a shorter log stands in the way: stand at once ([`Elections::stand_now`]).
     pub stand_now: bool,
+    /// When this master last granted a peer's pre-vote ([`Elections::granted_pre_vote`]).
+    pub granted_pre_vote_at: Option<Instant>,
 }
 
 impl Clock {
     /// Decide from one look; `draw` gives a uniform sample in the range it is given.
-    pub fn decide(&mut self, look: Look, t: Duration, draw: &mut dyn FnMut(f64, f64) -> f64) -> Decision {
+    pub fn decide(&mut self, look: Look, timing: Timing, draw: &mut dyn FnMut(f64, f64) -> f64) -> Decision {
+        let (t, lease) = (timing.t, timing.lease);
         let now = look.now;
         let term_since = match self.term {
             Some((term, since)) if term == look.term => since,
@@ -154,7 +195,6 @@ impl Clock {
             self.stood = Some((now, look.term));
             return Decision::Stand("a peer with a shorter log is in the way");
         }
-        let lease = t * 2;
         if look
             .outlogged_at
             .is_some_and(|at| now.saturating_duration_since(at) < t * 4)
@@ -166,6 +206,15 @@ impl Clock {
         // (a candidate, or a follower that voted in an election nobody won yet) the next
         // round is due after the candidate's window.
         let leased = look.state == ServerState::Follower && look.leader_known;
+        // A peer this master just told to go ahead is standing: two stands at once split
+        // the vote, and the next round is a candidate's window away.
+        if leased
+            && look
+                .granted_pre_vote_at
+                .is_some_and(|at| now.saturating_duration_since(at) < t / 2)
+        {
+            return Decision::Wait;
+        }
         let basis = if leased {
             since.max(look.started).max(look.last_heard.unwrap_or(look.started))
         } else {
@@ -175,7 +224,7 @@ impl Clock {
             Some((b, deadline)) if b == basis => deadline,
             _ => {
                 let wait = if leased {
-                    lease + t.mul_f64(draw(0.2, 0.9))
+                    lease + t.mul_f64(draw(0.1, 0.5))
                 } else {
                     t.mul_f64(draw(0.75, 1.5))
                 };
@@ -212,9 +261,10 @@ pub async fn run(
     id: NodeId,
     contact: LeaderContact,
     elections: Elections,
-    election_timeout: Duration,
+    timing: Timing,
     mut stop: watch::Receiver<bool>,
 ) {
+    let election_timeout = timing.t;
     let started = Instant::now();
     let mut clock = Clock::default();
     let mut tick = tokio::time::interval(TICK);
@@ -242,9 +292,10 @@ pub async fn run(
             last_heard: contact.last_heard(),
             outlogged_at: hints.outlogged_at,
             stand_now: hints.stand_now,
+            granted_pre_vote_at: hints.granted_pre_vote_at,
         };
         let mut draw = |lo: f64, hi: f64| rand::rng().random_range(lo..hi);
-        let why = match clock.decide(look, election_timeout, &mut draw) {
+        let why = match clock.decide(look, timing, &mut draw) {
             Decision::Wait => continue,
             Decision::Stand(why) => why,
             Decision::AskThenStand => {
@@ -303,6 +354,11 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_millis(90);
+    /// The defaults: t = 90 ms, heartbeat 30 ms, so a lease of 120 ms.
+    const TM: Timing = Timing {
+        t: T,
+        lease: Duration::from_millis(120),
+    };
 
     fn look(at: Instant, state: ServerState, term: u64) -> Look {
         Look {
@@ -315,6 +371,7 @@ mod tests {
             last_heard: None,
             outlogged_at: None,
             stand_now: false,
+            granted_pre_vote_at: None,
         }
     }
 
@@ -333,21 +390,21 @@ mod tests {
         let mut c = Clock::default();
         let mut l = look(t0, ServerState::Follower, 5);
         l.last_heard = Some(t0);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        // Lease 180 ms plus 0.2 × 90 ms = 198 ms.
-        l.now = t0 + ms(197);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(198);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        // Lease 120 ms plus 0.1 × 90 ms = 129 ms.
+        l.now = t0 + ms(128);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(129);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
         // A heartbeat moves the deadline.
         let mut c = Clock::default();
         l.now = t0;
-        c.decide(l, T, &mut low);
+        c.decide(l, TM, &mut low);
         l.last_heard = Some(t0 + ms(150));
-        l.now = t0 + ms(300);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(348);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        l.now = t0 + ms(278);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(279);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
     }
 
     #[test]
@@ -356,24 +413,24 @@ mod tests {
         let mut c = Clock::default();
         let mut l = look(t0, ServerState::Follower, 5);
         l.last_heard = Some(t0);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(198);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(129);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
         c.refused(l.now, T, &mut low);
         // 0.2 × 90 ms later it asks again.
-        l.now = t0 + ms(198 + 17);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(198 + 18);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        l.now = t0 + ms(129 + 17);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(129 + 18);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
         c.refused(l.now, T, &mut low);
         // Heard meanwhile: the whole lease again.
         l.last_heard = Some(t0 + ms(220));
         l.now = t0 + ms(240);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(220 + 197);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(220 + 198);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(220 + 128);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(220 + 129);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
     }
 
     #[test]
@@ -383,15 +440,15 @@ mod tests {
         let mut draws = vec![0.5, 0.9, 1.4];
         let mut draw = |_lo: f64, _hi: f64| draws.remove(0);
         let mut l = look(t0, ServerState::Candidate, 7);
-        assert_eq!(c.decide(l, T, &mut draw), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut draw), Decision::Wait);
         l.now = t0 + T.mul_f64(0.5);
-        assert_eq!(c.decide(l, T, &mut draw), Decision::Stand("election undecided"));
+        assert_eq!(c.decide(l, TM, &mut draw), Decision::Stand("election undecided"));
         // The stand moved the term on: the next round has its own draw.
         l.term = 8;
         l.now = t0 + ms(60);
-        assert_eq!(c.decide(l, T, &mut draw), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut draw), Decision::Wait);
         l.now = t0 + ms(60) + T.mul_f64(0.9);
-        assert_eq!(c.decide(l, T, &mut draw), Decision::Stand("election undecided"));
+        assert_eq!(c.decide(l, TM, &mut draw), Decision::Stand("election undecided"));
         assert_eq!(draws, vec![1.4]);
     }
 
@@ -401,11 +458,11 @@ mod tests {
         let mut c = Clock::default();
         let mut l = look(t0, ServerState::Candidate, 3);
         l.outlogged_at = Some(t0);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.now = t0 + ms(300);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.now = t0 + ms(360);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Stand("election undecided"));
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Stand("election undecided"));
     }
 
     #[test]
@@ -416,17 +473,17 @@ mod tests {
         l.last_heard = Some(t0);
         l.stand_now = true;
         assert_eq!(
-            c.decide(l, T, &mut low),
+            c.decide(l, TM, &mut low),
             Decision::Stand("a peer with a shorter log is in the way")
         );
         l.state = ServerState::Leader;
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.state = ServerState::Learner;
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.state = ServerState::Follower;
         l.voter = false;
         l.now = t0 + ms(10_000);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
     }
 
     #[test]
@@ -437,26 +494,26 @@ mod tests {
         let mut c = Clock::default();
         let mut l = look(t0, ServerState::Follower, 5);
         l.last_heard = Some(t0);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
-        l.now = t0 + ms(198);
-        assert_eq!(c.decide(l, T, &mut low), Decision::AskThenStand);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(129);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
         for tick in 1..30 {
-            l.now = t0 + ms(198 + tick);
-            assert_eq!(c.decide(l, T, &mut low), Decision::Wait, "tick {tick}");
+            l.now = t0 + ms(129 + tick);
+            assert_eq!(c.decide(l, TM, &mut low), Decision::Wait, "tick {tick}");
         }
         // A stale hint about the term it left does not make it stand twice either...
         l.stand_now = true;
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         // ...but one about its new term does.
         l.term = 6;
         l.state = ServerState::Candidate;
         l.leader_known = false;
         assert_eq!(
-            c.decide(l, T, &mut low),
+            c.decide(l, TM, &mut low),
             Decision::Stand("a peer with a shorter log is in the way")
         );
         l.now += ms(1);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
     }
 
     #[test]
@@ -468,15 +525,33 @@ mod tests {
         let mut c = Clock::default();
         let mut l = look(t0, ServerState::Follower, 3);
         l.last_heard = Some(t0);
-        c.decide(l, T, &mut low);
+        c.decide(l, TM, &mut low);
         l.term = 4;
         l.leader_known = false;
         l.now = t0 + ms(150);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         // 0.75 × 90 ms = 67.5 ms after the term changed.
         l.now = t0 + ms(150 + 67);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Wait);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.now = t0 + ms(150 + 68);
-        assert_eq!(c.decide(l, T, &mut low), Decision::Stand("election undecided"));
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Stand("election undecided"));
+    }
+
+    #[test]
+    fn a_follower_that_just_granted_a_pre_vote_leaves_the_election_to_that_peer() {
+        let t0 = Instant::now();
+        let mut c = Clock::default();
+        let mut l = look(t0, ServerState::Follower, 5);
+        l.last_heard = Some(t0);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        // Its own deadline (129 ms) passes just after it granted a peer's pre-vote.
+        l.granted_pre_vote_at = Some(t0 + ms(125));
+        l.now = t0 + ms(130);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(125 + 44);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        // The peer did not make it (no new term, no leader heard): t/2 later it asks itself.
+        l.now = t0 + ms(125 + 45);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
     }
 }

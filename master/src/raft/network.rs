@@ -503,6 +503,9 @@ impl v1::raft_server::Raft for RaftService {
             .last_heard()
             .is_none_or(|at| at.elapsed() >= self.pre_vote_silence);
         let granted = !leading && misses_leader && rpc.last_log_index >= last_log_index;
+        if granted {
+            self.elections.granted_pre_vote();
+        }
         tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted, "pre-vote");
         reply::<_, openraft::error::Infallible>(Ok(PreVoteResponse { granted }))
     }

@@ -301,6 +301,38 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             snap.bytes as f64,
         );
     }
+    let flush = shared.log.flush_stats();
+    let mut counter = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{id=\"{id}\"}} {value}"
+        );
+    };
+    counter(
+        "corral_raft_log_flushes_total",
+        "Group-commit flushes of the Raft log (each one sled flush and one fdatasync).",
+        flush.flushes as f64,
+    );
+    counter(
+        "corral_raft_log_flush_waiters_total",
+        "Appends, votes, purges and truncations made durable by those flushes.",
+        flush.callbacks as f64,
+    );
+    counter(
+        "corral_raft_log_flush_sled_seconds_total",
+        "Time the flushes spent in sled's flush (its write and sync_file_range).",
+        flush.sled_nanos as f64 / 1e9,
+    );
+    counter(
+        "corral_raft_log_flush_sync_seconds_total",
+        "Time the flushes spent in fdatasync.",
+        flush.sync_nanos as f64 / 1e9,
+    );
+    counter(
+        "corral_raft_log_appended_bytes_total",
+        "Encoded bytes appended to the Raft log since the master started.",
+        shared.log.appended_bytes() as f64,
+    );
     let lat = shared.writer.latency();
     let _ = writeln!(
         out,

@@ -77,8 +77,8 @@ fn disk_bytes(dir: &Path) -> u64 {
 }
 
 /// How often the leader's RSS and data dir are sampled. A minute's figures are the means of
-/// its samples: the log grows and is purged once per snapshot (every 10,000 entries, about
-/// half a minute at full churn), so a single sample a minute would land anywhere on that
+/// its samples: the log grows and is purged once per snapshot (every 32 MiB of log, a few
+/// seconds at full churn), so a single sample a minute would land anywhere on that
 /// sawtooth.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -146,7 +146,7 @@ async fn soak() {
     };
     let _ = writeln!(
         csv,
-        "minute,leader_rss_mib,leader_rss_min_mib,leader_rss_max_mib,data_dir_mib,data_dir_min_mib,data_dir_max_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms"
+        "minute,leader_rss_mib,leader_rss_min_mib,leader_rss_max_mib,data_dir_mib,data_dir_min_mib,data_dir_max_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms,leader,dir_m1_mib,dir_m2_mib,dir_m3_mib"
     );
     let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
     let ids = [1, 2, 3];
@@ -235,6 +235,12 @@ async fn soak() {
         let now_finished = finished(&fws);
         let tasks_per_s = (now_finished - last_finished) as f64 / 60.0;
         last_finished = now_finished;
+        // Every master's data dir at the minute's end: the leader's figure moves between
+        // these when a kill hands the lead to another master.
+        let dirs: Vec<f64> = ids
+            .iter()
+            .map(|id| disk_bytes(&cluster.masters[id].data_dir) as f64 / (1024.0 * 1024.0))
+            .collect();
         let mut lat: Vec<u64> = fws.iter().flat_map(|f| f.take_latencies()).collect();
         lat.sort_unstable();
         let row = Minute {
@@ -249,12 +255,21 @@ async fn soak() {
             p99_ms: percentile_ms(&lat, 99.0),
         };
         println!(
-            "{:>6} | {:>9.0} {:>9.1} {:>9.2} {:>9.0} | {:>8.0} {:>8.1}",
-            row.minute, row.rss_mib, row.data_dir_mib, row.snapshot_mib, row.tasks, row.tasks_per_s, row.p99_ms
+            "{:>6} | {:>9.0} {:>9.1} {:>9.2} {:>9.0} | {:>8.0} {:>8.1} | leader {leader}, dirs {:.0}/{:.0}/{:.0} MiB",
+            row.minute,
+            row.rss_mib,
+            row.data_dir_mib,
+            row.snapshot_mib,
+            row.tasks,
+            row.tasks_per_s,
+            row.p99_ms,
+            dirs[0],
+            dirs[1],
+            dirs[2]
         );
         let _ = writeln!(
             csv,
-            "{},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.3},{},{:.1},{:.2}",
+            "{},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.3},{},{:.1},{:.2},{leader},{:.1},{:.1},{:.1}",
             row.minute,
             row.rss_mib,
             row.rss_range.0,
@@ -265,7 +280,10 @@ async fn soak() {
             row.snapshot_mib,
             row.tasks,
             row.tasks_per_s,
-            row.p99_ms
+            row.p99_ms,
+            dirs[0],
+            dirs[1],
+            dirs[2]
         );
         rows.push(row);
     }
