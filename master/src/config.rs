@@ -100,7 +100,9 @@ pub struct MasterArgs {
 
     /// MiB of log (encoded entries) between two snapshots, whichever of this and
     /// --snapshot-every-entries comes first. Bounds the log on disk however large the
-    /// entries are: under full churn group-committed entries are tens of KiB each.
+    /// entries are: under full churn group-committed entries are tens of KiB each. Each
+    /// master snapshots at a point drawn anew in [N, 1.5 N) MiB, so that masters do not all
+    /// build at once.
     #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_MIB", default_value_t = crate::node::SNAPSHOT_EVERY_MIB)]
     pub snapshot_every_mib: u64,
 

@@ -458,8 +458,7 @@ impl Master {
                 .map_err(|e| StartError::Raft(e.to_string()))?
                 .is_none();
         let state = sm.reader();
-        let log_for_snapshots = log.clone();
-        let log_for_metrics = log.clone();
+        let log_handle = log.clone();
 
         let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {
@@ -521,7 +520,7 @@ impl Master {
             elections: elections.clone(),
             watch: watch_hub,
             access: Arc::new(access),
-            log: log_for_metrics,
+            log: log_handle,
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -543,7 +542,7 @@ impl Master {
         ));
         tasks.spawn(snapshot_by_size(
             shared.raft.clone(),
-            log_for_snapshots,
+            shared.log.clone(),
             shared.config.snapshot_every_bytes,
             stopped.clone(),
         ));
@@ -642,10 +641,18 @@ impl Master {
     }
 }
 
-/// Build a snapshot whenever the log has grown by `every_bytes` since the last one (openraft's
-/// own policy counts entries, whatever their size). A snapshot installed from the leader
+/// Build a snapshot whenever the log has grown by `every_bytes` (plus a random part of up to
+/// half of it, drawn anew each time) since the last one (openraft's own policy counts
+/// entries, whatever their size). A snapshot installed from the leader
 /// counts as one. The log is then purged behind it as after any snapshot.
 async fn snapshot_by_size(raft: Raft, log: LogStore<CorralRaft>, every_bytes: u64, mut stop: watch::Receiver<bool>) {
+    use rand::Rng;
+    // Each snapshot's point is drawn in [every, 1.5 × every): masters that share a machine,
+    // a disk or a rack do not all build at once (seen under full churn: all three built
+    // within 200 ms of each other, and the leader, starved meanwhile, missed its
+    // heartbeats long enough for a follower to stand).
+    let draw = || every_bytes + rand::rng().random_range(0..=every_bytes / 2);
+    let mut due = draw();
     let mut last_snapshot = raft.metrics().borrow().snapshot;
     let mut since = log.appended_bytes();
     let mut tick = tokio::time::interval(SNAPSHOT_SIZE_CHECK);
@@ -660,9 +667,10 @@ async fn snapshot_by_size(raft: Raft, log: LogStore<CorralRaft>, every_bytes: u6
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
             since = appended;
+            due = draw();
             continue;
         }
-        if appended.saturating_sub(since) < every_bytes {
+        if appended.saturating_sub(since) < due {
             continue;
         }
         tracing::debug!(
@@ -707,7 +715,7 @@ async fn serve(
         elections: shared.elections.clone(),
         lease: crate::raft::election::Timing::new(shared.config.election_timeout, shared.config.heartbeat_interval)
             .lease,
-        pre_vote_silence: shared.config.election_timeout,
+        pre_vote_silence: shared.lease(),
         tls: tls.is_some(),
     })
     .max_decoding_message_size(max * 4)

@@ -146,7 +146,7 @@ async fn soak() {
     };
     let _ = writeln!(
         csv,
-        "minute,leader_rss_mib,leader_rss_min_mib,leader_rss_max_mib,data_dir_mib,data_dir_min_mib,data_dir_max_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms,leader,dir_m1_mib,dir_m2_mib,dir_m3_mib"
+        "minute,leader_rss_mib,leader_rss_min_mib,leader_rss_max_mib,data_dir_mib,data_dir_min_mib,data_dir_max_mib,snapshot_mib,retained_tasks,tasks_per_s,p99_ms,leader,term,dir_m1_mib,dir_m2_mib,dir_m3_mib"
     );
     let mut cluster = Cluster::start_with(3, &corral_tests::sim::master_args());
     let ids = [1, 2, 3];
@@ -176,6 +176,13 @@ async fn soak() {
     let start = Instant::now();
     let mut rows: Vec<Minute> = Vec::new();
     let mut failovers: Vec<Duration> = Vec::new();
+    // Leader changes beyond the kills' are spurious elections (a follower that stood
+    // against a live leader under load).
+    let first_term = match cluster.leader_among(&ids).await {
+        Some(l) => cluster.status_of(l).await.map_or(0, |s| s.term),
+        None => 0,
+    };
+    let mut last_term = first_term;
     let mut last_finished = finished(&fws);
     for minute in 1..=args.minutes {
         let until = start + Duration::from_secs(60 * minute);
@@ -221,6 +228,8 @@ async fn soak() {
             }
         }
         let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+        let term = cluster.status_of(leader).await.map_or(0, |s| s.term);
+        last_term = term;
         let m = &cluster.masters[&leader];
         let (rss, rss_range) = mean_and_range(samples.iter().map(|s| s.0));
         let (dir, dir_range) = mean_and_range(samples.iter().map(|s| s.1));
@@ -255,7 +264,7 @@ async fn soak() {
             p99_ms: percentile_ms(&lat, 99.0),
         };
         println!(
-            "{:>6} | {:>9.0} {:>9.1} {:>9.2} {:>9.0} | {:>8.0} {:>8.1} | leader {leader}, dirs {:.0}/{:.0}/{:.0} MiB",
+            "{:>6} | {:>9.0} {:>9.1} {:>9.2} {:>9.0} | {:>8.0} {:>8.1} | leader {leader} (term {term}), dirs {:.0}/{:.0}/{:.0} MiB",
             row.minute,
             row.rss_mib,
             row.data_dir_mib,
@@ -269,7 +278,7 @@ async fn soak() {
         );
         let _ = writeln!(
             csv,
-            "{},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.3},{},{:.1},{:.2},{leader},{:.1},{:.1},{:.1}",
+            "{},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{:.3},{},{:.1},{:.2},{leader},{term},{:.1},{:.1},{:.1}",
             row.minute,
             row.rss_mib,
             row.rss_range.0,
@@ -319,6 +328,11 @@ async fn soak() {
         "p99: {:.1} ms in the first third of them, {:.1} ms in the last",
         p99(&half[..third]),
         p99(&half[half.len() - third..])
+    );
+    // Each kill ends a term; a split vote costs a term more without a leader change.
+    println!(
+        "terms: {first_term} at the start, {last_term} at the end, {} leader kills",
+        failovers.len()
     );
     if let Some(worst) = failovers.iter().max() {
         println!(

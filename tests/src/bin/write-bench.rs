@@ -127,7 +127,7 @@ where
 struct Etcd {
     children: Vec<Child>,
     clients: Vec<String>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
@@ -143,14 +143,14 @@ impl Etcd {
         let mut etcd = Etcd {
             children: Vec::new(),
             clients: Vec::new(),
-            _dir: dir,
+            dir,
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let log = std::fs::File::create(etcd._dir.path().join(format!("e{i}.log")))?;
+            let log = std::fs::File::create(etcd.dir.path().join(format!("e{i}.log")))?;
             let child = Command::new("etcd")
                 .args(["--name", &format!("e{i}")])
                 .arg("--data-dir")
-                .arg(etcd._dir.path().join(format!("e{i}")))
+                .arg(etcd.dir.path().join(format!("e{i}")))
                 .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
                 .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
