@@ -713,9 +713,12 @@ async fn unacknowledged_fleet(
 }
 
 /// Whether an acknowledgement failed only because the leader changed under it: it reached a
-/// new leader, where this subscription does not exist.
+/// new leader, where this subscription does not exist, or it was on its way to the killed
+/// leader when the connection broke (the client cannot tell whether it was taken, and does
+/// not retry it).
 fn lost_to_leader_change(status: &tonic::Status) -> bool {
     status.message().contains("is not subscribed to this leader")
+        || (status.code() == tonic::Code::Unknown && status.message().contains("transport error"))
 }
 
 /// Acknowledgements that failed because the leader changed are not lost: the new leader
