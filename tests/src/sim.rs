@@ -684,6 +684,27 @@ pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
+/// The `p`th percentile of sorted values (NaN for none).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A series of a `/metrics` body: the values of `name` on lines whose labels contain
+/// `label` (`""`: any), summed; None if there is none.
+pub fn metric(body: &str, name: &str, label: &str) -> Option<f64> {
+    let mut values = body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{') && l.contains(label))
+        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .peekable();
+    values.peek()?;
+    values.sum()
+}
+
 /// Resident memory of process `pid` in MiB, from `/proc/<pid>/status`.
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

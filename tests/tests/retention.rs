@@ -145,11 +145,7 @@ async fn retention_p1_an_agent_removes_old_sandboxes_and_keeps_a_running_tasks()
 async fn gauge(cluster: &Cluster, id: u64, name: &str) -> Option<u64> {
     let (code, body) = cluster.http_get(id, "/metrics").await?;
     (code == 200).then_some(())?;
-    let series = format!("{name}{{id=\"{id}\"}}");
-    body.lines()
-        .find(|l| l.split(' ').next() == Some(series.as_str()))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+    corral_tests::sim::metric(&body, name, &format!("id=\"{id}\"")).map(|v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,16 +124,19 @@ async fn health(State(shared): State<Shared>) -> Response {
     (code, body).into_response()
 }
 
+/// One series of this master's `/metrics`, labelled with its id, with its help and type.
+fn series(out: &mut String, kind: &str, name: &str, help: &str, id: crate::raft::types::NodeId, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{id=\"{id}\"}} {value}"
+    );
+}
+
 async fn metrics(State(shared): State<Shared>) -> Response {
     let m = shared.raft.metrics().borrow().clone();
     let id = shared.config.id;
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{id=\"{id}\"}} {value}"
-        );
-    };
+    let mut gauge = |name: &str, help: &str, value: f64| series(&mut out, "gauge", name, help, id, value);
     gauge("corral_raft_term", "Current Raft term.", m.current_term as f64);
     gauge(
         "corral_raft_is_leader",
@@ -279,12 +282,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         retention.dropped_updates
     );
     if let Some(snap) = shared.state.last_snapshot() {
-        let mut gauge = |name: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{id=\"{id}\"}} {value}"
-            );
-        };
+        let mut gauge = |name: &str, help: &str, value: f64| series(&mut out, "gauge", name, help, id, value);
         gauge(
             "corral_snapshot_build_seconds",
             "Time to encode and durably write the last snapshot this master built.",
@@ -302,12 +300,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         );
     }
     let flush = shared.log.flush_stats();
-    let mut counter = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{id=\"{id}\"}} {value}"
-        );
-    };
+    let mut counter = |name: &str, help: &str, value: f64| series(&mut out, "counter", name, help, id, value);
     counter(
         "corral_raft_log_flushes_total",
         "Group-commit flushes of the Raft log (each one sled flush and one fdatasync).",

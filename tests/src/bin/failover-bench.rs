@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use corral_proto::v1;
 use corral_proto::v1::operator_client::OperatorClient;
+use corral_tests::sim::percentile;
 use corral_tests::Cluster;
 
 /// The simulated fleet allocates like a server does; the system allocator would make the
@@ -82,11 +83,6 @@ async fn try_write(addr: &str, i: u64) -> Result<(), ()> {
         Ok(Ok(_)) => Ok(()),
         _ => Err(()),
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use corral_proto::client::Channel;
 use corral_proto::v1::operator_client::OperatorClient;
+use corral_tests::sim::percentile;
 use corral_tests::sim::{rss_mib, Fleet, Mode, SimFramework};
 use corral_tests::Cluster;
 
@@ -55,11 +56,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) {

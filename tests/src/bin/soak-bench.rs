@@ -101,14 +101,6 @@ fn mean_and_range(v: impl Iterator<Item = f64>) -> (f64, (f64, f64)) {
     (sum / n as f64, (lo, hi))
 }
 
-/// A gauge of the leader's /metrics with these labels, summed.
-fn metric(body: &str, name: &str, label: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{') && l.contains(label))
-        .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
 struct Minute {
     minute: u64,
     /// Means of the samples taken each second of the minute.
@@ -240,7 +232,7 @@ async fn soak() {
             .await
             .map(|(_, b)| b)
             .unwrap_or_default();
-        let tasks = metric(&body, "corral_retained_records", "kind=\"tasks\"").unwrap_or(f64::NAN);
+        let tasks = corral_tests::sim::metric(&body, "corral_retained_records", "kind=\"tasks\"").unwrap_or(f64::NAN);
         let now_finished = finished(&fws);
         let tasks_per_s = (now_finished - last_finished) as f64 / 60.0;
         last_finished = now_finished;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use corral_proto::v1;
 use corral_proto::v1::operator_client::OperatorClient;
+use corral_tests::sim::{metric, percentile};
 use corral_tests::{free_port, Cluster};
 use tonic::transport::{Channel, Endpoint};
 
@@ -277,14 +278,6 @@ fn cpu_us(pids: &[u32]) -> u64 {
         .sum()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     percentile(&v, 50.0)
@@ -301,11 +294,7 @@ struct Target {
 async fn flush_counters(leader: &str) -> Option<(f64, f64, f64)> {
     let (code, body) = corral_tests::http_request(leader, "GET", "/metrics", b"").await?;
     (code == 200).then_some(())?;
-    let value = |name: &str| {
-        body.lines()
-            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let value = |name: &str| metric(&body, name, "");
     Some((
         value("corral_raft_log_flushes_total")?,
         value("corral_raft_log_flush_sled_seconds_total")?,
