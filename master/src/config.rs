@@ -94,7 +94,9 @@ pub struct MasterArgs {
 
     /// Log entries between two snapshots; the log is purged behind each snapshot (keeping
     /// up to 500 entries, and at most a fifth of this, for lagging followers). Lower means
-    /// smaller data dirs and faster restarts, higher means fewer snapshot builds.
+    /// smaller data dirs and faster restarts, higher means fewer snapshot builds. Each
+    /// master draws its own point in [N, 1.5 N) after every snapshot, so that the masters
+    /// do not all build at once.
     #[arg(long, env = "CORRAL_SNAPSHOT_EVERY_ENTRIES", default_value_t = crate::node::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
 

@@ -31,8 +31,9 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// batches of tens of KiB, and 10,000 of them made a log of about 200 MiB that dominated the
 /// data dir (`soak-bench`); this keeps the log at a size that does not depend on the load.
 pub const SNAPSHOT_EVERY_MIB: u64 = 32;
-/// How often the log's growth is checked against [`SNAPSHOT_EVERY_MIB`].
-const SNAPSHOT_SIZE_CHECK: Duration = Duration::from_millis(200);
+/// How often the log's growth is checked against [`SNAPSHOT_EVERY_ENTRIES`] and
+/// [`SNAPSHOT_EVERY_MIB`].
+const SNAPSHOT_POLICY_CHECK: Duration = Duration::from_millis(200);
 /// Entries kept behind a snapshot, so that a briefly lagging follower catches up from the
 /// log instead of needing the whole snapshot (about a second and a half of full churn; a
 /// follower further behind is sent the snapshot).
@@ -116,6 +117,8 @@ pub struct Shared {
     pub access: Arc<crate::acl::Access>,
     /// This master's Raft log store, for its counters (`/metrics`).
     pub log: LogStore<CorralRaft>,
+    /// Where this master's writes spend their time, hop by hop (`/metrics`).
+    pub stages: Arc<crate::raft::stages::Stages>,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -470,7 +473,9 @@ impl Master {
             election_timeout_min: election_ms - 1,
             election_timeout_max: election_ms,
             enable_elect: false,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            // Snapshots are `snapshot_policy`'s (by entries and by size, at points drawn per
+            // master).
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT.min(config.snapshot_every_entries / 5),
             install_snapshot_timeout: 2_000,
             // A group-committed entry may reach MAX_BATCH_BYTES; this keeps one AppendEntries
@@ -481,7 +486,13 @@ impl Master {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let elections = crate::raft::election::Elections::default();
-        let network = Network::new(config.cluster.clone(), config.heartbeat_interval, elections.clone());
+        let stages = Arc::new(crate::raft::stages::Stages::default());
+        let network = Network::new(
+            config.cluster.clone(),
+            config.heartbeat_interval,
+            elections.clone(),
+            stages.clone(),
+        );
         let network_for_elections = network.clone();
         let raft_runtime = RaftRuntime(Some(
             raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?,
@@ -506,7 +517,7 @@ impl Master {
             source,
         })?;
 
-        let (writer, commit_rx) = Writer::new(raft.clone());
+        let (writer, commit_rx) = Writer::new(raft.clone(), stages.clone());
         let (watch_hub, watch_joins) = crate::service::watch::hub();
         let shared = Shared {
             config: Arc::new(config),
@@ -521,6 +532,7 @@ impl Master {
             watch: watch_hub,
             access: Arc::new(access),
             log: log_handle,
+            stages,
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -540,9 +552,10 @@ impl Master {
             crate::raft::election::Timing::new(shared.config.election_timeout, shared.config.heartbeat_interval),
             stopped.clone(),
         ));
-        tasks.spawn(snapshot_by_size(
+        tasks.spawn(snapshot_policy(
             shared.raft.clone(),
             shared.log.clone(),
+            shared.config.snapshot_every_entries,
             shared.config.snapshot_every_bytes,
             stopped.clone(),
         ));
@@ -641,44 +654,87 @@ impl Master {
     }
 }
 
-/// Build a snapshot whenever the log has grown by `every_bytes` (plus a random part of up to
-/// half of it, drawn anew each time) since the last one (openraft's own policy counts
-/// entries, whatever their size). A snapshot installed from the leader
-/// counts as one. The log is then purged behind it as after any snapshot.
-async fn snapshot_by_size(raft: Raft, log: LogStore<CorralRaft>, every_bytes: u64, mut stop: watch::Receiver<bool>) {
-    use rand::Rng;
-    // Each snapshot's point is drawn in [every, 1.5 × every): masters that share a machine,
-    // a disk or a rack do not all build at once (seen under full churn: all three built
-    // within 200 ms of each other, and the leader, starved meanwhile, missed its
-    // heartbeats long enough for a follower to stand).
-    let draw = || every_bytes + rand::rng().random_range(0..=every_bytes / 2);
+/// When this master builds its next snapshot: once the log has grown by `entries` entries or
+/// by `bytes` bytes since the last snapshot, whichever comes first. Each point is drawn anew
+/// after every snapshot, in `[every, 1.5 × every)`, so that masters that share a machine, a
+/// disk or a rack do not all build at once. Seen under full churn with openraft's own
+/// policy (a fixed entry count): from a common start, all three masters reached it within a
+/// few milliseconds, the two followers spent 0.6–0.8 s each encoding, and the leader,
+/// starved of the machine's two cores meanwhile, missed its heartbeats until a follower
+/// stood; the agents' re-registration with the new leader then starved it in turn (12
+/// terms in two seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SnapshotPoint {
+    entries: u64,
+    bytes: u64,
+}
+
+impl SnapshotPoint {
+    fn draw(every_entries: u64, every_bytes: u64, rng: &mut impl rand::Rng) -> SnapshotPoint {
+        SnapshotPoint {
+            entries: every_entries + rng.random_range(0..=every_entries / 2),
+            bytes: every_bytes + rng.random_range(0..=every_bytes / 2),
+        }
+    }
+
+    /// Whether a log that grew by `entries` entries and `bytes` bytes has reached the point.
+    fn reached(&self, entries: u64, bytes: u64) -> bool {
+        entries >= self.entries || bytes >= self.bytes
+    }
+}
+
+/// Build a snapshot whenever the log has grown past this master's [`SnapshotPoint`] since
+/// the last snapshot (openraft's own policy is off: it counts entries only, whatever their
+/// size, at the same point on every master). A snapshot installed from the leader counts as
+/// one. The log is then purged behind it as after any snapshot.
+async fn snapshot_policy(
+    raft: Raft,
+    log: LogStore<CorralRaft>,
+    every_entries: u64,
+    every_bytes: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let draw = || SnapshotPoint::draw(every_entries, every_bytes, &mut rand::rng());
     let mut due = draw();
-    let mut last_snapshot = raft.metrics().borrow().snapshot;
-    let mut since = log.appended_bytes();
-    let mut tick = tokio::time::interval(SNAPSHOT_SIZE_CHECK);
+    let index_of = |id: Option<openraft::LogId<NodeId>>| id.map_or(0, |l| l.index + 1);
+    let (mut last_snapshot, mut since_index) = {
+        let m = raft.metrics().borrow().clone();
+        (m.snapshot, index_of(m.snapshot))
+    };
+    let mut since_bytes = log.appended_bytes();
+    let mut tick = tokio::time::interval(SNAPSHOT_POLICY_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let snapshot = raft.metrics().borrow().snapshot;
+        let (snapshot, applied) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.snapshot, index_of(m.last_applied))
+        };
         let appended = log.appended_bytes();
         if snapshot != last_snapshot {
             last_snapshot = snapshot;
-            since = appended;
+            since_index = index_of(snapshot);
+            since_bytes = appended;
             due = draw();
             continue;
         }
-        if appended.saturating_sub(since) < due {
+        let entries = applied.saturating_sub(since_index);
+        let bytes = appended.saturating_sub(since_bytes);
+        if !due.reached(entries, bytes) {
             continue;
         }
         tracing::debug!(
-            log_bytes = appended - since,
-            "log grew past --snapshot-every-mib: building a snapshot"
+            entries,
+            log_bytes = bytes,
+            "log grew past --snapshot-every-entries or --snapshot-every-mib: building a snapshot"
         );
-        // Counted from now: the snapshot, once built, moves `since` again.
-        since = appended;
+        // Counted from now: the snapshot, once built, moves both marks again.
+        since_index = applied;
+        since_bytes = appended;
         if let Err(e) = raft.trigger().snapshot().await {
             // The core stopped; `raft_stopped` reports why.
             tracing::debug!(error = %e, "snapshot trigger");
@@ -717,6 +773,7 @@ async fn serve(
             .lease,
         pre_vote_silence: shared.lease(),
         tls: tls.is_some(),
+        stages: shared.stages.clone(),
     })
     .max_decoding_message_size(max * 4)
     .max_encoding_message_size(max * 4);
@@ -761,5 +818,37 @@ async fn serve(
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
+    }
+}
+
+#[cfg(test)]
+mod snapshot_point_tests {
+    use super::SnapshotPoint;
+    use rand::SeedableRng;
+
+    #[test]
+    fn points_are_drawn_in_every_to_one_and_a_half_every() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut entries = std::collections::BTreeSet::new();
+        for _ in 0..1_000 {
+            let p = SnapshotPoint::draw(10_000, 32 << 20, &mut rng);
+            assert!((10_000..=15_000).contains(&p.entries), "{p:?}");
+            assert!(((32 << 20)..=(48 << 20)).contains(&p.bytes), "{p:?}");
+            entries.insert(p.entries);
+        }
+        // Spread over the range, not one point for every master.
+        assert!(entries.len() > 800, "{} distinct points", entries.len());
+        assert!(*entries.first().unwrap() < 10_500 && *entries.last().unwrap() > 14_500);
+    }
+
+    #[test]
+    fn either_bound_reaches_the_point() {
+        let p = SnapshotPoint {
+            entries: 100,
+            bytes: 1_000,
+        };
+        assert!(!p.reached(99, 999));
+        assert!(p.reached(100, 0));
+        assert!(p.reached(0, 1_000));
     }
 }

@@ -1,10 +1,15 @@
-//! Group commit: the one place where the store makes writes durable.
+//! Group commit, and the one thread that writes the log into sled.
 //!
 //! openraft hands every append a callback to fire once the entries are durable, and may issue
-//! the next append before that happens. Appends write into sled at once (so readers see them),
-//! then queue their callback here; votes, truncations and purges queue a barrier the same way.
-//! One thread per store waits for work, takes everything queued so far, makes it durable once
-//! and fires every callback: concurrent writers share the cost of one flush.
+//! the next append before that happens. An append (like a vote, a truncation, a purge or the
+//! committed index) does not touch sled on openraft's thread: it queues a job here, the write
+//! it needs, with its callback. One thread per store takes everything queued so far, makes
+//! each write in queue order, makes them durable once and fires every callback: concurrent
+//! writers share the cost of one flush, and openraft's core never waits on sled or the disk
+//! for an append. (It did: a sled insert blocks while sled's buffers wait for the device, and
+//! in a 330 ms disk stall shared by the three masters of one machine, every core stopped, no
+//! heartbeat went out, and the followers stood for election, again and again.) Readers see
+//! an append at once through the store's pending entries (`log_store`).
 //!
 //! "Durable" takes two steps, because sled 0.34's `flush` alone is not enough: on Linux it
 //! ends in `sync_file_range`, which neither persists the file's size when the log grew nor
@@ -38,9 +43,48 @@ const MAX_CALLBACKS_PER_FLUSH: usize = 4096;
 /// A flush slower than this is logged: every Raft reply and vote behind it waits as long.
 const SLOW_FLUSH: Duration = Duration::from_millis(50);
 
-/// What waits for a flush: its callback, and the log index it makes durable, if any (for
-/// the watermark).
-type Waiter = (Durable, Option<u64>);
+/// A write into sled, made on the flusher thread in queue order.
+pub(crate) type Write = Box<dyn FnOnce() -> Result<(), sled::Error> + Send>;
+
+/// One unit of queued work: a write to make (if any), a callback to fire once it (and all
+/// before it) is durable (if any), and what it does to the end of the durable log (for the
+/// watermark). A job without a callback is written and made durable by the next flush that
+/// some later job waits for.
+pub(crate) struct Job {
+    pub(crate) write: Option<Write>,
+    pub(crate) done: Option<Durable>,
+    pub(crate) mark: Mark,
+}
+
+/// What a job does to the end of the log, for the watermark raised after each flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// Nothing (a vote, the committed index, a purge).
+    Keep,
+    /// An append whose last entry is this index.
+    Append(u64),
+    /// A truncation removing this index and every later one (its write lowered the mark
+    /// durably before removing anything).
+    Truncate(u64),
+}
+
+/// The highest index a flush of `jobs` (in queue order) makes durable, given what the
+/// watermark already says.
+fn durable_end(jobs: &[Job]) -> Option<u64> {
+    let mut end: Option<u64> = None;
+    for job in jobs {
+        match job.mark {
+            Mark::Keep => {}
+            Mark::Append(i) => end = Some(end.map_or(i, |e| e.max(i))),
+            Mark::Truncate(first_removed) => {
+                if end.is_some_and(|e| e >= first_removed) {
+                    end = first_removed.checked_sub(1);
+                }
+            }
+        }
+    }
+    end
+}
 
 /// Where the flusher's time goes, counted since the store was opened: each durable append
 /// waits for sled to write and `sync_file_range` its buffers, then for our `fdatasync`.
@@ -54,6 +98,13 @@ pub struct FlushStats {
     pub sled_nanos: u64,
     /// Time in `fdatasync`, in nanoseconds.
     pub sync_nanos: u64,
+    /// Time making the queued writes into sled (on the flusher thread), in nanoseconds.
+    pub write_nanos: u64,
+    /// Log appends made durable.
+    pub appends: u64,
+    /// Their total wait, from the append being written into sled to its callback (queueing
+    /// behind other flushes, the flush, the hand-back), in nanoseconds.
+    pub append_wait_nanos: u64,
 }
 
 #[derive(Default)]
@@ -62,6 +113,9 @@ pub(crate) struct Counters {
     callbacks: AtomicU64,
     sled_nanos: AtomicU64,
     sync_nanos: AtomicU64,
+    write_nanos: AtomicU64,
+    appends: AtomicU64,
+    append_wait_nanos: AtomicU64,
 }
 
 impl Counters {
@@ -71,14 +125,24 @@ impl Counters {
             callbacks: self.callbacks.load(Ordering::Relaxed),
             sled_nanos: self.sled_nanos.load(Ordering::Relaxed),
             sync_nanos: self.sync_nanos.load(Ordering::Relaxed),
+            write_nanos: self.write_nanos.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            append_wait_nanos: self.append_wait_nanos.load(Ordering::Relaxed),
         }
+    }
+
+    /// Count one durable append that waited `waited`.
+    pub(crate) fn append_done(&self, waited: Duration) {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.append_wait_nanos
+            .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
 /// Handle to the flusher thread. Dropping it closes the queue; the thread serves what is
 /// queued, then exits, and the drop waits for it.
 pub(crate) struct Flusher {
-    tx: Option<mpsc::Sender<Waiter>>,
+    tx: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<()>>,
     pub(crate) counters: Arc<Counters>,
 }
@@ -87,7 +151,7 @@ impl Flusher {
     /// Start the thread for `db`, whose data file is `data_file`; after each flush it raises
     /// `mark` to the highest log index the flush made durable.
     pub(crate) fn start(db: sled::Db, data_file: File, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Waiter>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let for_thread = counters.clone();
         let thread = thread::Builder::new()
@@ -100,31 +164,35 @@ impl Flusher {
         })
     }
 
-    /// Queue `done` to fire after the next flush. Everything written to sled before this call
-    /// is covered by that flush.
-    pub(crate) fn after_next_flush(&self, done: Durable) -> Result<(), Durable> {
-        self.after_flush_of(done, None)
-    }
-
-    /// Like [`Flusher::after_next_flush`], for an append whose last entry is `index`.
-    pub(crate) fn after_flush_of(&self, done: Durable, index: Option<u64>) -> Result<(), Durable> {
+    /// Queue `job`. Its write is made after every write queued before it, and its
+    /// callback fires once that is durable. Gives the job back if the thread is gone.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
         match &self.tx {
-            Some(tx) => tx.send((done, index)).map_err(|e| e.0 .0),
-            None => Err(done),
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
         }
     }
 
-    /// Wait until everything written to sled before this call is durable.
-    pub(crate) async fn barrier(&self) -> Result<(), StoreError> {
+    /// Make `write` (after everything queued before it) and wait until it is durable.
+    pub(crate) async fn write_durably(&self, write: Option<Write>) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.after_next_flush(Box::new(move |res| {
-            // The waiter may have given up (its task was cancelled); nothing to do then.
-            let _ = tx.send(res);
-        }))
-        .map_err(|_| StoreError::FlusherStopped)?;
+        let job = Job {
+            write,
+            done: Some(Box::new(move |res| {
+                // The waiter may have given up (its task was cancelled); nothing to do then.
+                let _ = tx.send(res);
+            })),
+            mark: Mark::Keep,
+        };
+        self.submit(job).map_err(|_| StoreError::FlusherStopped)?;
         rx.await
             .map_err(|_| StoreError::FlusherStopped)?
             .map_err(StoreError::Io)
+    }
+
+    /// Wait until everything queued before this call is written and durable.
+    pub(crate) async fn barrier(&self) -> Result<(), StoreError> {
+        self.write_durably(None).await
     }
 }
 
@@ -139,8 +207,12 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Waiter>, counters: &Counters) {
-    let mut batch: Vec<Waiter> = Vec::new();
+fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Counters) {
+    let mut batch: Vec<Job> = Vec::new();
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    // A failed write or flush is final: sled's state is unknown from there on, and a later
+    // write that succeeded would leave a hole behind the failed one. Every job after it fails.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_CALLBACKS_PER_FLUSH {
@@ -150,41 +222,96 @@ fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<W
             }
         }
         let started = Instant::now();
-        let written = db.flush().map_err(|e| e.to_string());
-        let sled_done = Instant::now();
-        let outcome = written.and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
+        for job in &mut batch {
+            if let Some(write) = job.write.take() {
+                if failed.is_none() {
+                    if let Err(e) = write() {
+                        failed = Some(format!("log write failed: {e}"));
+                    }
+                }
+            }
+        }
+        let written = Instant::now();
+        counters
+            .write_nanos
+            .fetch_add(nanos(written - started), Ordering::Relaxed);
+        let waiters = batch.iter().filter(|j| j.done.is_some()).count();
+        if waiters == 0 {
+            // Written, not yet durable: the next flush that someone waits for covers it.
+            batch.clear();
+            continue;
+        }
+        let outcome = match &failed {
+            Some(e) => Err(e.clone()),
+            None => {
+                let flushed = db.flush().map_err(|e| e.to_string());
+                let sled_done = Instant::now();
+                let synced = flushed.and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
+                counters
+                    .sled_nanos
+                    .fetch_add(nanos(sled_done - written), Ordering::Relaxed);
+                counters
+                    .sync_nanos
+                    .fetch_add(nanos(sled_done.elapsed()), Ordering::Relaxed);
+                if let Err(e) = &synced {
+                    failed = Some(format!("log flush failed: {e}"));
+                }
+                synced
+            }
+        };
         let took = started.elapsed();
         counters.flushes.fetch_add(1, Ordering::Relaxed);
-        counters.callbacks.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        counters
-            .sled_nanos
-            .fetch_add(nanos(sled_done - started), Ordering::Relaxed);
-        counters
-            .sync_nanos
-            .fetch_add(nanos(sled_done.elapsed()), Ordering::Relaxed);
+        counters.callbacks.fetch_add(waiters as u64, Ordering::Relaxed);
         if took >= SLOW_FLUSH {
-            warn!(
-                callbacks = batch.len(),
-                took_ms = took.as_millis() as u64,
-                "slow log flush"
-            );
+            warn!(jobs = batch.len(), took_ms = took.as_millis() as u64, "slow log flush");
         } else {
-            trace!(callbacks = batch.len(), ok = outcome.is_ok(), "log flush");
+            trace!(jobs = batch.len(), ok = outcome.is_ok(), "log flush");
         }
         if let Err(e) = &outcome {
-            error!(error = %e, "log flush failed");
+            error!(error = %e, "log write or flush failed");
         }
-        let durable = batch.iter().filter_map(|(_, index)| *index).max();
+        let durable = durable_end(&batch);
         let outcome = match (outcome, durable) {
             // The watermark is what lets a later open tell a lost log from a short one: an
             // append is durable only once it is recorded.
             (Ok(()), Some(index)) => mark.raise(index).map_err(|e| format!("durable watermark: {e}")),
             (outcome, _) => outcome,
         };
-        for (done, _) in batch.drain(..) {
-            // io::Error is not Clone: every waiter gets its own copy of the message.
-            done(outcome.clone().map_err(std::io::Error::other));
+        for job in batch.drain(..) {
+            if let Some(done) = job.done {
+                // io::Error is not Clone: every waiter gets its own copy of the message.
+                done(outcome.clone().map_err(std::io::Error::other));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(mark: Mark) -> Job {
+        Job {
+            write: None,
+            done: None,
+            mark,
+        }
+    }
+
+    #[test]
+    fn a_truncation_in_a_batch_caps_what_earlier_appends_made_durable() {
+        use Mark::*;
+        let end = |marks: &[Mark]| durable_end(&marks.iter().map(|m| job(*m)).collect::<Vec<_>>());
+        assert_eq!(end(&[Keep]), None);
+        assert_eq!(end(&[Append(5), Append(9), Keep]), Some(9));
+        // Entries 7.. were appended, then truncated in the same batch: durable to 6.
+        assert_eq!(end(&[Append(9), Truncate(7)]), Some(6));
+        // Truncated, then appended again.
+        assert_eq!(end(&[Append(9), Truncate(7), Append(8)]), Some(8));
+        // A truncation above what the batch appended changes nothing.
+        assert_eq!(end(&[Append(5), Truncate(7)]), Some(5));
+        // Everything truncated.
+        assert_eq!(end(&[Append(3), Truncate(0)]), None);
+        assert_eq!(end(&[Truncate(4)]), None);
     }
 }

@@ -58,7 +58,7 @@ pub(crate) fn off_core<R>(work: impl FnOnce() -> R) -> R {
 }
 
 pub use state_machine::{
-    Applied, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader, APPLY_IN_PLACE_MAX_COST,
+    Applied, ApplyStats, SmStore, SnapshotBuilder, SnapshotStats, StateMachine, StateReader, APPLY_IN_PLACE_MAX_COST,
 };
 
 use crate::codec::{decode, encode};
@@ -207,6 +207,7 @@ where
         flusher,
         mark,
         appended_bytes: Default::default(),
+        pending: Default::default(),
     }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {

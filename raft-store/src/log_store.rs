@@ -8,6 +8,11 @@
 //!   the middle of a purge leaves extra entries below `last_purged` (dropped on the next
 //!   open), never a hole between `last_purged` and the first entry;
 //! - `truncate` flushes, so conflicting entries removed on a follower cannot come back.
+//!
+//! No write touches sled on openraft's thread: each is a job for the flusher thread, made in
+//! queue order (see `flusher`). Until its job has written it, an appended entry is read from
+//! [`Pending`]; a reader looks there first, then in sled, and the flusher removes an entry
+//! from it only after writing it, so every entry is always in one of the two.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -17,17 +22,40 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use crate::codec::{decode, encode, index_key, key_index};
-use crate::flusher::Flusher;
+use crate::flusher::{Flusher, Job, Mark};
 use crate::{StoreConfig, StoreError};
 
 pub(crate) const KEY_VOTE: &str = "vote";
-/// An append slower than this (into sled, or until durable) is logged.
+/// An append that waits longer than this to be durable is logged.
 const SLOW_APPEND: std::time::Duration = std::time::Duration::from_millis(50);
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
 
+/// Entries appended and not yet written into sled by the flusher, and the latest state of
+/// what openraft keeps in memory anyway (committed, purged), as the queued writes will
+/// leave it.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Index → (the append job's sequence number, encoded entry).
+    entries: std::collections::BTreeMap<u64, (u64, sled::IVec)>,
+    next_seq: u64,
+    /// The committed log id last saved (None: not saved since open; read sled).
+    committed: Option<Option<LogId<u64>>>,
+    /// The last purged index: entries at or below it are never read (sled may still hold
+    /// them for a moment while the purge job runs).
+    purged: Option<u64>,
+}
+
+pub(crate) type SharedPending = Arc<std::sync::Mutex<Pending>>;
+
+fn lock(p: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
+    // Pending is only ever changed by whole-map operations that cannot panic halfway.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub(crate) struct LogInner {
     pub(crate) log: sled::Tree,
+    pub(crate) pending: SharedPending,
     pub(crate) meta: sled::Tree,
     pub(crate) flusher: Flusher,
     /// How far the log has been durable (see `watermark`).
@@ -91,11 +119,6 @@ impl<C: StoreConfig> LogStore<C> {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
-        self.inner.meta.insert(key, encode(key, value)?)?;
-        Ok(())
-    }
-
     /// Encoded bytes of the entries appended since the store was opened. Only grows: the
     /// difference between two readings is what the log took on in between, which is what a
     /// snapshot policy by size needs (openraft's own counts entries, whatever their size).
@@ -108,9 +131,20 @@ impl<C: StoreConfig> LogStore<C> {
         self.inner.flusher.counters.read()
     }
 
-    /// Wait until every write made so far is durable (see `flusher`).
+    /// Wait until every write queued so far is made and durable (see `flusher`).
     async fn flush_now(&self) -> Result<(), StoreError> {
         self.inner.flusher.barrier().await
+    }
+
+    /// Write `value` under `key` in the meta tree on the flusher thread, after everything
+    /// queued before, and wait until it is durable.
+    async fn put_meta_durably<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
+        let bytes = encode(key, value)?;
+        let meta = self.inner.meta.clone();
+        self.inner
+            .flusher
+            .write_durably(Some(Box::new(move || meta.insert(key, bytes).map(|_| ()))))
+            .await
     }
 
     fn decode_entry(bytes: &[u8]) -> Result<Entry<C>, StoreError> {
@@ -126,6 +160,95 @@ impl<C: StoreConfig> LogStore<C> {
             Some((_, v)) => Ok(Some(Self::decode_entry(&v)?.log_id)),
             None => Ok(None),
         }
+    }
+
+    /// Queue `entries` for the flusher and return at once: they are readable now, and
+    /// `done` fires once they are durable. Nothing here waits for sled or the disk.
+    pub(crate) fn queue_append(
+        &self,
+        entries: impl IntoIterator<Item = Entry<C>>,
+        done: crate::flusher::Durable,
+    ) -> Result<(), StoreError> {
+        let mut encoded = Vec::new();
+        let mut last = None;
+        let mut total = 0u64;
+        for entry in entries {
+            last = Some(entry.log_id.index);
+            let bytes = encode("log entry", &entry)?;
+            if bytes.len() > crate::MAX_ENTRY_BYTES {
+                return Err(StoreError::EntryTooLarge {
+                    index: entry.log_id.index,
+                    bytes: bytes.len(),
+                });
+            }
+            total += bytes.len() as u64;
+            encoded.push((index_key(entry.log_id.index), bytes));
+        }
+        let Some(last) = last else {
+            // Nothing to append: durable as it stands.
+            done(Ok(()));
+            return Ok(());
+        };
+        let items: Vec<([u8; 8], sled::IVec)> = encoded.into_iter().map(|(k, v)| (k, sled::IVec::from(v))).collect();
+        // Readable at once from pending; the flusher writes it into sled, then lets it go.
+        let seq = {
+            let mut p = lock(&self.inner.pending);
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            for (key, bytes) in &items {
+                p.entries.insert(u64::from_be_bytes(*key), (seq, bytes.clone()));
+            }
+            seq
+        };
+        self.inner
+            .appended_bytes
+            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+        let tree = self.inner.log.clone();
+        let pending = self.inner.pending.clone();
+        let write = Box::new(move || {
+            let indexes: Vec<u64> = items.iter().map(|(k, _)| u64::from_be_bytes(*k)).collect();
+            // A lone entry is a plain insert: a sled batch costs an extra manifest record,
+            // which sled writes and syncs separately. Several entries go in one atomic batch.
+            if let [(key, bytes)] = items.as_slice() {
+                tree.insert(key, bytes.clone())?;
+            } else {
+                let mut batch = sled::Batch::default();
+                for (key, bytes) in items {
+                    batch.insert(&key, bytes);
+                }
+                tree.apply_batch(batch)?;
+            }
+            // Only this append's own entries: a truncation may have replaced them since.
+            let mut p = lock(&pending);
+            for index in indexes {
+                if p.entries.get(&index).is_some_and(|(s, _)| *s == seq) {
+                    p.entries.remove(&index);
+                }
+            }
+            Ok(())
+        });
+        let queued = std::time::Instant::now();
+        let counters = self.inner.flusher.counters.clone();
+        let done = Box::new(move |res: Result<(), std::io::Error>| {
+            let waited = queued.elapsed();
+            counters.append_done(waited);
+            if waited >= SLOW_APPEND {
+                tracing::warn!(waited_ms = waited.as_millis() as u64, "slow wait for a durable append");
+            }
+            done(res)
+        });
+        let job = Job {
+            write: Some(write),
+            done: Some(done),
+            mark: Mark::Append(last),
+        };
+        if let Err(job) = self.inner.flusher.submit(job) {
+            if let Some(done) = job.done {
+                done(Err(std::io::Error::other(StoreError::FlusherStopped)));
+            }
+            return Err(StoreError::FlusherStopped);
+        }
+        Ok(())
     }
 
     /// Read every stored entry and check the invariants of the log: entries contiguous from
@@ -247,10 +370,35 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
         let Some((start, end)) = inclusive_bounds(&range) else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        // Pending first: the flusher writes an entry into sled before it leaves pending, so
+        // one missing here is in sled by now.
+        let (mut pending, start) = {
+            let p = lock(&self.inner.pending);
+            let start = match p.purged {
+                Some(purged) if purged >= start => purged.saturating_add(1),
+                _ => start,
+            };
+            if start > end {
+                return Ok(Vec::new());
+            }
+            let found: std::collections::BTreeMap<u64, sled::IVec> = p
+                .entries
+                .range(start..=end)
+                .map(|(i, (_, v))| (*i, v.clone()))
+                .collect();
+            (found, start)
+        };
+        let mut found: std::collections::BTreeMap<u64, sled::IVec> = std::collections::BTreeMap::new();
         for item in self.inner.log.range(index_key(start)..=index_key(end)) {
-            let (_, value) = item.map_err(|e| read_err(e.into()))?;
-            out.push(Self::decode_entry(&value).map_err(read_err)?);
+            let (key, value) = item.map_err(|e| read_err(e.into()))?;
+            found.insert(key_index(&key).map_err(read_err)?, value);
+        }
+        // A pending entry is the newer version of its index (after a truncation, sled may
+        // still hold the old one for a moment).
+        found.append(&mut pending);
+        let mut out = Vec::with_capacity(found.len());
+        for bytes in found.values() {
+            out.push(Self::decode_entry(bytes).map_err(read_err)?);
         }
         Ok(out)
     }
@@ -260,6 +408,8 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
+        // What is queued is written first: sled then holds the log as openraft sees it.
+        self.flush_now().await.map_err(read_err)?;
         let last_purged_log_id = self.last_purged().map_err(read_err)?;
         let last_log_id = self.last_entry_id().map_err(read_err)?.or(last_purged_log_id);
         Ok(LogState {
@@ -273,34 +423,44 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        let res = match self.put_meta(KEY_VOTE, vote) {
-            Ok(()) => self.flush_now().await,
-            Err(e) => Err(e),
-        };
-        res.map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+        self.put_meta_durably(KEY_VOTE, vote)
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        // save_vote returns once written: sled has the latest.
         self.get_meta(KEY_VOTE)
             .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
-        // Not flushed on its own: the committed index only lets a restarted node re-apply
-        // sooner; it rides along with the next flush.
-        let res = match committed {
-            Some(c) => self.put_meta(KEY_COMMITTED, &c),
-            None => self
-                .inner
-                .meta
-                .remove(KEY_COMMITTED)
-                .map(|_| ())
-                .map_err(StoreError::from),
+        // Not waited for: the committed index only lets a restarted node re-apply sooner; it
+        // is written in queue order and made durable by the next flush.
+        let bytes = match committed {
+            Some(c) => Some(encode(KEY_COMMITTED, &c).map_err(write_err)?),
+            None => None,
         };
-        res.map_err(write_err)
+        lock(&self.inner.pending).committed = Some(committed);
+        let meta = self.inner.meta.clone();
+        let job = Job {
+            write: Some(Box::new(move || match bytes {
+                Some(b) => meta.insert(KEY_COMMITTED, b).map(|_| ()),
+                None => meta.remove(KEY_COMMITTED).map(|_| ()),
+            })),
+            done: None,
+            mark: Mark::Keep,
+        };
+        self.inner
+            .flusher
+            .submit(job)
+            .map_err(|_| write_err(StoreError::FlusherStopped))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        if let Some(saved) = lock(&self.inner.pending).committed {
+            return Ok(saved);
+        }
         self.get_meta(KEY_COMMITTED).map_err(read_err)
     }
 
@@ -309,89 +469,247 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        let mut last = None;
-        let mut total = 0u64;
-        for entry in entries {
-            last = Some(entry.log_id.index);
-            let bytes = encode("log entry", &entry).map_err(write_err)?;
-            if bytes.len() > crate::MAX_ENTRY_BYTES {
-                return Err(write_err(StoreError::EntryTooLarge {
-                    index: entry.log_id.index,
-                    bytes: bytes.len(),
-                }));
-            }
-            total += bytes.len() as u64;
-            encoded.push((index_key(entry.log_id.index), bytes));
-        }
-        let started = std::time::Instant::now();
-        // A lone entry is a plain insert: a sled batch costs an extra manifest record, which
-        // sled writes and syncs separately. Several entries go in one atomic batch.
-        if let [(key, bytes)] = encoded.as_mut_slice() {
-            self.inner
-                .log
-                .insert(key, std::mem::take(bytes))
-                .map_err(|e| write_err(e.into()))?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, bytes) in encoded {
-                batch.insert(&key, bytes);
-            }
-            self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
-        }
-        self.inner
-            .appended_bytes
-            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
-        let took = started.elapsed();
-        if took >= SLOW_APPEND {
-            // openraft's core waits for this: no heartbeat goes out meanwhile.
-            tracing::warn!(took_ms = took.as_millis() as u64, "slow log append");
-        }
-        let queued = std::time::Instant::now();
-        let done = Box::new(move |res: Result<(), std::io::Error>| {
-            let waited = queued.elapsed();
-            if waited >= SLOW_APPEND {
-                tracing::warn!(waited_ms = waited.as_millis() as u64, "slow wait for a durable append");
-            }
-            callback.log_io_completed(res)
-        });
-        if let Err(done) = self.inner.flusher.after_flush_of(done, last) {
-            done(Err(std::io::Error::other(StoreError::FlusherStopped)));
-            return Err(write_err(StoreError::FlusherStopped));
-        }
-        Ok(())
+        let done: crate::flusher::Durable = Box::new(move |res| callback.log_io_completed(res));
+        self.queue_append(entries, done).map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(%log_id, "truncate log");
-        // Lower the watermark first: see `watermark`.
+        let first = log_id.index;
+        // Gone for readers at once; from sled once the job (after every earlier append) runs.
+        lock(&self.inner.pending).entries.split_off(&first);
+        let tree = self.inner.log.clone();
+        let mark = self.inner.mark.clone();
+        let write = Box::new(move || {
+            // Lower the watermark first: see `watermark`.
+            mark.lower(first).map_err(sled::Error::Io)?;
+            let mut batch = sled::Batch::default();
+            for key in tree.range(index_key(first)..).keys() {
+                batch.remove(key?);
+            }
+            tree.apply_batch(batch)
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            write: Some(write),
+            done: Some(Box::new(move |res| {
+                let _ = tx.send(res);
+            })),
+            mark: Mark::Truncate(first),
+        };
         self.inner
-            .mark
-            .lower(log_id.index)
-            .map_err(|e| write_err(StoreError::Io(e)))?;
-        let mut batch = sled::Batch::default();
-        for key in self.inner.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(key.map_err(|e| write_err(e.into()))?);
-        }
-        self.inner.log.apply_batch(batch).map_err(|e| write_err(e.into()))?;
-        self.flush_now().await.map_err(write_err)
+            .flusher
+            .submit(job)
+            .map_err(|_| write_err(StoreError::FlusherStopped))?;
+        rx.await
+            .map_err(|_| write_err(StoreError::FlusherStopped))?
+            .map_err(|e| write_err(StoreError::Io(e)))
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tracing::debug!(%log_id, "purge log");
+        let index = log_id.index;
+        {
+            // Gone for readers at once.
+            let mut p = lock(&self.inner.pending);
+            p.purged = Some(p.purged.map_or(index, |was| was.max(index)));
+            let kept = p.entries.split_off(&index.saturating_add(1));
+            p.entries = kept;
+        }
         // Record the purge point durably first: see the module doc.
-        self.put_meta(KEY_LAST_PURGED, &log_id).map_err(write_err)?;
-        self.flush_now().await.map_err(write_err)?;
-        // Thousands of removals after each snapshot (measured: the leader sent no heartbeat
-        // while they ran, and a follower stood for election): off openraft's worker.
-        crate::off_core(|| self.finish_interrupted_purge()).map_err(write_err)?;
-        Ok(())
+        self.put_meta_durably(KEY_LAST_PURGED, &log_id)
+            .await
+            .map_err(write_err)?;
+        // Thousands of removals after each snapshot (measured: run on openraft's core, the
+        // leader sent no heartbeat while they ran, and a follower stood for election): a job
+        // for the flusher, not waited for. A crash before they are durable leaves entries
+        // below the purge point, which the next open removes.
+        let tree = self.inner.log.clone();
+        let write = Box::new(move || {
+            for key in tree.range(..=index_key(index)).keys() {
+                tree.remove(key?)?;
+            }
+            Ok(())
+        });
+        let job = Job {
+            write: Some(write),
+            done: None,
+            mark: Mark::Keep,
+        };
+        self.inner
+            .flusher
+            .submit(job)
+            .map_err(|_| write_err(StoreError::FlusherStopped))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::inclusive_bounds;
+    use crate::flusher::{Job, Mark};
+    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
+    use std::io::Cursor;
+    use std::time::Duration;
+
+    openraft::declare_raft_types!(
+        /// Payloads are strings.
+        Cfg: D = String, R = String
+    );
+
+    /// A state machine that keeps nothing: these tests are about the log.
+    #[derive(Default)]
+    struct Nothing;
+
+    impl crate::StateMachine<Cfg> for Nothing {
+        type Decoded = String;
+        fn decode(_: &openraft::LogId<u64>, data: &String) -> Result<String, String> {
+            Ok(data.clone())
+        }
+        fn apply(&mut self, _: &openraft::LogId<u64>, d: String) -> String {
+            d
+        }
+        type SnapshotView = ();
+        fn snapshot_view(&self) {}
+        fn write_snapshot(_: &(), _: &mut dyn std::io::Write) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(_: &[u8]) -> Result<Self, String> {
+            Ok(Nothing)
+        }
+    }
+
+    fn entry(term: u64, index: u64) -> openraft::Entry<Cfg> {
+        openraft::Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(term, 0), index),
+            payload: EntryPayload::Normal(format!("{term}.{index}")),
+        }
+    }
+
+    fn payloads(entries: &[openraft::Entry<Cfg>]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(d) => d.clone(),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    /// Appends never wait for sled or the disk (openraft's core sends no heartbeat while it
+    /// waits), and are readable at once: shown with the flusher thread held up.
+    #[tokio::test]
+    async fn appends_return_and_are_readable_while_the_flusher_is_held_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::Identity {
+            node_id: 1,
+            cluster: "t".into(),
+        };
+        let (mut log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
+        // Hold the flusher thread until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let job = Job {
+            write: Some(Box::new(move || {
+                let _ = held.recv();
+                Ok(())
+            })),
+            done: None,
+            mark: Mark::Keep,
+        };
+        assert!(log.inner.flusher.submit(job).is_ok());
+
+        let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
+        for batch in [vec![entry(1, 0), entry(1, 1), entry(1, 2)], vec![entry(1, 3)]] {
+            let tx = tx.clone();
+            log.queue_append(batch, Box::new(move |res| tx.send(res.is_ok()).unwrap()))
+                .expect("queued");
+        }
+        // Nothing durable yet, nothing in sled yet, and every entry readable.
+        assert!(durable.try_recv().is_err());
+        assert_eq!(log.inner.log.len(), 0);
+        let read = log.try_get_log_entries(0..4).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "1.3"]);
+        let some = log.try_get_log_entries(1..=2).await.unwrap();
+        assert_eq!(payloads(&some), ["1.1", "1.2"]);
+
+        release.send(()).unwrap();
+        for _ in 0..2 {
+            let ok = tokio::time::timeout(Duration::from_secs(10), durable.recv()).await;
+            assert_eq!(ok.expect("durable in time"), Some(true));
+        }
+        // Written into sled, gone from pending, read the same.
+        assert_eq!(log.inner.log.len(), 4);
+        assert!(super::lock(&log.inner.pending).entries.is_empty());
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "1.3"]);
+    }
+
+    /// A truncation and a re-append queued behind an append that is not yet written: readers
+    /// see the new entries, sled ends with them, and the watermark does not claim the
+    /// truncated ones.
+    #[tokio::test]
+    async fn a_truncation_behind_unwritten_appends_leaves_the_new_entries() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::Identity {
+            node_id: 1,
+            cluster: "t".into(),
+        };
+        let (mut log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let job = Job {
+            write: Some(Box::new(move || {
+                let _ = held.recv();
+                Ok(())
+            })),
+            done: None,
+            mark: Mark::Keep,
+        };
+        assert!(log.inner.flusher.submit(job).is_ok());
+        let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
+        let t1 = tx.clone();
+        log.queue_append(
+            (0..5).map(|i| entry(1, i)),
+            Box::new(move |r| t1.send(r.is_ok()).unwrap()),
+        )
+        .unwrap();
+        // The truncation waits for its flush: run it beside the release.
+        let mut truncating = log.clone();
+        let truncated = tokio::spawn(async move {
+            truncating
+                .truncate(openraft::LogId::new(CommittedLeaderId::new(1, 0), 3))
+                .await
+        });
+        // Readers stop seeing 3 and 4 at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while super::lock(&log.inner.pending).entries.contains_key(&3) {
+            assert!(std::time::Instant::now() < deadline, "truncation not seen");
+            tokio::task::yield_now().await;
+        }
+        let t2 = tx.clone();
+        log.queue_append([entry(2, 3)], Box::new(move |r| t2.send(r.is_ok()).unwrap()))
+            .unwrap();
+        let read = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "2.3"]);
+        release.send(()).unwrap();
+        truncated.await.unwrap().expect("truncated");
+        for _ in 0..2 {
+            let ok = tokio::time::timeout(Duration::from_secs(10), durable.recv()).await;
+            assert_eq!(ok.expect("durable in time"), Some(true));
+        }
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "2.3"]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+        let summary = log.verify().expect("verify");
+        assert_eq!(summary.entries, 4);
+        drop((log, _sm));
+        // Reopens: the watermark (durable to 3) agrees with the log.
+        let (log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
+        assert_eq!(
+            log.verify().unwrap().last_log_id.map(|l| (l.leader_id.term, l.index)),
+            Some((2, 3))
+        );
+    }
 
     #[test]
     fn range_bounds_to_inclusive() {

@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::election::Elections;
+use super::stages::Stages;
 use super::types::{CorralRaft, NodeId, Raft};
 
 /// Format byte in front of every payload. Version 2: standard Raft votes and log ids (one
@@ -81,13 +82,16 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<(String, Lane), LaneConn>>>,
     retry_unreachable: Duration,
     elections: Elections,
+    stages: Arc<Stages>,
 }
 
 impl Network {
     /// `retry_unreachable`: how soon to try a peer again after it was unreachable.
     /// `elections`: where vote answers leave their hints (see [`crate::raft::election`]).
-    pub fn new(cluster: String, retry_unreachable: Duration, elections: Elections) -> Self {
+    /// `stages`: where the time of AppendEntries is counted.
+    pub fn new(cluster: String, retry_unreachable: Duration, elections: Elections, stages: Arc<Stages>) -> Self {
         Network {
+            stages,
             cluster,
             channels: Arc::default(),
             retry_unreachable,
@@ -151,6 +155,7 @@ impl RaftNetworkFactory<CorralRaft> for Network {
             client,
             retry_unreachable: self.retry_unreachable,
             elections: self.elections.clone(),
+            stages: self.stages.clone(),
         }
     }
 }
@@ -163,6 +168,7 @@ pub struct PeerClient {
     client: Result<(PeerLane, PeerLane), String>,
     retry_unreachable: Duration,
     elections: Elections,
+    stages: Arc<Stages>,
 }
 
 struct PeerLane {
@@ -291,12 +297,15 @@ impl RaftNetwork<CorralRaft> for PeerClient {
         rpc: AppendEntriesRequest<CorralRaft>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let kind = if rpc.entries.is_empty() {
-            RpcKind::Heartbeat
-        } else {
-            RpcKind::Append
-        };
-        self.call(kind, &rpc, &option).await
+        if rpc.entries.is_empty() {
+            return self.call(RpcKind::Heartbeat, &rpc, &option).await;
+        }
+        let sent = std::time::Instant::now();
+        let answer = self.call(RpcKind::Append, &rpc, &option).await;
+        if answer.is_ok() {
+            self.stages.append_rpc.observe(sent.elapsed());
+        }
+        answer
     }
 
     async fn install_snapshot(
@@ -393,6 +402,8 @@ pub struct RaftService {
     pub pre_vote_silence: Duration,
     /// Whether the server speaks TLS: then only a master certificate may speak Raft.
     pub tls: bool,
+    /// Where the time of serving AppendEntries is counted.
+    pub stages: Arc<Stages>,
 }
 
 /// When this master last accepted an AppendEntries (heartbeats included), and from which
@@ -469,7 +480,13 @@ impl v1::raft_server::Raft for RaftService {
                 self.contact.heard(leader);
             }
         }
-        reply(self.raft.append_entries(rpc).await)
+        let entries = !rpc.entries.is_empty();
+        let arrived = std::time::Instant::now();
+        let answer = self.raft.append_entries(rpc).await;
+        if entries && answer.is_ok() {
+            self.stages.append_served.observe(arrived.elapsed());
+        }
+        reply(answer)
     }
 
     async fn vote(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {

@@ -138,6 +138,8 @@ pub struct Pending {
     pub command: v1::Command,
     /// Where its outcome goes.
     pub reply: oneshot::Sender<WriteResult>,
+    /// When it was queued.
+    pub queued: Instant,
 }
 
 /// How long a write may wait to be committed before the client is told UNAVAILABLE. A
@@ -183,17 +185,20 @@ pub struct Writer {
     raft: Raft,
     queue: mpsc::Sender<Pending>,
     latency: Arc<Mutex<WriteLatency>>,
+    stages: Arc<super::stages::Stages>,
 }
 
 impl Writer {
-    /// A writer for `raft`, and the queue [`run`] takes its commands from.
-    pub fn new(raft: Raft) -> (Writer, mpsc::Receiver<Pending>) {
+    /// A writer for `raft`, and the queue [`run`] takes its commands from. The time
+    /// commands wait in the queue is counted in `stages`.
+    pub fn new(raft: Raft, stages: Arc<super::stages::Stages>) -> (Writer, mpsc::Receiver<Pending>) {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         (
             Writer {
                 raft,
                 queue,
                 latency: Arc::default(),
+                stages,
             },
             rx,
         )
@@ -235,7 +240,11 @@ impl Writer {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| WriteError::ShuttingDown)?;
         Ok(answer)
@@ -315,9 +324,15 @@ pub async fn run(writer: Writer, mut rx: mpsc::Receiver<Pending>, mut stopped: w
             bytes += size;
             batch.push(next);
         }
+        let started = Instant::now();
+        for p in &batch {
+            writer
+                .stages
+                .queued
+                .observe(started.saturating_duration_since(p.queued));
+        }
         let (commands, replies): (Vec<v1::Command>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let n = commands.len();
-        let started = Instant::now();
         let proposal = Proposal::of(commands);
         let bytes = proposal.batch.len();
         // Handed to Raft here, in queue order, so that commands are applied in the order they

@@ -326,6 +326,66 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         "Encoded bytes appended to the Raft log since the master started.",
         shared.log.appended_bytes() as f64,
     );
+    counter(
+        "corral_raft_log_write_seconds_total",
+        "Time the log's flusher thread spent writing queued appends, votes and purges into sled.",
+        flush.write_nanos as f64 / 1e9,
+    );
+    counter(
+        "corral_raft_log_appends_total",
+        "Log appends made durable.",
+        flush.appends as f64,
+    );
+    counter(
+        "corral_raft_log_append_wait_seconds_total",
+        "Time those appends waited from being queued to being durable.",
+        flush.append_wait_nanos as f64 / 1e9,
+    );
+    let stages = &shared.stages;
+    for (name, help, stage) in [
+        (
+            "corral_write_queued",
+            "writes queued for group commit, and their time in the queue",
+            &stages.queued,
+        ),
+        (
+            "corral_raft_append_rpc",
+            "AppendEntries with entries this master sent, and the time to their answers",
+            &stages.append_rpc,
+        ),
+        (
+            "corral_raft_append_served",
+            "AppendEntries with entries this master served, and the time to answer them",
+            &stages.append_served,
+        ),
+    ] {
+        counter(
+            &format!("{name}_total"),
+            &format!("Count of {help}."),
+            stage.count() as f64,
+        );
+        counter(
+            &format!("{name}_seconds_total"),
+            &format!("Total time of {help}."),
+            stage.seconds(),
+        );
+    }
+    let apply = shared.state.apply_stats();
+    counter(
+        "corral_raft_apply_calls_total",
+        "Runs of committed entries applied to the state.",
+        apply.calls as f64,
+    );
+    counter(
+        "corral_raft_applied_entries_total",
+        "Entries applied to the state.",
+        apply.entries as f64,
+    );
+    counter(
+        "corral_raft_apply_seconds_total",
+        "Time applying those runs (decoding, the state's lock, the commands).",
+        apply.nanos as f64 / 1e9,
+    );
     let lat = shared.writer.latency();
     let _ = writeln!(
         out,

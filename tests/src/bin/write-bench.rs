@@ -287,35 +287,81 @@ struct Target {
     system: System,
     leader: String,
     pids: Vec<u32>,
+    /// Every member's address, the leader's first (Corral: for `/metrics`).
+    members: Vec<String>,
 }
 
-/// The Corral leader's log flush counters: flushes, seconds in sled's flush, seconds in
-/// fdatasync.
-async fn flush_counters(leader: &str) -> Option<(f64, f64, f64)> {
-    let (code, body) = corral_tests::http_request(leader, "GET", "/metrics", b"").await?;
-    (code == 200).then_some(())?;
-    let value = |name: &str| metric(&body, name, "");
-    Some((
-        value("corral_raft_log_flushes_total")?,
-        value("corral_raft_log_flush_sled_seconds_total")?,
-        value("corral_raft_log_flush_sync_seconds_total")?,
-    ))
-}
-
-/// What the Corral leader's log flushes cost between two readings, as a line to print.
-fn flush_line(before: Option<(f64, f64, f64)>, after: Option<(f64, f64, f64)>, writes: f64) -> String {
-    match (before, after) {
-        (Some(b), Some(a)) if a.0 > b.0 => {
-            let n = a.0 - b.0;
-            format!(
-                "leader log: {:.2} flushes/write, per flush sled {:.0} µs + fdatasync {:.0} µs",
-                n / writes.max(1.0),
-                (a.1 - b.1) / n * 1e6,
-                (a.2 - b.2) / n * 1e6
-            )
+/// The Corral masters' `/metrics` (the leader's first), read before and after a measure.
+async fn read_metrics(masters: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in masters {
+        match corral_tests::http_request(m, "GET", "/metrics", b"").await {
+            Some((200, body)) => out.push(body),
+            _ => out.push(String::new()),
         }
-        _ => "leader log: no flush counters".into(),
     }
+    out
+}
+
+/// Where the Corral leader's writes went between two readings of every master's
+/// `/metrics` (leader first), hop by hop, as lines to print. `writes` is the number of
+/// client writes, `client_mean_us` their mean latency (sequential only).
+fn hop_lines(before: &[String], after: &[String], writes: f64, client_mean_us: Option<f64>) -> Vec<String> {
+    let delta = |i: usize, name: &str| -> f64 {
+        let read = |bodies: &[String]| bodies.get(i).and_then(|b| metric(b, name, "")).unwrap_or(0.0);
+        read(after) - read(before)
+    };
+    let followers = 1..before.len().min(after.len());
+    let mean_us = |seconds: f64, count: f64| if count > 0.0 { seconds / count * 1e6 } else { 0.0 };
+    let flushes = delta(0, "corral_raft_log_flushes_total");
+    let queued = mean_us(
+        delta(0, "corral_write_queued_seconds_total"),
+        delta(0, "corral_write_queued_total"),
+    );
+    let commit = mean_us(
+        delta(0, "corral_write_commit_seconds_sum"),
+        delta(0, "corral_write_commit_seconds_count"),
+    );
+    let durable = mean_us(
+        delta(0, "corral_raft_log_append_wait_seconds_total"),
+        delta(0, "corral_raft_log_appends_total"),
+    );
+    let rpc = mean_us(
+        delta(0, "corral_raft_append_rpc_seconds_total"),
+        delta(0, "corral_raft_append_rpc_total"),
+    );
+    let (served_s, served_n) = followers.clone().fold((0.0, 0.0), |(s, n), i| {
+        (
+            s + delta(i, "corral_raft_append_served_seconds_total"),
+            n + delta(i, "corral_raft_append_served_total"),
+        )
+    });
+    let apply = mean_us(
+        delta(0, "corral_raft_apply_seconds_total"),
+        delta(0, "corral_raft_apply_calls_total"),
+    );
+    let per_flush = |name: &str| mean_us(delta(0, name), flushes);
+    let mut lines = vec![format!(
+        "leader log: {:.2} flushes/write; per flush: sled write {:.0} µs (flusher thread), sled flush {:.0} µs, fdatasync {:.0} µs",
+        flushes / writes.max(1.0),
+        per_flush("corral_raft_log_write_seconds_total"),
+        per_flush("corral_raft_log_flush_sled_seconds_total"),
+        per_flush("corral_raft_log_flush_sync_seconds_total"),
+    )];
+    let front = client_mean_us.map_or(String::new(), |c| {
+        format!(
+            "client {c:.0} = gRPC, hand-offs and reply {:.0} + ",
+            c - queued - commit
+        )
+    });
+    lines.push(format!(
+        "per write, means in µs: {front}queued {queued:.0} + entry proposed to applied {commit:.0}"
+    ));
+    lines.push(format!(
+        "  within it: leader's durable append {durable:.0}; AppendEntries round trip {rpc:.0}, of which the follower served {:.0}; apply {apply:.0}",
+        mean_us(served_s, served_n),
+    ));
+    lines
 }
 
 /// Sequential writes for `secs`: latencies in ms, sorted.
@@ -395,10 +441,17 @@ async fn bench() {
     let cluster = Cluster::start(3);
     let ids = [1, 2, 3];
     let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await;
+    let mut members = vec![cluster.address(leader).to_string()];
+    members.extend(
+        ids.iter()
+            .filter(|id| **id != leader)
+            .map(|id| cluster.address(*id).to_string()),
+    );
     let mut targets = vec![Target {
         system: System::Corral,
         leader: cluster.address(leader).to_string(),
         pids: ids.iter().filter_map(|id| cluster.masters[id].pid()).collect(),
+        members,
     }];
     let etcd_on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join("etcd").is_file()));
@@ -415,6 +468,7 @@ async fn bench() {
                 system: System::Etcd,
                 leader,
                 pids: etcd.pids(),
+                members: Vec::new(),
             }),
             Err(e) => {
                 eprintln!("write-bench: {e}");
@@ -448,7 +502,7 @@ async fn bench() {
         }
         for &i in &order {
             let t = &targets[i];
-            let before = flush_counters(&t.leader).await;
+            let before = read_metrics(&t.members).await;
             let lat = match sequential(t, args.seconds).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -463,15 +517,18 @@ async fn bench() {
                 lat.len()
             );
             if t.system == System::Corral {
-                let after = flush_counters(&t.leader).await;
-                println!("         {}", flush_line(before, after, lat.len() as f64));
+                let after = read_metrics(&t.members).await;
+                let mean_us = lat.iter().sum::<f64>() / lat.len().max(1) as f64 * 1000.0;
+                for line in hop_lines(&before, &after, lat.len() as f64, Some(mean_us)) {
+                    println!("         {line}");
+                }
             }
             results[i].p50_ms.push(p50);
             results[i].p99_ms.push(p99);
         }
         for &i in &order {
             let t = &targets[i];
-            let before = flush_counters(&t.leader).await;
+            let before = read_metrics(&t.members).await;
             let (rate, cpu) = match concurrent(t, args.clients, args.seconds).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -485,9 +542,11 @@ async fn bench() {
                 args.clients
             );
             if t.system == System::Corral {
-                let after = flush_counters(&t.leader).await;
+                let after = read_metrics(&t.members).await;
                 let writes = rate * args.seconds as f64;
-                println!("         {}", flush_line(before, after, writes));
+                for line in hop_lines(&before, &after, writes, None) {
+                    println!("         {line}");
+                }
             }
             results[i].writes_per_s.push(rate);
             results[i].cpu_us_per_write.push(cpu);
