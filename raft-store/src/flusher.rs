@@ -173,6 +173,12 @@ impl Flusher {
         }
     }
 
+    /// A handle that queues jobs like [`Flusher::submit`], for a callback to queue a
+    /// follow-up job once its own is durable. None once the flusher is stopping.
+    pub(crate) fn queue(&self) -> Option<mpsc::Sender<Job>> {
+        self.tx.clone()
+    }
+
     /// Make `write` (after everything queued before it) and wait until it is durable.
     pub(crate) async fn write_durably(&self, write: Option<Write>) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();

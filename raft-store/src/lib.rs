@@ -4,10 +4,11 @@
 //! # Layout
 //! - [`open`] opens (or creates) a node's data dir and checks it belongs to that node and
 //!   cluster, then returns the two halves openraft wants:
-//! - [`LogStore`] (`log_store`): the log, the vote and the committed index; durable appends
-//!   with group commit through a dedicated flusher thread (`flusher`);
+//! - [`LogStore`] (`log_store`): the log, the vote and the committed index; every write
+//!   into sled made, in queue order, by a dedicated flusher thread that group-commits
+//!   durable appends (`flusher`); appended entries readable at once from a pending map;
 //! - [`SmStore`] (`state_machine`): the applied state in memory around a [`StateMachine`]
-//!   of the application, snapshots persisted in sled;
+//!   of the application, snapshots persisted in files;
 //! - `codec`: the versioned encoding of everything written.
 //!
 //! A data dir holds a sled `Db` in `sled/` with two trees, `log` (index → entry) and `meta`
@@ -16,10 +17,11 @@
 //! follows a damaged record, and this is how open notices).
 //!
 //! ```text
-//!  openraft ──append──▶ LogStore ──insert──▶ sled `log` tree
-//!                          │ callback
+//!  openraft ──append──▶ LogStore ──▶ pending (readable at once)
+//!                          │ job
 //!                          ▼
-//!                      flusher thread ── Db::flush (one fsync for many appends) ──▶ "durable"
+//!                      flusher thread ── insert into sled `log`, Db::flush, fdatasync
+//!                                        (one for many appends) ──▶ callback: "durable"
 //!  openraft ──apply───▶ SmStore ──▶ StateMachine::apply (in memory, deterministic)
 //!  openraft ──snapshot─▶ SmStore ──▶ snapshots/current.snap (fsynced) ──▶ openraft purges log
 //! ```
