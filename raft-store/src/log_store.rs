@@ -598,18 +598,16 @@ mod tests {
             .collect()
     }
 
-    /// An append returns without waiting for sled or the disk, and is readable at once:
-    /// shown with the flusher thread held up. (openraft 0.9 then awaits the callback; the
-    /// insert into sled is no longer its work.)
-    #[tokio::test]
-    async fn appends_return_and_are_readable_while_the_flusher_is_held_up() {
-        let dir = tempfile::tempdir().unwrap();
+    fn open_store(dir: &std::path::Path) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
         let identity = crate::Identity {
             node_id: 1,
             cluster: "t".into(),
         };
-        let (mut log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
-        // Hold the flusher thread until released.
+        crate::open::<Cfg, Nothing>(dir, &identity, &crate::Options::default()).unwrap()
+    }
+
+    /// Hold the store's flusher thread until the returned sender is sent to (or dropped).
+    fn hold_flusher(log: &super::LogStore<Cfg>) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let job = Job {
             write: Some(Box::new(move || {
@@ -620,6 +618,17 @@ mod tests {
             mark: Mark::Keep,
         };
         assert!(log.inner.flusher.submit(job).is_ok());
+        release
+    }
+
+    /// An append returns without waiting for sled or the disk, and is readable at once:
+    /// shown with the flusher thread held up. (openraft 0.9 then awaits the callback; the
+    /// insert into sled is no longer its work.)
+    #[tokio::test]
+    async fn appends_return_and_are_readable_while_the_flusher_is_held_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open_store(dir.path());
+        let release = hold_flusher(&log);
 
         let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
         for batch in [vec![entry(1, 0), entry(1, 1), entry(1, 2)], vec![entry(1, 3)]] {
@@ -654,11 +663,7 @@ mod tests {
     async fn a_purge_is_durable_when_it_returns_and_its_removals_follow() {
         use openraft::storage::RaftLogStorage;
         let dir = tempfile::tempdir().unwrap();
-        let identity = crate::Identity {
-            node_id: 1,
-            cluster: "t".into(),
-        };
-        let (mut log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
+        let (mut log, _sm) = open_store(dir.path());
         let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
         log.queue_append(
             (0..10).map(|i| entry(1, i)),
@@ -709,21 +714,8 @@ mod tests {
     async fn a_truncation_behind_unwritten_appends_leaves_the_new_entries() {
         use openraft::storage::RaftLogStorage;
         let dir = tempfile::tempdir().unwrap();
-        let identity = crate::Identity {
-            node_id: 1,
-            cluster: "t".into(),
-        };
-        let (mut log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let job = Job {
-            write: Some(Box::new(move || {
-                let _ = held.recv();
-                Ok(())
-            })),
-            done: None,
-            mark: Mark::Keep,
-        };
-        assert!(log.inner.flusher.submit(job).is_ok());
+        let (mut log, _sm) = open_store(dir.path());
+        let release = hold_flusher(&log);
         let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
         let t1 = tx.clone();
         log.queue_append(
@@ -763,7 +755,7 @@ mod tests {
         assert_eq!(summary.entries, 4);
         drop((log, _sm));
         // Reopens: the watermark (durable to 3) agrees with the log.
-        let (log, _sm) = crate::open::<Cfg, Nothing>(dir.path(), &identity, &crate::Options::default()).unwrap();
+        let (log, _sm) = open_store(dir.path());
         assert_eq!(
             log.verify().unwrap().last_log_id.map(|l| (l.leader_id.term, l.index)),
             Some((2, 3))
