@@ -406,7 +406,7 @@ impl WrittenBack {
         }
     }
 
-    fn pace(&mut self) -> std::io::Result<()> {
+    fn pace(&mut self) {
         while self.written - self.started >= SNAPSHOT_WRITEBACK_BYTES {
             #[cfg(target_os = "linux")]
             {
@@ -435,7 +435,6 @@ impl WrittenBack {
             }
             self.started += SNAPSHOT_WRITEBACK_BYTES;
         }
-        Ok(())
     }
 }
 
@@ -443,7 +442,7 @@ impl Write for WrittenBack {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        self.pace()?;
+        self.pace();
         Ok(n)
     }
 

@@ -314,32 +314,23 @@ fn hop_lines(before: &[String], after: &[String], writes: f64, client_mean_us: O
     let followers = 1..before.len().min(after.len());
     let mean_us = |seconds: f64, count: f64| if count > 0.0 { seconds / count * 1e6 } else { 0.0 };
     let flushes = delta(0, "corral_raft_log_flushes_total");
-    let queued = mean_us(
-        delta(0, "corral_write_queued_seconds_total"),
-        delta(0, "corral_write_queued_total"),
+    // The leader's mean time of one hop, from its "<name>_seconds_total" and "<name>_total"
+    // (or a histogram's "_sum" and "_count").
+    let hop = |seconds: &str, count: &str| mean_us(delta(0, seconds), delta(0, count));
+    let queued = hop("corral_write_queued_seconds_total", "corral_write_queued_total");
+    let commit = hop("corral_write_commit_seconds_sum", "corral_write_commit_seconds_count");
+    let durable = hop(
+        "corral_raft_log_append_wait_seconds_total",
+        "corral_raft_log_appends_total",
     );
-    let commit = mean_us(
-        delta(0, "corral_write_commit_seconds_sum"),
-        delta(0, "corral_write_commit_seconds_count"),
-    );
-    let durable = mean_us(
-        delta(0, "corral_raft_log_append_wait_seconds_total"),
-        delta(0, "corral_raft_log_appends_total"),
-    );
-    let rpc = mean_us(
-        delta(0, "corral_raft_append_rpc_seconds_total"),
-        delta(0, "corral_raft_append_rpc_total"),
-    );
+    let rpc = hop("corral_raft_append_rpc_seconds_total", "corral_raft_append_rpc_total");
     let (served_s, served_n) = followers.clone().fold((0.0, 0.0), |(s, n), i| {
         (
             s + delta(i, "corral_raft_append_served_seconds_total"),
             n + delta(i, "corral_raft_append_served_total"),
         )
     });
-    let apply = mean_us(
-        delta(0, "corral_raft_apply_seconds_total"),
-        delta(0, "corral_raft_apply_calls_total"),
-    );
+    let apply = hop("corral_raft_apply_seconds_total", "corral_raft_apply_calls_total");
     let per_flush = |name: &str| mean_us(delta(0, name), flushes);
     let mut lines = vec![format!(
         "leader log: {:.2} flushes/write; per flush: sled write {:.0} µs (flusher thread), sled flush {:.0} µs, fdatasync {:.0} µs",
