@@ -119,6 +119,10 @@ pub struct Shared {
     pub log: LogStore<CorralRaft>,
     /// Where this master's writes spend their time, hop by hop (`/metrics`).
     pub stages: Arc<crate::raft::stages::Stages>,
+    /// When this master's Raft core last answered ([`crate::raft::keepalive`]).
+    pub core_probe: crate::raft::keepalive::CoreProbe,
+    /// Keepalives sent and heard (`/metrics`).
+    pub keepalives: Arc<crate::raft::keepalive::KeepaliveStats>,
 }
 
 /// This master's own view of itself, read consistently (index and hash from one state).
@@ -176,6 +180,13 @@ impl Shared {
     pub fn cannot_vote(&self) -> Option<String> {
         if let Some(why) = self.raft_failure() {
             return Some(format!("raft stopped: {why}"));
+        }
+        let silence = self.core_probe.silence();
+        if silence >= crate::raft::keepalive::CORE_UNRESPONSIVE {
+            return Some(format!(
+                "the raft core has not answered for {:.1} s (a stuck disk?)",
+                silence.as_secs_f64()
+            ));
         }
         let voter = self.membership().voter_ids().any(|v| v == self.config.id);
         (!voter).then(|| "not a voting member of the cluster".to_string())
@@ -494,6 +505,7 @@ impl Master {
             stages.clone(),
         );
         let network_for_elections = network.clone();
+        let network_for_keepalives = network.clone();
         let raft_runtime = RaftRuntime(Some(
             raft_runtime(config.id).map_err(|e| StartError::Raft(format!("raft runtime: {e}")))?,
         ));
@@ -533,6 +545,8 @@ impl Master {
             access: Arc::new(access),
             log: log_handle,
             stages,
+            core_probe: Default::default(),
+            keepalives: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -550,6 +564,21 @@ impl Master {
             shared.contact.clone(),
             elections.clone(),
             crate::raft::election::Timing::new(shared.config.election_timeout, shared.config.heartbeat_interval),
+            stopped.clone(),
+        ));
+        tasks.spawn(crate::raft::keepalive::probe_core(
+            shared.raft.clone(),
+            shared.core_probe.clone(),
+            shared.config.heartbeat_interval / 2,
+            stopped.clone(),
+        ));
+        tasks.spawn(crate::raft::keepalive::run(
+            shared.raft.clone(),
+            network_for_keepalives,
+            shared.config.id,
+            shared.config.heartbeat_interval,
+            shared.core_probe.clone(),
+            shared.keepalives.clone(),
             stopped.clone(),
         ));
         tasks.spawn(snapshot_policy(
@@ -774,6 +803,7 @@ async fn serve(
         pre_vote_silence: shared.lease(),
         tls: tls.is_some(),
         stages: shared.stages.clone(),
+        keepalives: shared.keepalives.clone(),
     })
     .max_decoding_message_size(max * 4)
     .max_encoding_message_size(max * 4);

@@ -409,9 +409,22 @@ impl Cluster {
         eprintln!("cluster: restarted master {id} on an empty data dir");
     }
 
-    /// The HTTP status and body of `GET path` on master `id` (None if it does not answer).
+    /// The HTTP status and body of `GET path` on master `id` (None if it does not answer);
+    /// over HTTPS with this process's client identity in TLS mode ([`tls_mode`]).
     pub async fn http_get(&self, id: u64, path: &str) -> Option<(u16, String)> {
-        http_request(self.address(id), "GET", path, b"").await
+        if !tls_mode() {
+            return http_request(self.address(id), "GET", path, b"").await;
+        }
+        let (config, name) = corral_proto::tls::client()?.rustls(Role::Master);
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(self.address(id)).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.ok()?;
+            http_exchange(tls, self.address(id), "GET", path, &[], b"").await
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Forget master `id` after killing it (it was removed from the cluster).
@@ -836,35 +849,47 @@ pub async fn http_request_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await.ok()?;
-        let _ = stream.write_all(body).await;
-        let mut answer = Vec::new();
-        // A reset after the answer (the server closed with the body unread) keeps what came.
-        let _ = stream.read_to_end(&mut answer).await;
-        let text = String::from_utf8_lossy(&answer).to_string();
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-        let chunked = head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
-        let body = if chunked { dechunk(body) } else { body.to_string() };
-        Some((code, body))
+        let stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        http_exchange(stream, address, method, path, headers, body).await
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
         .ok()
         .flatten()
+}
+
+/// One HTTP/1.1 request on `stream`, and its answer.
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    // A reset after the answer (the server closed with the body unread) keeps what came.
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Some((code, body))
 }
 
 /// The virtualenv with pymesos (made by `tests/python/setup-pymesos.sh`, which `.ci/run`

@@ -10,7 +10,8 @@
 //! Files: `cluster` starts and controls the processes; `framework` is a test framework on
 //! the raw Scheduler API; `waits` waits on conditions with a deadline; `sim` simulates
 //! fleets of agents and frameworks on the real protocol (for the benches), `sim_mesos` a
-//! framework on the Mesos HTTP API; `docker` runs
+//! framework on the Mesos HTTP API; `slowdisk` holds up a running master's fsyncs (strace);
+//! `docker` runs
 //! the deploy files with real containers; `browser` drives headless Chromium (the web UI).
 
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod docker;
 pub mod framework;
 pub mod sim;
 pub mod sim_mesos;
+pub mod slowdisk;
 pub mod waits;
 
 pub use cluster::*;

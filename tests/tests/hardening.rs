@@ -1017,6 +1017,7 @@ fn methods() -> Vec<(&'static str, Shape, Vec<u8>)> {
         ("/corral.v1.Raft/Vote", Shape::Unary, raft_request(2)),
         ("/corral.v1.Raft/InstallSnapshot", Shape::Unary, raft_request(3)),
         ("/corral.v1.Raft/PreVote", Shape::Unary, raft_request(1)),
+        ("/corral.v1.Raft/Keepalive", Shape::Unary, raft_request(2)),
     ]
 }
 

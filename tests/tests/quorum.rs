@@ -356,3 +356,105 @@ async fn quorum_p2_a_follower_holds_leader_only_calls_through_an_election() {
         assert!(Instant::now() < give_up, "no leader elected: {answer:?}");
     }
 }
+
+/// The value of counter `name` in master `id`'s `/metrics` (0 if absent or unreadable).
+async fn counter(cluster: &Cluster, id: u64, name: &str) -> f64 {
+    let Some((200, text)) = cluster.http_get(id, "/metrics").await else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A leader whose disk is slow (every fsync held 400 ms, far past the 120 ms lease: its
+/// Raft core, waiting for each flush, sends no heartbeat meanwhile) keeps leading, with no
+/// election: it vouches for itself with keepalives while its core is only waiting for the
+/// disk. A leader whose core is wedged (one fsync held 7 s) stops vouching after
+/// `CORE_STALL_LIMIT` (1 s) and is replaced well before its disk comes back, and its
+/// `/health` turns to 503 once its core has been silent for 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_p1_a_leader_on_a_slow_disk_keeps_leading_and_a_wedged_one_is_replaced() {
+    use corral_tests::slowdisk::SlowDisk;
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let client = cluster.client();
+    cluster.set_weight(&client, "before", 1.0, WRITE).await.unwrap();
+    let term = cluster.member(leader).await.unwrap().term;
+    let pid = cluster.masters[&leader].pid().unwrap();
+
+    let slow = SlowDisk::attach(pid, Duration::from_millis(400));
+    let started = Instant::now();
+    let mut writes = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let t = Instant::now();
+        cluster
+            .set_weight(&client, &format!("slow{writes}"), 1.0, WRITE)
+            .await
+            .unwrap();
+        writes += 1;
+        eprintln!("write {writes} on the slow disk took {:?}", t.elapsed());
+    }
+    // The disk was slow indeed: every write waited for at least one held fsync.
+    let per_write = started.elapsed() / writes;
+    assert!(
+        per_write >= Duration::from_millis(400),
+        "{writes} writes, {per_write:?} each"
+    );
+    for id in 1..=3 {
+        let m = cluster.member(id).await.unwrap();
+        assert_eq!(
+            m.term, term,
+            "master {id}: the term moved while the leader's disk was slow"
+        );
+    }
+    assert_eq!(cluster.leader_among(&[1, 2, 3]).await, Some(leader));
+    let sent = counter(&cluster, leader, "corral_raft_keepalives_sent_total").await;
+    assert!(sent > 0.0, "the slow leader sent no keepalive");
+    drop(slow);
+
+    let others: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let wedged = SlowDisk::attach(pid, Duration::from_secs(7));
+    let wedged_at = Instant::now();
+    // A write makes the leader flush; its core then waits 4 s for the disk.
+    // Given up on by this client after 300 ms, long after it was proposed.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(300),
+        cluster.set_weight(&client, "wedged", 1.0, WRITE),
+    )
+    .await;
+    let new = cluster.wait_leader(&others, Duration::from_millis(3500)).await;
+    let took = wedged_at.elapsed();
+    eprintln!("wedged leader {leader} replaced by {new} after {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "replaced long after the core stalled: {took:?}"
+    );
+    // Its core silent for 5 s, the wedged master says so on /health (before its disk comes
+    // back at 7 s).
+    wait_for(
+        Duration::from_secs(6),
+        "the wedged master's /health to answer 503",
+        || async {
+            let (code, body) = cluster.http_get(leader, "/health").await?;
+            (code == 503 && body.contains("has not answered")).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        wedged_at.elapsed() < Duration::from_secs(7),
+        "503 only after the disk came back"
+    );
+    drop(wedged);
+    cluster
+        .set_weight(&cluster.client(), "after", 2.0, WRITE)
+        .await
+        .unwrap();
+    let applied = cluster.member(new).await.unwrap().applied_index;
+    cluster.wait_converged(&[1, 2, 3], applied, CONVERGE).await;
+    let weights = cluster.weights(&cluster.client(), WRITE).await.unwrap();
+    for role in ["before", "slow0", "after"] {
+        assert!(weights.contains_key(role), "{role} lost: {weights:?}");
+    }
+}

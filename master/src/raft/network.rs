@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::election::Elections;
+use super::keepalive::KeepaliveStats;
 use super::stages::Stages;
 use super::types::{CorralRaft, NodeId, Raft};
 
@@ -360,9 +361,77 @@ pub struct PreVoteResponse {
     pub granted: bool,
 }
 
+/// A leader vouching for itself while its Raft core waits on the disk (see
+/// [`crate::raft::keepalive`] and `raft.proto`, `Keepalive`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct KeepaliveRequest {
+    /// The leader.
+    pub leader: NodeId,
+    /// Its term.
+    pub term: u64,
+}
+
+/// The answer to a [`KeepaliveRequest`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct KeepaliveResponse {
+    /// Whether the peer took it as hearing from its leader (it is in that term and follows
+    /// that leader).
+    pub heard: bool,
+}
+
 impl Network {
+    /// Send `target` at `addr` a keepalive; whether it was heard, `None` if it did not
+    /// answer within `timeout`.
+    pub async fn keepalive(
+        &self,
+        target: NodeId,
+        addr: &str,
+        req: &KeepaliveRequest,
+        timeout: Duration,
+    ) -> Option<bool> {
+        let answer: KeepaliveResponse = self
+            .control_call(
+                target,
+                addr,
+                req,
+                timeout,
+                |mut c, r| async move { c.keepalive(r).await },
+            )
+            .await?;
+        Some(answer.heard)
+    }
+
     /// Ask `target` at `addr` for a pre-vote; `None` if it did not answer within `timeout`.
     pub async fn pre_vote(&self, target: NodeId, addr: &str, req: &PreVoteRequest, timeout: Duration) -> Option<bool> {
+        let answer: PreVoteResponse = self
+            .control_call(
+                target,
+                addr,
+                req,
+                timeout,
+                |mut c, r| async move { c.pre_vote(r).await },
+            )
+            .await?;
+        Some(answer.granted)
+    }
+
+    /// One of Corral's own Raft calls (not openraft's) on the control lane: `req` to
+    /// `target` at `addr` through `call`, and its answer; `None` if there was none within
+    /// `timeout` or it was not one.
+    async fn control_call<Req, Resp, F, Fut>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        req: &Req,
+        timeout: Duration,
+        call: F,
+    ) -> Option<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, Request<v1::RaftRequest>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<v1::RaftReply>, Status>>,
+    {
         let conn = self.channel(addr, Lane::Control).ok()?;
         let payload = encode(req).ok()?;
         let mut request = Request::new(v1::RaftRequest {
@@ -371,14 +440,13 @@ impl Network {
             payload,
         });
         request.set_timeout(timeout);
-        let mut client = RaftClient::new(conn.channel);
-        let reply = tokio::time::timeout(timeout, client.pre_vote(request))
+        let reply = tokio::time::timeout(timeout, call(RaftClient::new(conn.channel), request))
             .await
             .ok()?
             .ok()?
             .into_inner();
         match reply.result {
-            Some(v1::raft_reply::Result::Ok(bytes)) => decode::<PreVoteResponse>(&bytes).ok().map(|r| r.granted),
+            Some(v1::raft_reply::Result::Ok(bytes)) => decode::<Resp>(&bytes).ok(),
             _ => None,
         }
     }
@@ -404,6 +472,8 @@ pub struct RaftService {
     pub tls: bool,
     /// Where the time of serving AppendEntries is counted.
     pub stages: Arc<Stages>,
+    /// Where heard keepalives are counted.
+    pub keepalives: Arc<KeepaliveStats>,
 }
 
 /// When this master last accepted an AppendEntries (heartbeats included), and from which
@@ -525,5 +595,25 @@ impl v1::raft_server::Raft for RaftService {
         }
         tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted, "pre-vote");
         reply::<_, openraft::error::Infallible>(Ok(PreVoteResponse { granted }))
+    }
+
+    async fn keepalive(&self, req: Request<v1::RaftRequest>) -> Result<Response<v1::RaftReply>, Status> {
+        let rpc: KeepaliveRequest = self.open(req)?;
+        // Heard only from the leader of this master's own term, whose leadership it knows
+        // (its vote committed): a deposed leader's keepalive, of an older term, is ignored.
+        let heard = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.state != openraft::ServerState::Leader
+                && m.vote.is_committed()
+                && m.current_term == rpc.term
+                && m.current_leader == Some(rpc.leader)
+                && rpc.leader != self.id
+        };
+        if heard {
+            self.contact.heard(rpc.leader);
+            self.keepalives.heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        reply::<_, openraft::error::Infallible>(Ok(KeepaliveResponse { heard }))
     }
 }

@@ -175,6 +175,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             ack as f64 / 1000.0,
         );
     }
+    gauge(
+        "corral_raft_core_silence_seconds",
+        "How long this master's Raft core has left a probe unanswered (0 while it answers).",
+        shared.core_probe.silence().as_secs_f64(),
+    );
     let leading = match shared.leader.get() {
         Some(leader) => leader
             .ask(|_, soft| {
@@ -370,6 +375,16 @@ async fn metrics(State(shared): State<Shared>) -> Response {
             stage.seconds(),
         );
     }
+    counter(
+        "corral_raft_keepalives_sent_total",
+        "Keepalives this master sent as a leader whose Raft core was waiting on its disk.",
+        shared.keepalives.sent.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+    counter(
+        "corral_raft_keepalives_heard_total",
+        "Keepalives this master took as hearing from its leader.",
+        shared.keepalives.heard.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
     let apply = shared.state.apply_stats();
     counter(
         "corral_raft_apply_calls_total",
