@@ -362,10 +362,7 @@ async fn counter(cluster: &Cluster, id: u64, name: &str) -> f64 {
     let Some((200, text)) = cluster.http_get(id, "/metrics").await else {
         return 0.0;
     };
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    corral_tests::sim::metric(&text, name, "").unwrap_or(0.0)
 }
 
 /// A leader whose disk is slow (every fsync held 400 ms, far past the 120 ms lease: its
@@ -412,13 +409,17 @@ async fn quorum_p1_a_leader_on_a_slow_disk_keeps_leading_and_a_wedged_one_is_rep
     assert_eq!(cluster.leader_among(&[1, 2, 3]).await, Some(leader));
     let sent = counter(&cluster, leader, "corral_raft_keepalives_sent_total").await;
     assert!(sent > 0.0, "the slow leader sent no keepalive");
+    let others: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    for id in &others {
+        let heard = counter(&cluster, *id, "corral_raft_keepalives_heard_total").await;
+        assert!(heard > 0.0, "follower {id} heard no keepalive");
+    }
     drop(slow);
 
-    let others: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
     let wedged = SlowDisk::attach(pid, Duration::from_secs(7));
     let wedged_at = Instant::now();
-    // A write makes the leader flush; its core then waits 4 s for the disk.
-    // Given up on by this client after 300 ms, long after it was proposed.
+    // A write makes the leader flush, and its core waits 7 s for the disk. This client
+    // gives up on the write after 300 ms, long after it was proposed.
     let _ = tokio::time::timeout(
         Duration::from_millis(300),
         cluster.set_weight(&client, "wedged", 1.0, WRITE),
