@@ -88,7 +88,30 @@ async fn retention_p1_masters_agree_while_gc_runs_and_ids_free_up_only_when_coll
         .expect("the collected tasks metric");
     assert!(collected >= 7, "{collected} tasks collected");
 
-    // A new member catches up from a snapshot (the log is purged behind it) and agrees.
+    // A new member catches up from a snapshot and agrees. First the log is purged behind
+    // a snapshot on the leader (every 50-75 entries here): writes until it is, as many as
+    // the group commit did not already make.
+    let client = cluster.client();
+    let mut writes = 0;
+    wait_for(
+        Duration::from_secs(30),
+        "the leader's log purged behind a snapshot",
+        || {
+            writes += 1;
+            let role = format!("fill{writes}");
+            let (cluster, client) = (&cluster, &client);
+            async move {
+                cluster
+                    .set_weight(client, &role, 1.0, Duration::from_secs(10))
+                    .await
+                    .ok()?;
+                let (_, metrics) = cluster.http_get(leader, "/metrics").await?;
+                let purged = corral_tests::sim::metric(&metrics, "corral_raft_purged_index", "")?;
+                (purged > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
     let address = cluster.start_standalone(4);
     let out = cluster.cli(&["members", "add", "4", &address]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
