@@ -83,6 +83,15 @@ impl From<sled::Error> for StoreError {
 }
 
 impl StoreError {
+    /// As the `sled::Error` that the flusher's write jobs return.
+    pub(crate) fn into_sled(self) -> sled::Error {
+        match self {
+            StoreError::Sled(e) => e,
+            StoreError::Io(e) => sled::Error::Io(e),
+            other => sled::Error::Io(std::io::Error::other(other)),
+        }
+    }
+
     /// True when the data dir is damaged (a missing or corrupt snapshot, a log that breaks
     /// its invariants or does not decode): the node cannot start from it, and the operator
     /// restores it from the other members.

@@ -10,21 +10,23 @@
 //! What this does and does not take off openraft's core: openraft 0.9 still awaits each
 //! append's callback before its next command (`append_to_log`), so the core waits for the
 //! disk on every append as before; what left it is sled's insert (which itself blocks while
-//! sled's buffers wait for the device), the removals of a purge (~10,000 after each
-//! snapshot, measured to hold the core for tens of milliseconds), and the committed index's
-//! write.
+//! sled's buffers wait for the device), a purge's work (now retiring whole generations, see
+//! `generations`; it used to be ~10,000 removals after each snapshot, measured to hold the
+//! core for tens of milliseconds), and the committed index's write.
 //!
 //! "Durable" takes two steps, because sled 0.34's `flush` alone is not enough: on Linux it
 //! ends in `sync_file_range`, which neither persists the file's size when the log grew nor
 //! flushes the disk's write cache, so flushed writes can still vanish on power loss (they do
 //! survive a process crash). After sled has written its buffers we `fdatasync` its data file
 //! through our own descriptor; fsync works on the inode, so it covers sled's writes too.
+//! This is done for each database written since its last flush (`Disk::flush_dirty`): in
+//! the common batch, appends and the committed index, that is the newest log generation
+//! alone.
 //!
 //! The work runs on this dedicated OS thread, never on a tokio worker: a blocking fsync would
 //! stall the runtime, and `flush_async` on several `Db`s driven from different runtimes has
 //! been reported to deadlock (`corral local` runs three stores in one process).
 
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, trace, warn};
 
+use crate::generations::Disk;
 use crate::watermark::Watermark;
 use crate::StoreError;
 
@@ -151,15 +154,15 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    /// Start the thread for `db`, whose data file is `data_file`; after each flush it raises
-    /// `mark` to the highest log index the flush made durable.
-    pub(crate) fn start(db: sled::Db, data_file: File, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
+    /// Start the thread for the databases of `disk`; after each flush it raises `mark` to
+    /// the highest log index the flush made durable.
+    pub(crate) fn start(disk: Arc<Disk>, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = Arc::new(Counters::default());
         let for_thread = counters.clone();
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(db, data_file, mark, rx, &for_thread))?;
+            .spawn(move || run(&disk, mark, rx, &for_thread))?;
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
@@ -210,7 +213,7 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Counters) {
+fn run(disk: &Disk, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Counters) {
     let mut batch: Vec<Job> = Vec::new();
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     // A failed write or flush is final: sled's state is unknown from there on, and a later
@@ -247,15 +250,12 @@ fn run(db: sled::Db, data_file: File, mark: Arc<Watermark>, rx: mpsc::Receiver<J
         let outcome = match &failed {
             Some(e) => Err(e.clone()),
             None => {
-                let flushed = db.flush().map_err(|e| e.to_string());
-                let sled_done = Instant::now();
-                let synced = flushed.and_then(|_| data_file.sync_data().map_err(|e| e.to_string()));
-                counters
-                    .sled_nanos
-                    .fetch_add(nanos(sled_done - written), Ordering::Relaxed);
-                counters
-                    .sync_nanos
-                    .fetch_add(nanos(sled_done.elapsed()), Ordering::Relaxed);
+                let flushed = disk.flush_dirty();
+                if let Ok(times) = &flushed {
+                    counters.sled_nanos.fetch_add(nanos(times.sled), Ordering::Relaxed);
+                    counters.sync_nanos.fetch_add(nanos(times.sync), Ordering::Relaxed);
+                }
+                let synced = flushed.map(|_| ());
                 if let Err(e) = &synced {
                     failed = Some(format!("log flush failed: {e}"));
                 }

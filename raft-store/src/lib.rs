@@ -11,17 +11,20 @@
 //!   of the application, snapshots persisted in files;
 //! - `codec`: the versioned encoding of everything written.
 //!
-//! A data dir holds a sled `Db` in `sled/` with two trees, `log` (index → entry) and `meta`
-//! (identity, vote, committed, last purged), the current snapshot in `snapshots/`, and
-//! `durable.mark`, how far the log was durable (`watermark`: sled silently drops what
-//! follows a damaged record, and this is how open notices).
+//! A data dir holds a sled `Db` in `sled/` with the tree `meta` (identity, vote, committed,
+//! last purged), the log's entries (index → entry) in generations of sled `Db`s under
+//! `log/gen-<seq>/`, retired whole once a purge passes them (`generations`), the current
+//! snapshot in `snapshots/`, and `durable.mark`, how far the log was durable (`watermark`:
+//! sled silently drops what follows a damaged record, and this is how open notices). A data
+//! dir written before generations (its entries in a `log` tree of `sled/`) has them moved
+//! into the first generation when it is opened.
 //!
 //! ```text
 //!  openraft ──append──▶ LogStore ──▶ pending (readable at once)
 //!                          │ job
 //!                          ▼
-//!                      flusher thread ── insert into sled `log`, Db::flush, fdatasync
-//!                                        (one for many appends) ──▶ callback: "durable"
+//!                      flusher thread ── insert into the newest generation, Db::flush,
+//!                                        fdatasync (one for many appends) ──▶ callback: "durable"
 //!  openraft ──apply───▶ SmStore ──▶ StateMachine::apply (in memory, deterministic)
 //!  openraft ──snapshot─▶ SmStore ──▶ snapshots/current.snap (fsynced) ──▶ openraft purges log
 //! ```
@@ -31,6 +34,7 @@
 mod codec;
 mod error;
 mod flusher;
+mod generations;
 mod log_store;
 mod state_machine;
 mod watermark;
@@ -99,28 +103,37 @@ pub struct Identity {
     pub cluster: String,
 }
 
-/// Tuning of the underlying sled database.
+/// Tuning of the underlying sled databases.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// sled's page cache, in bytes. The log is kept short by snapshots, so this need not be
-    /// large; sled's own default (1 GiB) would dominate a master's memory.
+    /// sled's page cache of each log generation, in bytes. The log is kept short by
+    /// snapshots, so this need not be large; sled's own default (1 GiB) would dominate a
+    /// master's memory. The `meta` database gets [`META_CACHE_BYTES`].
     pub cache_capacity_bytes: u64,
+    /// Encoded entry bytes per log generation: the next append after the newest holds this
+    /// much starts a new one (see the module doc). The disk holds the live log plus up to
+    /// about one generation; smaller means more sled databases open at once.
+    pub log_generation_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            cache_capacity_bytes: 16 * 1024 * 1024,
+            log_generation_bytes: 16 * 1024 * 1024,
         }
     }
 }
+
+/// sled's page cache of the `meta` database, in bytes: it holds a handful of keys.
+pub const META_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 const KEY_IDENTITY: &str = "identity";
 
 /// sled's segment size. sled writes any value over about a quarter of a segment to a blob
 /// file of its own that it never fsyncs; a large segment keeps every log entry in the data
 /// file that the flusher fsyncs.
-const SEGMENT_SIZE: usize = 8 << 20;
+pub(crate) const SEGMENT_SIZE: usize = 8 << 20;
 
 /// The largest encoded log entry the store accepts; larger appends fail. Applications batch
 /// commands into entries and must keep each entry below this.
@@ -150,7 +163,7 @@ where
     let db = sled::Config::new()
         .path(&sled_dir)
         .segment_size(SEGMENT_SIZE)
-        .cache_capacity(options.cache_capacity_bytes)
+        .cache_capacity(META_CACHE_BYTES)
         // Durability is explicit (every acknowledgement waits for a flush); sled's periodic
         // background fsync would only compete with ours for the disk.
         .flush_every_ms(None)
@@ -187,25 +200,32 @@ where
             meta.insert(KEY_IDENTITY, encode("identity", identity)?)?;
         }
     }
-    let log = db.open_tree("log")?;
     let data_file = std::fs::OpenOptions::new().read(true).open(sled_dir.join("db"))?;
-    let mark = Arc::new(mark);
-    let flusher = Flusher::start(
-        db.clone(),
+    let disk = Arc::new(generations::Disk::open(
+        dir.join("log"),
+        db,
         data_file,
-        mark.clone(),
-        format!("raft-flush-{}", identity.node_id),
-    )?;
-    db.flush()?;
+        options.log_generation_bytes.max(1),
+        options.cache_capacity_bytes,
+    )?);
+    let migrated = disk.migrate_legacy_log()?;
+    if migrated > 0 {
+        tracing::info!(
+            entries = migrated,
+            "moved the log of a data dir written before log generations into log/"
+        );
+    }
+    disk.flush_all()?;
     if fresh {
         // Make the new files' directory entries durable before anything is acknowledged.
         for d in [&sled_dir, &snapshot_dir, dir] {
             std::fs::File::open(d)?.sync_all()?;
         }
     }
+    let mark = Arc::new(mark);
+    let flusher = Flusher::start(disk.clone(), mark.clone(), format!("raft-flush-{}", identity.node_id))?;
     let log_store = LogStore::<C>::new(Arc::new(LogInner {
-        log,
-        meta,
+        disk,
         flusher,
         mark,
         appended_bytes: Default::default(),
@@ -213,7 +233,7 @@ where
     }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {
-        tracing::info!(entries = leftovers, "finished an interrupted log purge");
+        tracing::info!(generations = leftovers, "finished an interrupted log purge");
     }
     let summary = log_store.verify()?;
     tracing::debug!(?summary, "log store opened");

@@ -1,12 +1,14 @@
-//! [`LogStore`]: openraft's `RaftLogStorage` on a sled tree.
+//! [`LogStore`]: openraft's `RaftLogStorage` on sled: the entries in generations of sled
+//! databases (`generations`), the vote, committed index and purge point in `meta`.
 //!
 //! Durability rules (each one is what Raft's safety argument assumes of "stable storage"):
 //! - an append is reported durable only after the flush that covers it (see `flusher`);
 //! - a vote is flushed before `save_vote` returns, because openraft grants the vote as soon
 //!   as it returns, and a node that forgets its vote after a crash can vote twice in a term;
 //! - `purge` persists `last_purged` and flushes it before deleting anything, so a crash in
-//!   the middle of a purge leaves extra entries below `last_purged` (dropped on the next
-//!   open), never a hole between `last_purged` and the first entry;
+//!   the middle of a purge leaves extra entries below `last_purged`, never a hole between
+//!   `last_purged` and the first entry. Entries at or below `last_purged` may stay stored
+//!   until their generation retires; every reader skips them;
 //! - `truncate` flushes, so conflicting entries removed on a follower cannot come back.
 //!
 //! No write touches sled on openraft's thread: each is a job for the flusher thread, made in
@@ -21,8 +23,9 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
-use crate::codec::{decode, encode, index_key, key_index};
+use crate::codec::{decode, encode, index_key};
 use crate::flusher::{Flusher, Job, Mark};
+use crate::generations::Disk;
 use crate::{StoreConfig, StoreError};
 
 pub(crate) const KEY_VOTE: &str = "vote";
@@ -41,9 +44,9 @@ pub(crate) struct Pending {
     next_seq: u64,
     /// The committed log id last saved (None: not saved since open; read sled).
     committed: Option<Option<LogId<u64>>>,
-    /// The last purged index: entries at or below it are never read (sled may still hold
-    /// them for a moment while the purge job runs).
-    purged: Option<u64>,
+    /// The last purged index: entries at or below it are never read (sled may hold them
+    /// until their generation retires).
+    pub(crate) purged: Option<u64>,
 }
 
 pub(crate) type SharedPending = Arc<std::sync::Mutex<Pending>>;
@@ -54,9 +57,8 @@ fn lock(p: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
 }
 
 pub(crate) struct LogInner {
-    pub(crate) log: sled::Tree,
+    pub(crate) disk: Arc<Disk>,
     pub(crate) pending: SharedPending,
-    pub(crate) meta: sled::Tree,
     pub(crate) flusher: Flusher,
     /// How far the log has been durable (see `watermark`).
     pub(crate) mark: Arc<crate::watermark::Watermark>,
@@ -113,7 +115,7 @@ impl<C: StoreConfig> LogStore<C> {
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
-        match self.inner.meta.get(key)? {
+        match self.inner.disk.meta.get(key)? {
             Some(bytes) => Ok(Some(decode(key, &bytes)?)),
             None => Ok(None),
         }
@@ -140,10 +142,10 @@ impl<C: StoreConfig> LogStore<C> {
     /// queued before, and wait until it is durable.
     async fn put_meta_durably<T: serde::Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
         let bytes = encode(key, value)?;
-        let meta = self.inner.meta.clone();
+        let disk = self.inner.disk.clone();
         self.inner
             .flusher
-            .write_durably(Some(Box::new(move || meta.insert(key, bytes).map(|_| ()))))
+            .write_durably(Some(Box::new(move || disk.put_meta(key, bytes))))
             .await
     }
 
@@ -156,7 +158,7 @@ impl<C: StoreConfig> LogStore<C> {
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<u64>>, StoreError> {
-        match self.inner.log.last()? {
+        match self.inner.disk.last()? {
             Some((_, v)) => Ok(Some(Self::decode_entry(&v)?.log_id)),
             None => Ok(None),
         }
@@ -203,21 +205,11 @@ impl<C: StoreConfig> LogStore<C> {
         self.inner
             .appended_bytes
             .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
-        let tree = self.inner.log.clone();
+        let disk = self.inner.disk.clone();
         let pending = self.inner.pending.clone();
         let write = Box::new(move || {
             let indexes: Vec<u64> = items.iter().map(|(k, _)| u64::from_be_bytes(*k)).collect();
-            // A lone entry is a plain insert: a sled batch costs an extra manifest record,
-            // which sled writes and syncs separately. Several entries go in one atomic batch.
-            if let [(key, bytes)] = items.as_slice() {
-                tree.insert(key, bytes.clone())?;
-            } else {
-                let mut batch = sled::Batch::default();
-                for (key, bytes) in items {
-                    batch.insert(&key, bytes);
-                }
-                tree.apply_batch(batch)?;
-            }
+            disk.append(items, total)?;
             // Only this append's own entries: a truncation may have replaced them since.
             let mut p = lock(&pending);
             for index in indexes {
@@ -251,18 +243,24 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
-    /// Read every stored entry and check the invariants of the log: entries contiguous from
-    /// the first to the last, each stored under its own index, terms never decreasing, the
-    /// first entry right after `last_purged`, and the committed index within the log.
-    /// Runs at open; also the check of the crash test.
+    /// Every stored entry above the purge point, generation by generation, oldest first
+    /// (entries at or below it may await their generation's retirement).
+    fn kept_entries(&self) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+        let from = self.last_purged()?.map_or(0, |p| p.index.saturating_add(1));
+        self.inner.disk.range(from, u64::MAX)
+    }
+
+    /// Read every stored entry above the purge point and check the invariants of the log:
+    /// entries contiguous from the first to the last (across generations, each generation's
+    /// entries below the next one's), each stored under its own index, terms never
+    /// decreasing, the first entry right after `last_purged`, and the committed index within
+    /// the log. Runs at open; also the check of the crash test.
     pub fn verify(&self) -> Result<LogSummary, StoreError> {
         let last_purged = self.last_purged()?;
         let mut first_index = None;
         let mut prev: Option<LogId<u64>> = None;
         let mut entries = 0u64;
-        for item in self.inner.log.iter() {
-            let (key, value) = item?;
-            let index = key_index(&key)?;
+        for (index, value) in self.kept_entries()? {
             let entry = Self::decode_entry(&value)?;
             if entry.log_id.index != index {
                 return Err(StoreError::Corrupt(format!(
@@ -322,8 +320,7 @@ impl<C: StoreConfig> LogStore<C> {
     /// that does not decode is reported as corruption (with its log id) before the node
     /// starts, instead of stopping it when openraft applies the entry.
     pub(crate) fn check_payloads<A: crate::StateMachine<C>>(&self) -> Result<(), StoreError> {
-        for item in self.inner.log.iter() {
-            let (_, value) = item?;
+        for (_, value) in self.kept_entries()? {
             let entry = Self::decode_entry(&value)?;
             if let openraft::EntryPayload::Normal(data) = &entry.payload {
                 A::decode(&entry.log_id, data)
@@ -333,17 +330,19 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
-    /// Delete entries at or below `last_purged` left behind by a purge interrupted by a crash.
-    pub(crate) fn finish_interrupted_purge(&self) -> Result<u64, StoreError> {
+    /// Retire the generations left wholly at or below `last_purged` by a purge interrupted
+    /// by a crash, and let readers skip what is left below it. Returns how many retired.
+    pub(crate) fn finish_interrupted_purge(&self) -> Result<usize, StoreError> {
         let Some(purged) = self.last_purged()? else {
             return Ok(0);
         };
-        let mut removed = 0;
-        for key in self.inner.log.range(..=index_key(purged.index)).keys() {
-            self.inner.log.remove(key?)?;
-            removed += 1;
-        }
-        Ok(removed)
+        lock(&self.inner.pending).purged = Some(purged.index);
+        self.inner.disk.retire_through(purged.index)
+    }
+
+    /// How many sled databases the log's entries are in now (see `generations`).
+    pub fn generations(&self) -> usize {
+        self.inner.disk.generation_count()
     }
 }
 
@@ -388,11 +387,14 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
                 .collect();
             (found, start)
         };
-        let mut found: std::collections::BTreeMap<u64, sled::IVec> = std::collections::BTreeMap::new();
-        for item in self.inner.log.range(index_key(start)..=index_key(end)) {
-            let (key, value) = item.map_err(|e| read_err(e.into()))?;
-            found.insert(key_index(&key).map_err(read_err)?, value);
-        }
+        // Oldest generation first: each holds lower indexes than the next.
+        let mut found: std::collections::BTreeMap<u64, sled::IVec> = self
+            .inner
+            .disk
+            .range(start, end)
+            .map_err(read_err)?
+            .into_iter()
+            .collect();
         // A pending entry is the newer version of its index (after a truncation, sled may
         // still hold the old one for a moment).
         found.append(&mut pending);
@@ -446,7 +448,8 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             None => None,
         };
         lock(&self.inner.pending).committed = Some(committed);
-        let meta = self.inner.meta.clone();
+        // Into `meta` without marking it for the next flush (see `generations`).
+        let meta = self.inner.disk.meta.clone();
         let job = Job {
             write: Some(Box::new(move || match bytes {
                 Some(b) => meta.insert(KEY_COMMITTED, b).map(|_| ()),
@@ -482,16 +485,12 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         let first = log_id.index;
         // Gone for readers at once; from sled once the job (after every earlier append) runs.
         lock(&self.inner.pending).entries.split_off(&first);
-        let tree = self.inner.log.clone();
+        let disk = self.inner.disk.clone();
         let mark = self.inner.mark.clone();
         let write = Box::new(move || {
             // Lower the watermark first: see `watermark`.
             mark.lower(first).map_err(sled::Error::Io)?;
-            let mut batch = sled::Batch::default();
-            for key in tree.range(index_key(first)..).keys() {
-                batch.remove(key?);
-            }
-            tree.apply_batch(batch)
+            disk.truncate(first)
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = Job {
@@ -521,18 +520,18 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
             p.entries = kept;
         }
         // Record the purge point durably first (see the module doc): a purge that returned is
-        // never undone. Then the removals, thousands after each snapshot, as a job for the
-        // flusher thread, not waited for (run on openraft's core, they held it for tens of
-        // milliseconds, no heartbeat going out); a crash before they are durable leaves
-        // entries below the purge point, which the next open removes.
+        // never undone. Then the generations wholly behind it retire, as a job for the
+        // flusher thread, not waited for; a crash before that leaves them, and the next open
+        // retires them.
         self.put_meta_durably(KEY_LAST_PURGED, &log_id)
             .await
             .map_err(write_err)?;
-        let tree = self.inner.log.clone();
+        let disk = self.inner.disk.clone();
         let remove = Job {
             write: Some(Box::new(move || {
-                for key in tree.range(..=index_key(index)).keys() {
-                    tree.remove(key?)?;
+                let retired = disk.retire_through(index).map_err(StoreError::into_sled)?;
+                if retired > 0 {
+                    tracing::debug!(retired, purged = index, "retired log generations");
                 }
                 Ok(())
             })),
@@ -599,11 +598,48 @@ mod tests {
     }
 
     fn open_store(dir: &std::path::Path) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
+        open_with(dir, crate::Options::default())
+    }
+
+    /// A store whose every append after the first starts a new log generation.
+    fn open_tiny_generations(dir: &std::path::Path) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
+        open_with(
+            dir,
+            crate::Options {
+                log_generation_bytes: 1,
+                ..crate::Options::default()
+            },
+        )
+    }
+
+    fn open_with(
+        dir: &std::path::Path,
+        options: crate::Options,
+    ) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
         let identity = crate::Identity {
             node_id: 1,
             cluster: "t".into(),
         };
-        crate::open::<Cfg, Nothing>(dir, &identity, &crate::Options::default()).unwrap()
+        crate::open::<Cfg, Nothing>(dir, &identity, &options).unwrap()
+    }
+
+    /// Append `entries` and wait until they are durable.
+    async fn append_durably(log: &super::LogStore<Cfg>, entries: Vec<openraft::Entry<Cfg>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        log.queue_append(entries, Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+            .unwrap();
+        let ok = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        assert!(ok.expect("durable in time").unwrap(), "append failed");
+    }
+
+    /// The generation directories on disk.
+    fn generation_dirs(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Hold the store's flusher thread until the returned sender is sent to (or dropped).
@@ -638,7 +674,7 @@ mod tests {
         }
         // Nothing durable yet, nothing in sled yet, and every entry readable.
         assert!(durable.try_recv().is_err());
-        assert_eq!(log.inner.log.len(), 0);
+        assert_eq!(log.inner.disk.len(), 0);
         let read = log.try_get_log_entries(0..4).await.unwrap();
         assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "1.3"]);
         let some = log.try_get_log_entries(1..=2).await.unwrap();
@@ -650,28 +686,27 @@ mod tests {
             assert_eq!(ok.expect("durable in time"), Some(true));
         }
         // Written into sled, gone from pending, read the same.
-        assert_eq!(log.inner.log.len(), 4);
+        assert_eq!(log.inner.disk.len(), 4);
         assert!(super::lock(&log.inner.pending).entries.is_empty());
         let read = log.try_get_log_entries(..).await.unwrap();
         assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "1.3"]);
     }
 
-    /// A purge returns once the purge point is durable, without waiting for its thousands
-    /// of removals; readers skip the purged entries at once, and the log's last id is the
-    /// purge point even while older entries await removal.
+    /// A purge returns once the purge point is durable, without waiting for anything to be
+    /// deleted; readers skip the purged entries at once, the log's last id is the purge point
+    /// even while older entries are still stored, and the generations wholly behind the
+    /// purge point are deleted from the disk.
     #[tokio::test]
-    async fn a_purge_is_durable_when_it_returns_and_its_removals_follow() {
+    async fn a_purge_is_durable_when_it_returns_and_retires_the_generations_behind_it() {
         use openraft::storage::RaftLogStorage;
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _sm) = open_store(dir.path());
-        let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
-        log.queue_append(
-            (0..10).map(|i| entry(1, i)),
-            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
-        )
-        .unwrap();
-        let ok = tokio::time::timeout(Duration::from_secs(10), durable.recv()).await;
-        assert_eq!(ok.expect("durable in time"), Some(true));
+        let (mut log, _sm) = open_tiny_generations(dir.path());
+        // One entry per append: one generation each.
+        for i in 0..10 {
+            append_durably(&log, vec![entry(1, i)]).await;
+        }
+        assert_eq!(log.generations(), 10);
+        assert_eq!(generation_dirs(dir.path()).len(), 10);
 
         let purge_point = openraft::LogId::new(CommittedLeaderId::new(1, 0), 5);
         log.purge(purge_point).await.expect("purged");
@@ -686,25 +721,102 @@ mod tests {
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(purge_point));
         assert_eq!(state.last_log_id.map(|l| l.index), Some(9));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while log.inner.log.len() != 4 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} entries left",
-                log.inner.log.len()
-            );
-            log.flush_now().await.unwrap();
-        }
+        // get_log_state waited for the queue: the retirement ran. Entries 0..=5 were in the
+        // six oldest generations; their directories are gone.
+        assert_eq!(log.generations(), 4);
+        assert_eq!(
+            generation_dirs(dir.path()),
+            (7..=10).map(|seq| format!("gen-{seq:020}")).collect::<Vec<_>>()
+        );
+        assert_eq!(log.inner.disk.len(), 4);
         let summary = log.verify().unwrap();
         assert_eq!((summary.first_index, summary.entries), (Some(6), 4));
 
         // Purged past the end of the log (a snapshot installed from the leader): the log's
-        // last id is the purge point, even while the old entries are still being removed.
+        // last id is the purge point; every generation but the newest retires, and the
+        // newest keeps its entry, unread, until a later purge retires it.
         let beyond = openraft::LogId::new(CommittedLeaderId::new(2, 0), 20);
         log.purge(beyond).await.unwrap();
         assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(beyond));
+        assert_eq!(log.generations(), 1);
+        let summary = log.verify().unwrap();
+        assert_eq!((summary.entries, summary.last_log_id), (0, Some(beyond)));
+
+        // The log goes on after the purge point; the old entry's generation retires at the
+        // next purge.
+        append_durably(&log, vec![entry(2, 21)]).await;
+        append_durably(&log, vec![entry(2, 22)]).await;
+        log.purge(openraft::LogId::new(CommittedLeaderId::new(2, 0), 21))
+            .await
+            .unwrap();
+        log.get_log_state().await.unwrap();
+        assert_eq!(generation_dirs(dir.path()), [format!("gen-{:020}", 12)]);
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["2.22"]);
+    }
+
+    /// A truncation removes entries from every generation that holds them, and a reopen
+    /// reads the new log; what a crash left of a retirement is deleted at open.
+    #[tokio::test]
+    async fn a_truncation_across_generations_and_a_reopen() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open_tiny_generations(dir.path());
+        append_durably(&log, (0..4).map(|i| entry(1, i)).collect()).await;
+        append_durably(&log, (4..8).map(|i| entry(1, i)).collect()).await;
+        append_durably(&log, (8..10).map(|i| entry(1, i)).collect()).await;
+        assert_eq!(log.generations(), 3);
+        // Entries 2.. go: the first generation keeps 0 and 1, the others are emptied.
+        log.truncate(openraft::LogId::new(CommittedLeaderId::new(1, 0), 2))
+            .await
+            .unwrap();
+        append_durably(&log, vec![entry(2, 2), entry(2, 3)]).await;
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "2.2", "2.3"]);
+        assert_eq!(log.verify().unwrap().entries, 4);
+        drop((log, _sm));
+        // A retirement interrupted after its rename.
+        let stray = dir.path().join("log").join(format!("gen-{:020}.retiring", 0));
+        std::fs::create_dir_all(stray.join("blobs")).unwrap();
+        let (mut log, _sm) = open_tiny_generations(dir.path());
+        assert!(!stray.exists(), "an interrupted retirement is finished at open");
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "2.2", "2.3"]);
+        let summary = log.verify().unwrap();
+        assert_eq!(summary.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 3)));
+    }
+
+    /// A data dir written before generations, its entries in `sled/`'s `log` tree, opens with
+    /// them moved into the first generation.
+    #[tokio::test]
+    async fn a_log_written_before_generations_is_moved_into_one() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_store(dir.path()));
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("sled"))
+                .segment_size(crate::SEGMENT_SIZE)
+                .open()
+                .unwrap();
+            let legacy = db.open_tree("log").unwrap();
+            for i in 0..3 {
+                let bytes = crate::codec::encode("log entry", &entry(1, i)).unwrap();
+                legacy.insert(crate::codec::index_key(i), bytes).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let (mut log, _sm) = open_store(dir.path());
+        let read = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2"]);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(2));
+        assert!(!log.inner.disk.has_legacy_log(), "the old tree is dropped");
+        drop((log, _sm));
+        let (mut log, _sm) = open_store(dir.path());
+        assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 3);
     }
 
     /// A truncation and a re-append queued behind an append that is not yet written: readers

@@ -103,6 +103,7 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut all = Reports::default();
+    let mut most_generations = 0;
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     for round in 0..ROUNDS {
@@ -173,6 +174,7 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
             let summary = log
                 .verify()
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            most_generations = most_generations.max(log.generations());
             let purged = summary.last_purged.map_or(0, |p| p.index);
             assert!(
                 purged >= all.purged,
@@ -212,8 +214,14 @@ fn store_crash_sigkill_keeps_every_durable_entry() {
     }
     let reported: u64 = all.durable.iter().map(|(a, b, _)| b - a + 1).sum();
     assert!(reported > 0, "seed {seed}: no entry was ever reported durable");
+    // The kills must have hit a log spread over several generations (starting new ones and
+    // retiring old ones), not one sled database only.
+    assert!(
+        most_generations > 1,
+        "seed {seed}: the log never spanned more than one generation"
+    );
     eprintln!(
-        "crash test: {ROUNDS} kills, {reported} durable entries checked, purged up to {}",
+        "crash test: {ROUNDS} kills, {reported} durable entries checked, purged up to {}, up to {most_generations} log generations",
         all.purged
     );
 }

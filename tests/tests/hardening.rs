@@ -715,7 +715,16 @@ fn written_len(path: &std::path::Path) -> usize {
 
 fn damage(dir: &std::path::Path, how: Damage) {
     let snapshot = dir.join("snapshots/current.snap");
-    let log = dir.join("sled/db");
+    // The log's entries are in generations of sled databases (`log/gen-<seq>`); the newest
+    // holds the latest entries.
+    let newest = std::fs::read_dir(dir.join("log"))
+        .expect("a log dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")))
+        .max()
+        .expect("a log generation");
+    let log = newest.join("db");
     let flip = |path: &std::path::Path, at_fraction: f64| {
         let at = (written_len(path) as f64 * at_fraction) as usize;
         let mut bytes = std::fs::read(path).expect("read");

@@ -139,6 +139,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let mut gauge = |name: &str, help: &str, value: f64| series(&mut out, "gauge", name, help, id, value);
     gauge("corral_raft_term", "Current Raft term.", m.current_term as f64);
     gauge(
+        "corral_raft_log_generations",
+        "sled databases the Raft log's entries are in now (each retired whole once purged).",
+        shared.log.generations() as f64,
+    );
+    gauge(
         "corral_raft_is_leader",
         "1 if this master is the leader.",
         f64::from(u8::from(m.state == ServerState::Leader)),

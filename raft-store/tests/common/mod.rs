@@ -54,5 +54,10 @@ pub fn open_node(dir: &Path, node_id: u64) -> Result<Stores, StoreError> {
         node_id,
         cluster: "test".into(),
     };
-    corral_raft_store::open(dir, &identity, &Options::default())
+    // Small log generations, so that the tests start and retire many of them.
+    let options = Options {
+        log_generation_bytes: 16 * 1024,
+        ..Options::default()
+    };
+    corral_raft_store::open(dir, &identity, &options)
 }
