@@ -7,7 +7,7 @@
 //! the log is a sequence of sled databases ("generations", `log/gen-<seq>`), each a short
 //! stretch of the log:
 //! - appends go into the newest generation; once it holds [`Disk::generation_bytes`] of
-//!   entries, the next append starts a new one;
+//!   entries, the next append starts a new one (a generation found at open counts as full);
 //! - a purge retires the oldest generations whose entries are all at or below the purge
 //!   point: the whole database is closed and its directory deleted. Entries below the purge
 //!   point in a generation that also holds later ones stay until it retires (readers never
@@ -168,7 +168,12 @@ impl Disk {
         seqs.sort_unstable();
         let mut generations = Vec::with_capacity(seqs.len().max(1));
         for seq in seqs {
-            generations.push(Arc::new(Generation::open(&root, seq, cache_bytes, false)?));
+            let generation = Generation::open(&root, seq, cache_bytes, false)?;
+            // How much a generation took before this open is not known without reading it
+            // all: count it as full, so that the first append starts a new one and no
+            // generation grows past its size across restarts.
+            generation.appended.store(generation_bytes, Ordering::Relaxed);
+            generations.push(Arc::new(generation));
         }
         if generations.is_empty() {
             generations.push(Arc::new(Generation::open(&root, 1, cache_bytes, true)?));

@@ -786,6 +786,12 @@ mod tests {
         assert_eq!(payloads(&read), ["1.0", "1.1", "2.2", "2.3"]);
         let summary = log.verify().unwrap();
         assert_eq!(summary.last_log_id.map(|l| (l.leader_id.term, l.index)), Some((2, 3)));
+        // A generation found at open counts as full: the next append starts a new one.
+        let before = log.generations();
+        append_durably(&log, vec![entry(2, 4)]).await;
+        assert_eq!(log.generations(), before + 1);
+        let read = log.try_get_log_entries(3..).await.unwrap();
+        assert_eq!(payloads(&read), ["2.3", "2.4"]);
     }
 
     /// A data dir written before generations, its entries in `sled/`'s `log` tree, opens with
