@@ -42,7 +42,7 @@ const RETIRING_SUFFIX: &str = ".retiring";
 
 /// Open (or create) a sled database the way the store uses them: durability is explicit,
 /// so sled's periodic background fsync is off (it would only compete with ours for the disk).
-fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+pub(crate) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     sled::Config::new()
         .path(path)
         .segment_size(crate::SEGMENT_SIZE)
@@ -51,7 +51,7 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
         .open()
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -415,4 +415,71 @@ impl Disk {
         self.meta_file.sync_data()?;
         Ok(moved)
     }
+}
+
+/// A `meta` database file larger than this is rebuilt at open: it holds a handful of keys,
+/// and only the log of a data dir written before generations (moved out at open) makes it
+/// large; sled would keep the space for good (see the module doc).
+pub(crate) const META_REBUILD_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Finish what a crash left of [`rebuild_meta`] in `sled_dir`: the new copy renamed in but
+/// the old one not yet deleted, the old one renamed away but the new one not yet renamed
+/// in, or a copy not yet complete.
+pub(crate) fn recover_meta_rebuild(sled_dir: &Path) -> Result<(), StoreError> {
+    let new = sled_dir.with_extension("new");
+    let old = sled_dir.with_extension("old");
+    if !sled_dir.exists() && new.exists() {
+        // Crashed between the two renames: the new copy is complete (it was made durable
+        // before the first rename).
+        std::fs::rename(&new, sled_dir)?;
+        if let Some(parent) = sled_dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    if new.exists() {
+        // A copy that never got renamed in: the current database is intact.
+        std::fs::remove_dir_all(&new)?;
+    }
+    if old.exists() && sled_dir.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Rebuild the `meta` database in `sled_dir` if its file is over [`META_REBUILD_BYTES`]:
+/// copy its keys into a fresh database beside it, make that durable, then swap the two
+/// directories and delete the old one. Returns the bytes given back.
+pub(crate) fn rebuild_meta_if_large(sled_dir: &Path) -> Result<u64, StoreError> {
+    let was = std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len());
+    if was <= META_REBUILD_BYTES {
+        return Ok(0);
+    }
+    let new = sled_dir.with_extension("new");
+    let old = sled_dir.with_extension("old");
+    {
+        let db = open_db(sled_dir, crate::META_CACHE_BYTES)?;
+        let fresh = open_db(&new, crate::META_CACHE_BYTES)?;
+        for name in db.tree_names() {
+            if name.as_ref() == b"__sled__default" {
+                continue;
+            }
+            let from = db.open_tree(&name)?;
+            let to = fresh.open_tree(&name)?;
+            for item in from.iter() {
+                let (key, value) = item?;
+                to.insert(key, value)?;
+            }
+        }
+        fresh.flush()?;
+        File::open(new.join("db"))?.sync_all()?;
+        sync_dir(&new)?;
+    }
+    std::fs::rename(sled_dir, &old)?;
+    std::fs::rename(&new, sled_dir)?;
+    if let Some(parent) = sled_dir.parent() {
+        sync_dir(parent)?;
+    }
+    std::fs::remove_dir_all(&old)?;
+    let now = std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len());
+    Ok(was.saturating_sub(now))
 }

@@ -17,7 +17,8 @@
 //! snapshot in `snapshots/`, and `durable.mark`, how far the log was durable (`watermark`:
 //! sled silently drops what follows a damaged record, and this is how open notices). A data
 //! dir written before generations (its entries in a `log` tree of `sled/`) has them moved
-//! into the first generation when it is opened.
+//! into the first generation when it is opened, and `sled/` rebuilt into a fresh database
+//! (sled would keep the space the old log took).
 //!
 //! ```text
 //!  openraft ──append──▶ LogStore ──▶ pending (readable at once)
@@ -158,16 +159,10 @@ where
 {
     let sled_dir = dir.join("sled");
     let snapshot_dir = dir.join("snapshots");
+    generations::recover_meta_rebuild(&sled_dir)?;
     let fresh = !sled_dir.exists();
     std::fs::create_dir_all(&snapshot_dir)?;
-    let db = sled::Config::new()
-        .path(&sled_dir)
-        .segment_size(SEGMENT_SIZE)
-        .cache_capacity(META_CACHE_BYTES)
-        // Durability is explicit (every acknowledgement waits for a flush); sled's periodic
-        // background fsync would only compete with ours for the disk.
-        .flush_every_ms(None)
-        .open()?;
+    let db = generations::open_db(&sled_dir, META_CACHE_BYTES)?;
     let meta = db.open_tree("meta")?;
     let (mark, durable) = watermark::Watermark::open(dir)?;
     let had_snapshot = snapshot_dir.join(state_machine::SNAPSHOT_FILE).exists();
@@ -200,14 +195,18 @@ where
             meta.insert(KEY_IDENTITY, encode("identity", identity)?)?;
         }
     }
-    let data_file = std::fs::OpenOptions::new().read(true).open(sled_dir.join("db"))?;
-    let disk = Arc::new(generations::Disk::open(
-        dir.join("log"),
-        db,
-        data_file,
-        options.log_generation_bytes.max(1),
-        options.cache_capacity_bytes,
-    )?);
+    drop(meta);
+    let open_disk = |db: sled::Db| -> Result<Arc<generations::Disk>, StoreError> {
+        let data_file = std::fs::OpenOptions::new().read(true).open(sled_dir.join("db"))?;
+        Ok(Arc::new(generations::Disk::open(
+            dir.join("log"),
+            db,
+            data_file,
+            options.log_generation_bytes.max(1),
+            options.cache_capacity_bytes,
+        )?))
+    };
+    let disk = open_disk(db)?;
     let migrated = disk.migrate_legacy_log()?;
     if migrated > 0 {
         tracing::info!(
@@ -216,6 +215,15 @@ where
         );
     }
     disk.flush_all()?;
+    let disk = if std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len()) > generations::META_REBUILD_BYTES {
+        // sled keeps the space the moved log took: rebuild `meta` into a fresh database.
+        drop(disk);
+        let freed = generations::rebuild_meta_if_large(&sled_dir)?;
+        tracing::info!(freed_bytes = freed, "rebuilt the meta database");
+        open_disk(generations::open_db(&sled_dir, META_CACHE_BYTES)?)?
+    } else {
+        disk
+    };
     if fresh {
         // Make the new files' directory entries durable before anything is acknowledged.
         for d in [&sled_dir, &snapshot_dir, dir] {

@@ -795,34 +795,90 @@ mod tests {
     }
 
     /// A data dir written before generations, its entries in `sled/`'s `log` tree, opens with
-    /// them moved into the first generation.
+    /// them moved into the first generation, and its `sled/` file, which sled would keep at
+    /// the old log's size, rebuilt small.
     #[tokio::test]
     async fn a_log_written_before_generations_is_moved_into_one() {
         use openraft::storage::RaftLogStorage;
+        const ENTRIES: u64 = 2000;
+        let big = |i: u64| openraft::Entry::<Cfg> {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 0), i),
+            payload: EntryPayload::Normal(format!("{i}:{}", "x".repeat(20_000))),
+        };
         let dir = tempfile::tempdir().unwrap();
         drop(open_store(dir.path()));
         std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        let meta_file = dir.path().join("sled").join("db");
         {
-            let db = sled::Config::new()
-                .path(dir.path().join("sled"))
-                .segment_size(crate::SEGMENT_SIZE)
-                .open()
-                .unwrap();
+            let db = crate::generations::open_db(&dir.path().join("sled"), crate::META_CACHE_BYTES).unwrap();
             let legacy = db.open_tree("log").unwrap();
-            for i in 0..3 {
-                let bytes = crate::codec::encode("log entry", &entry(1, i)).unwrap();
+            for i in 0..ENTRIES {
+                let bytes = crate::codec::encode("log entry", &big(i)).unwrap();
                 legacy.insert(crate::codec::index_key(i), bytes).unwrap();
             }
             db.flush().unwrap();
         }
+        let before = std::fs::metadata(&meta_file).unwrap().len();
+        assert!(before > crate::generations::META_REBUILD_BYTES, "{before} bytes");
         let (mut log, _sm) = open_store(dir.path());
         let read = log.try_get_log_entries(..).await.unwrap();
-        assert_eq!(payloads(&read), ["1.0", "1.1", "1.2"]);
-        assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(read.len() as u64, ENTRIES);
+        assert_eq!(read[7].payload, big(7).payload);
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id.map(|l| l.index),
+            Some(ENTRIES - 1)
+        );
         assert!(!log.inner.disk.has_legacy_log(), "the old tree is dropped");
+        let after = std::fs::metadata(&meta_file).unwrap().len();
+        assert!(
+            after <= crate::generations::META_REBUILD_BYTES,
+            "sled/ is rebuilt small: {before} -> {after} bytes"
+        );
+        // The identity survived the rebuild, and the vote written after it is kept.
+        let vote = openraft::Vote::new(3, 1);
+        log.save_vote(&vote).await.unwrap();
         drop((log, _sm));
         let (mut log, _sm) = open_store(dir.path());
-        assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 3);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap().len() as u64, ENTRIES);
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let other = crate::Identity {
+            node_id: 2,
+            cluster: "t".into(),
+        };
+        drop((log, _sm));
+        assert!(matches!(
+            crate::open::<Cfg, Nothing>(dir.path(), &other, &crate::Options::default()),
+            Err(crate::StoreError::WrongNode { .. })
+        ));
+    }
+
+    /// What a crash leaves of a rebuild of `sled/` is finished at the next open.
+    #[test]
+    fn an_interrupted_rebuild_of_meta_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = dir.path().join("sled");
+        let (new, old) = (sled_dir.with_extension("new"), sled_dir.with_extension("old"));
+        let mark = |d: &std::path::Path, what: &str| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("which"), what).unwrap();
+        };
+        let which = || std::fs::read_to_string(sled_dir.join("which")).unwrap();
+        // Between the two renames: the complete new copy goes in.
+        mark(&new, "new");
+        mark(&old, "old");
+        crate::generations::recover_meta_rebuild(&sled_dir).unwrap();
+        assert_eq!(which(), "new");
+        assert!(!new.exists() && !old.exists());
+        // A copy never renamed in: dropped, the current one kept.
+        mark(&new, "partial");
+        crate::generations::recover_meta_rebuild(&sled_dir).unwrap();
+        assert_eq!(which(), "new");
+        assert!(!new.exists());
+        // Swapped but the old one not yet deleted.
+        mark(&old, "old");
+        crate::generations::recover_meta_rebuild(&sled_dir).unwrap();
+        assert_eq!(which(), "new");
+        assert!(!old.exists());
     }
 
     /// A truncation and a re-append queued behind an append that is not yet written: readers
