@@ -313,7 +313,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let mut counter = |name: &str, help: &str, value: f64| series(&mut out, "counter", name, help, id, value);
     counter(
         "corral_raft_log_flushes_total",
-        "Group-commit flushes of the Raft log (each one sled flush and one fdatasync).",
+        "Group-commit flushes of the Raft log (each a sled flush and an fdatasync of every log database written since the last).",
         flush.flushes as f64,
     );
     counter(
