@@ -63,7 +63,8 @@ pub(crate) struct Generation {
     pub(crate) tree: sled::Tree,
     /// sled's data file, for `fdatasync`.
     file: File,
-    /// Encoded entry bytes appended into it since it was opened.
+    /// Encoded entry bytes appended into it since it was opened; one found at open starts
+    /// at the generation size (full).
     appended: AtomicU64,
     /// Written since its last flush.
     dirty: AtomicBool,
