@@ -28,6 +28,7 @@
 //! marking it dirty: it rides along with the next vote or purge (it only lets a restarted
 //! node re-apply sooner, and is never above what this node has durable).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -217,16 +218,27 @@ impl Disk {
         Ok(())
     }
 
-    /// Every stored entry with index in `start..=end`, oldest generation first.
-    pub(crate) fn range(&self, start: u64, end: u64) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
-        let mut out = Vec::new();
+    /// Every stored entry with index in `start..=end`, by index.
+    pub(crate) fn range(&self, start: u64, end: u64) -> Result<BTreeMap<u64, sled::IVec>, StoreError> {
+        let mut out = BTreeMap::new();
         for generation in self.generations() {
             for item in generation.tree.range(index_key(start)..=index_key(end)) {
                 let (key, value) = item?;
-                out.push((key_index(&key)?, value));
+                out.insert(key_index(&key)?, value);
             }
         }
         Ok(out)
+    }
+
+    /// Every stored entry from index `from` on, generation by generation, oldest first,
+    /// read as it is iterated (at open: the whole log is not held in memory).
+    pub(crate) fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec), StoreError>> {
+        self.generations().into_iter().flat_map(move |generation| {
+            generation.tree.range(index_key(from)..).map(|item| {
+                let (key, value) = item?;
+                Ok((key_index(&key)?, value))
+            })
+        })
     }
 
     /// The stored entry with the highest index.
@@ -447,14 +459,16 @@ pub(crate) fn recover_meta_rebuild(sled_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rebuild the `meta` database in `sled_dir` if its file is over [`META_REBUILD_BYTES`]:
-/// copy its keys into a fresh database beside it, make that durable, then swap the two
-/// directories and delete the old one. Returns the bytes given back.
-pub(crate) fn rebuild_meta_if_large(sled_dir: &Path) -> Result<u64, StoreError> {
-    let was = std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len());
-    if was <= META_REBUILD_BYTES {
-        return Ok(0);
-    }
+/// The size of the `meta` database's data file in `sled_dir`.
+pub(crate) fn meta_file_bytes(sled_dir: &Path) -> u64 {
+    std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len())
+}
+
+/// Rebuild the `meta` database in `sled_dir` (closed by the caller): copy its keys into a
+/// fresh database beside it, make that durable, then swap the two directories and delete
+/// the old one. Returns the bytes given back.
+pub(crate) fn rebuild_meta(sled_dir: &Path) -> Result<u64, StoreError> {
+    let was = meta_file_bytes(sled_dir);
     let new = sled_dir.with_extension("new");
     let old = sled_dir.with_extension("old");
     {
@@ -481,6 +495,5 @@ pub(crate) fn rebuild_meta_if_large(sled_dir: &Path) -> Result<u64, StoreError> 
         sync_dir(parent)?;
     }
     std::fs::remove_dir_all(&old)?;
-    let now = std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len());
-    Ok(was.saturating_sub(now))
+    Ok(was.saturating_sub(meta_file_bytes(sled_dir)))
 }

@@ -215,10 +215,10 @@ where
         );
     }
     disk.flush_all()?;
-    let disk = if std::fs::metadata(sled_dir.join("db")).map_or(0, |m| m.len()) > generations::META_REBUILD_BYTES {
+    let disk = if generations::meta_file_bytes(&sled_dir) > generations::META_REBUILD_BYTES {
         // sled keeps the space the moved log took: rebuild `meta` into a fresh database.
         drop(disk);
-        let freed = generations::rebuild_meta_if_large(&sled_dir)?;
+        let freed = generations::rebuild_meta(&sled_dir)?;
         tracing::info!(freed_bytes = freed, "rebuilt the meta database");
         open_disk(generations::open_db(&sled_dir, META_CACHE_BYTES)?)?
     } else {

@@ -244,10 +244,10 @@ impl<C: StoreConfig> LogStore<C> {
     }
 
     /// Every stored entry above the purge point, generation by generation, oldest first
-    /// (entries at or below it may await their generation's retirement).
-    fn kept_entries(&self) -> Result<Vec<(u64, sled::IVec)>, StoreError> {
+    /// (entries at or below it may await their generation's retirement), read as iterated.
+    fn kept_entries(&self) -> Result<impl Iterator<Item = Result<(u64, sled::IVec), StoreError>>, StoreError> {
         let from = self.last_purged()?.map_or(0, |p| p.index.saturating_add(1));
-        self.inner.disk.range(from, u64::MAX)
+        Ok(self.inner.disk.iter_from(from))
     }
 
     /// Read every stored entry above the purge point and check the invariants of the log:
@@ -260,7 +260,8 @@ impl<C: StoreConfig> LogStore<C> {
         let mut first_index = None;
         let mut prev: Option<LogId<u64>> = None;
         let mut entries = 0u64;
-        for (index, value) in self.kept_entries()? {
+        for item in self.kept_entries()? {
+            let (index, value) = item?;
             let entry = Self::decode_entry(&value)?;
             if entry.log_id.index != index {
                 return Err(StoreError::Corrupt(format!(
@@ -320,7 +321,8 @@ impl<C: StoreConfig> LogStore<C> {
     /// that does not decode is reported as corruption (with its log id) before the node
     /// starts, instead of stopping it when openraft applies the entry.
     pub(crate) fn check_payloads<A: crate::StateMachine<C>>(&self) -> Result<(), StoreError> {
-        for (_, value) in self.kept_entries()? {
+        for item in self.kept_entries()? {
+            let (_, value) = item?;
             let entry = Self::decode_entry(&value)?;
             if let openraft::EntryPayload::Normal(data) = &entry.payload {
                 A::decode(&entry.log_id, data)
@@ -387,14 +389,8 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
                 .collect();
             (found, start)
         };
-        // Oldest generation first: each holds lower indexes than the next.
-        let mut found: std::collections::BTreeMap<u64, sled::IVec> = self
-            .inner
-            .disk
-            .range(start, end)
-            .map_err(read_err)?
-            .into_iter()
-            .collect();
+        // The stored entries, by index (each index is in one generation at most).
+        let mut found = self.inner.disk.range(start, end).map_err(read_err)?;
         // A pending entry is the newer version of its index (after a truncation, sled may
         // still hold the old one for a moment).
         found.append(&mut pending);
