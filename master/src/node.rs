@@ -47,6 +47,17 @@ pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 500;
 /// were sent again) with eight, 4 with two, at the same throughput.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 2;
 
+/// The Raft store's options. A leader's own appends go out to the followers while they are
+/// flushed, not after; what makes that safe is in `corral_raft_store`'s log store, and
+/// its part here is the peer network passing every `leader_commit` through
+/// `LogStore::clamp_commit` (`raft::network`).
+fn store_options() -> Options {
+    Options {
+        leader_appends_before_flush: true,
+        ..Options::default()
+    }
+}
+
 /// Why a master could not start.
 // Each variant's message says what its fields are.
 #[allow(missing_docs)]
@@ -186,6 +197,14 @@ impl Shared {
             return Some(format!(
                 "the raft core has not answered for {:.1} s (a stuck disk?)",
                 silence.as_secs_f64()
+            ));
+        }
+        // A leader's core does not wait for its own log flushes: a stuck one shows here.
+        let stalled = self.log.flush_outstanding();
+        if stalled >= crate::raft::keepalive::CORE_UNRESPONSIVE {
+            return Some(format!(
+                "the raft log's disk has not answered for {:.1} s (a flush is stuck)",
+                stalled.as_secs_f64()
             ));
         }
         let voter = self.membership().voter_ids().any(|v| v == self.config.id);
@@ -446,7 +465,7 @@ impl Master {
             cluster: config.cluster.clone(),
         };
         let (mut log, sm): (LogStore<CorralRaft>, _) =
-            corral_raft_store::open::<CorralRaft, ClusterState>(&config.data_dir, &identity, &Options::default())
+            corral_raft_store::open::<CorralRaft, ClusterState>(&config.data_dir, &identity, &store_options())
                 .map_err(|e| {
                     if e.is_fatal_environment() {
                         StartError::DataDir(e)
@@ -503,6 +522,7 @@ impl Master {
             config.heartbeat_interval,
             elections.clone(),
             stages.clone(),
+            log.clone(),
         );
         let network_for_elections = network.clone();
         let network_for_keepalives = network.clone();

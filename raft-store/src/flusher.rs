@@ -7,12 +7,15 @@
 //! durable once and fires every callback: concurrent writers share the cost of one flush.
 //! Readers see an append at once through the store's pending entries (`log_store`).
 //!
-//! What this does and does not take off openraft's core: openraft 0.9 still awaits each
-//! append's callback before its next command (`append_to_log`), so the core waits for the
-//! disk on every append as before; what left it is sled's insert (which itself blocks while
-//! sled's buffers wait for the device), a purge's work (now retiring whole generations, see
-//! `generations`; it used to be ~10,000 removals after each snapshot, measured to hold the
-//! core for tens of milliseconds), and the committed index's write.
+//! What this does and does not take off openraft's core: openraft 0.9 awaits each append's
+//! callback before its next command (`append_to_log`), so a follower's core waits for the
+//! disk on every append; a leader's own appends are reported at once and flushed here while
+//! they travel to the followers (`log_store`, "A leader's own appends"), and the flusher
+//! publishes how far the log is durable ([`Durability`]) for the apply and the commit index
+//! that wait on it. What left the core in every role is sled's insert (which itself blocks
+//! while sled's buffers wait for the device), a purge's work (now retiring whole
+//! generations, see `generations`; it used to be ~10,000 removals after each snapshot,
+//! measured to hold the core for tens of milliseconds), and the committed index's write.
 //!
 //! "Durable" takes two steps, because sled 0.34's `flush` alone is not enough: on Linux it
 //! ends in `sync_file_range`, which neither persists the file's size when the log grew nor
@@ -74,12 +77,10 @@ pub(crate) enum Mark {
     Truncate(u64),
 }
 
-/// The highest index a flush of `jobs` (in queue order) makes durable, given what the
-/// watermark already says.
-fn durable_end(jobs: &[Job]) -> Option<u64> {
-    let mut end: Option<u64> = None;
-    for job in jobs {
-        match job.mark {
+/// The end of the durable log after `marks` (in queue order), starting from `end`.
+fn fold_marks(mut end: Option<u64>, marks: impl IntoIterator<Item = Mark>) -> Option<u64> {
+    for mark in marks {
+        match mark {
             Mark::Keep => {}
             Mark::Append(i) => end = Some(end.map_or(i, |e| e.max(i))),
             Mark::Truncate(first_removed) => {
@@ -91,6 +92,27 @@ fn durable_end(jobs: &[Job]) -> Option<u64> {
     }
     end
 }
+
+/// The highest index a flush of `jobs` (in queue order) makes durable, given what the
+/// watermark already says.
+fn durable_end(jobs: &[Job]) -> Option<u64> {
+    fold_marks(None, jobs.iter().map(|j| j.mark))
+}
+
+/// How far this node's log is durable, as of the flusher's last flush: what the leader's
+/// apply waits for and what it lets its followers commit (see `log_store`, "A leader's own
+/// appends").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Durability {
+    /// The last index of the durable log: it and every entry before it are on disk (None:
+    /// no entry is).
+    pub(crate) index: Option<u64>,
+    /// A write or flush failed: nothing more becomes durable, and waiters must give up.
+    pub(crate) failed: bool,
+}
+
+/// Where the flusher publishes [`Durability`].
+pub(crate) type DurableSender = tokio::sync::watch::Sender<Durability>;
 
 /// Where the flusher's time goes, counted since the store was opened: each durable append
 /// waits for sled to write and `sync_file_range` its buffers, then for our `fdatasync`.
@@ -111,6 +133,9 @@ pub struct FlushStats {
     /// Their total wait, from the append being written into sled to its callback (queueing
     /// behind other flushes, the flush, the hand-back), in nanoseconds.
     pub append_wait_nanos: u64,
+    /// Of those appends, the leader's own, reported to openraft before they were durable
+    /// (see `log_store`, "A leader's own appends").
+    pub leader_appends: u64,
 }
 
 #[derive(Default)]
@@ -122,6 +147,10 @@ pub(crate) struct Counters {
     write_nanos: AtomicU64,
     appends: AtomicU64,
     append_wait_nanos: AtomicU64,
+    leader_appends: AtomicU64,
+    /// When the batch in hand began, in nanoseconds after `base` plus one (0: idle).
+    busy_since: AtomicU64,
+    base: Option<Instant>,
 }
 
 impl Counters {
@@ -134,7 +163,43 @@ impl Counters {
             write_nanos: self.write_nanos.load(Ordering::Relaxed),
             appends: self.appends.load(Ordering::Relaxed),
             append_wait_nanos: self.append_wait_nanos.load(Ordering::Relaxed),
+            leader_appends: self.leader_appends.load(Ordering::Relaxed),
         }
+    }
+
+    fn with_base() -> Counters {
+        Counters {
+            base: Some(Instant::now()),
+            ..Counters::default()
+        }
+    }
+
+    fn nanos_since_base(&self, at: Instant) -> u64 {
+        let base = self.base.unwrap_or(at);
+        u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn busy(&self, since: Option<Instant>) {
+        let v = since.map_or(0, |at| self.nanos_since_base(at));
+        self.busy_since.store(v, Ordering::Relaxed);
+    }
+
+    /// How long the thread has been on the batch in hand (writing it, flushing it,
+    /// firing its callbacks); zero while it waits for work. A disk that has stopped
+    /// completing flushes shows here, even where nobody waits on the flush (a leader's own
+    /// appends, see `log_store`).
+    pub(crate) fn outstanding(&self) -> Duration {
+        let since = self.busy_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return Duration::ZERO;
+        }
+        let now = self.nanos_since_base(Instant::now());
+        Duration::from_nanos(now.saturating_sub(since))
+    }
+
+    /// Count one append of the leader's reported before it was durable.
+    pub(crate) fn leader_append(&self) {
+        self.leader_appends.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one durable append that waited `waited`.
@@ -155,14 +220,20 @@ pub(crate) struct Flusher {
 
 impl Flusher {
     /// Start the thread for the databases of `disk`; after each flush it raises `mark` to
-    /// the highest log index the flush made durable.
-    pub(crate) fn start(disk: Arc<Disk>, mark: Arc<Watermark>, name: String) -> std::io::Result<Self> {
+    /// the highest log index the flush made durable, and publishes the durable log's end on
+    /// `durable`.
+    pub(crate) fn start(
+        disk: Arc<Disk>,
+        mark: Arc<Watermark>,
+        durable: DurableSender,
+        name: String,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::with_base());
         let for_thread = counters.clone();
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(&disk, mark, rx, &for_thread))?;
+            .spawn(move || run(&disk, mark, &durable, rx, &for_thread))?;
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
@@ -213,13 +284,16 @@ impl Drop for Flusher {
     }
 }
 
-fn run(disk: &Disk, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Counters) {
+fn run(disk: &Disk, mark: Arc<Watermark>, published: &DurableSender, rx: mpsc::Receiver<Job>, counters: &Counters) {
     let mut batch: Vec<Job> = Vec::new();
+    // What batches written without a flush did to the log's end, for the next flush.
+    let mut unflushed: Vec<Mark> = Vec::new();
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     // A failed write or flush is final: sled's state is unknown from there on, and a later
     // write that succeeded would leave a hole behind the failed one. Every job after it fails.
     let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
+        counters.busy(Some(Instant::now()));
         batch.push(first);
         while batch.len() < MAX_CALLBACKS_PER_FLUSH {
             match rx.try_recv() {
@@ -244,7 +318,9 @@ fn run(disk: &Disk, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Co
         let waiters = batch.iter().filter(|j| j.done.is_some()).count();
         if waiters == 0 {
             // Written, not yet durable: the next flush that someone waits for covers it.
+            unflushed.extend(batch.iter().map(|j| j.mark));
             batch.clear();
+            counters.busy(None);
             continue;
         }
         let outcome = match &failed {
@@ -280,12 +356,18 @@ fn run(disk: &Disk, mark: Arc<Watermark>, rx: mpsc::Receiver<Job>, counters: &Co
             (Ok(()), Some(index)) => mark.raise(index).map_err(|e| format!("durable watermark: {e}")),
             (outcome, _) => outcome,
         };
+        let marks = unflushed.drain(..).chain(batch.iter().map(|j| j.mark));
+        match &outcome {
+            Ok(()) => published.send_modify(|d| d.index = fold_marks(d.index, marks)),
+            Err(_) => published.send_modify(|d| d.failed = true),
+        }
         for job in batch.drain(..) {
             if let Some(done) = job.done {
                 // io::Error is not Clone: every waiter gets its own copy of the message.
                 done(outcome.clone().map_err(std::io::Error::other));
             }
         }
+        counters.busy(None);
     }
 }
 
@@ -316,5 +398,17 @@ mod tests {
         // Everything truncated.
         assert_eq!(end(&[Append(3), Truncate(0)]), None);
         assert_eq!(end(&[Truncate(4)]), None);
+    }
+
+    #[test]
+    fn the_durable_end_carries_over_from_earlier_flushes() {
+        use Mark::*;
+        assert_eq!(fold_marks(Some(10), [Keep]), Some(10));
+        assert_eq!(fold_marks(Some(10), [Append(12)]), Some(12));
+        // A truncation lowers what earlier flushes made durable.
+        assert_eq!(fold_marks(Some(10), [Truncate(8)]), Some(7));
+        assert_eq!(fold_marks(Some(10), [Truncate(8), Append(9)]), Some(9));
+        assert_eq!(fold_marks(Some(10), [Truncate(11)]), Some(10));
+        assert_eq!(fold_marks(None, [Truncate(0), Append(0)]), Some(0));
     }
 }

@@ -26,6 +26,10 @@
 //!                          ▼
 //!                      flusher thread ── insert into the newest generation, Db::flush,
 //!                                        fdatasync (one for many appends) ──▶ callback: "durable"
+//!                          │               (a leader's own appends: reported when queued)
+//!                          ▼
+//!                      Durability (how far the log is on disk) ──▶ the apply waits for it;
+//!                                        LogStore::clamp_commit caps a leader's commit index
 //!  openraft ──apply───▶ SmStore ──▶ StateMachine::apply (in memory, deterministic)
 //!  openraft ──snapshot─▶ SmStore ──▶ snapshots/current.snap (fsynced) ──▶ openraft purges log
 //! ```
@@ -36,6 +40,8 @@ mod codec;
 mod error;
 mod flusher;
 mod generations;
+#[cfg(test)]
+mod leader_tests;
 mod log_store;
 mod state_machine;
 mod watermark;
@@ -115,6 +121,12 @@ pub struct Options {
     /// much starts a new one (see the module doc). The disk holds the live log plus up to
     /// about one generation; smaller means more sled databases open at once.
     pub log_generation_bytes: u64,
+    /// Report a leader's own appends to openraft before they are durable, so that it
+    /// replicates them while they are flushed instead of after (see [`LogStore`], "A
+    /// leader's own appends"). Off by default: with it on, Raft's safety needs the node's
+    /// `RaftNetwork` to pass the `leader_commit` of every AppendEntries it sends through
+    /// [`LogStore::clamp_commit`].
+    pub leader_appends_before_flush: bool,
 }
 
 impl Default for Options {
@@ -122,6 +134,7 @@ impl Default for Options {
         Options {
             cache_capacity_bytes: 16 * 1024 * 1024,
             log_generation_bytes: 16 * 1024 * 1024,
+            leader_appends_before_flush: false,
         }
     }
 }
@@ -231,13 +244,30 @@ where
         }
     }
     let mark = Arc::new(mark);
-    let flusher = Flusher::start(disk.clone(), mark.clone(), format!("raft-flush-{}", identity.node_id))?;
+    // The vote, before anything is appended: whether an append is a leader's own depends on
+    // it (see `log_store`).
+    let vote: Option<openraft::Vote<u64>> = match disk.meta.get(log_store::KEY_VOTE)? {
+        Some(bytes) => Some(decode(log_store::KEY_VOTE, &bytes)?),
+        None => None,
+    };
+    // Set to the log's end once it is verified; the flusher raises it from there.
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(flusher::Durability::default());
+    let flusher = Flusher::start(
+        disk.clone(),
+        mark.clone(),
+        durable_tx.clone(),
+        format!("raft-flush-{}", identity.node_id),
+    )?;
     let log_store = LogStore::<C>::new(Arc::new(LogInner {
         disk,
         flusher,
         mark,
         appended_bytes: Default::default(),
         pending: Default::default(),
+        node_id: identity.node_id,
+        leader_appends_before_flush: options.leader_appends_before_flush,
+        vote: std::sync::Mutex::new(vote),
+        durable: durable_rx,
     }));
     let leftovers = log_store.finish_interrupted_purge()?;
     if leftovers > 0 {
@@ -254,7 +284,12 @@ where
             )));
         }
     }
-    let sm = SmStore::<C, A>::open(snapshot_dir)?;
+    // Everything stored is durable: `flush_all` above made it so, and nothing was appended
+    // since.
+    durable_tx.send_modify(|d| d.index = end);
+    // Only a leader that reports its appends early commits ahead of its disk.
+    let gate = options.leader_appends_before_flush.then(|| log_store.durability());
+    let sm = SmStore::<C, A>::open(snapshot_dir, gate)?;
     // The log holds only what follows the snapshot: without a snapshot that reaches the
     // purge point, the state before it is gone (openraft would fail to read the entries).
     if let Some(purged) = summary.last_purged {

@@ -11,20 +11,50 @@
 //!   until their generation retires; every reader skips them;
 //! - `truncate` flushes, so conflicting entries removed on a follower cannot come back.
 //!
+//! A leader's own appends are the one exception to the first rule, and Raft's safety does
+//! not rest on it (see "A leader's own appends" below).
+//!
 //! No write touches sled on openraft's thread: each is a job for the flusher thread, made in
 //! queue order (see `flusher`). Until its job has written it, an appended entry is read from
 //! [`Pending`]; a reader looks there first, then in sled, and the flusher removes an entry
 //! from it only after writing it, so every entry is always in one of the two.
+//!
+//! # A leader's own appends
+//!
+//! (With [`crate::Options::leader_appends_before_flush`], which Corral's masters set.)
+//! openraft 0.9 awaits an append's callback before it sends the entries to its followers
+//! (`RaftCore::append_to_log`), so a leader that waited for its own disk first would pay
+//! its flush and its followers' in series, where Raft needs them only in parallel. The
+//! entries a leader appends in its own term (the saved vote is committed and names this
+//! node, every entry carries that term, none changes the membership) are therefore reported
+//! to openraft as soon as they are queued and readable, and flushed as any other append.
+//! openraft then counts the leader in the quorum of those entries before its flush ends,
+//! so its "committed" can run ahead of what a majority holds on disk. Nothing acts on it
+//! until the leader's own flush has caught up:
+//! - the state machine applies an entry, and the client hears of it, only once this log is
+//!   durable through it (`SmStore::apply` waits for [`Durability`]);
+//! - followers are told a commit index no higher than this log is durable through
+//!   ([`LogStore::clamp_commit`], which the network applies to every AppendEntries), so no
+//!   follower applies an entry before the leader's copy of it is on disk;
+//! - the committed index saved here is clamped the same way.
+//!
+//! An entry acted on is thus on the leader's disk and, by openraft's count, on the disk of
+//! enough followers to make a majority with it. One that was not (the leader died before its
+//! flush) was applied nowhere and acknowledged to no one, and may be lost like any
+//! uncommitted entry. A node that stays up keeps its unflushed entries in memory, and its
+//! votes and log comparisons count them, which is the conservative side. Membership
+//! entries keep the strict rule: openraft moves to the next configuration on its own
+//! "committed", so those must be on a majority's disks when it says so.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use crate::codec::{decode, encode, index_key};
-use crate::flusher::{Flusher, Job, Mark};
+use crate::flusher::{Durability, Flusher, Job, Mark};
 use crate::generations::Disk;
 use crate::{StoreConfig, StoreError};
 
@@ -64,6 +94,15 @@ pub(crate) struct LogInner {
     pub(crate) mark: Arc<crate::watermark::Watermark>,
     /// Encoded bytes appended since this store was opened (never lowered).
     pub(crate) appended_bytes: std::sync::atomic::AtomicU64,
+    /// This node's id (see "A leader's own appends").
+    pub(crate) node_id: u64,
+    /// Whether a leader's own appends are reported before they are durable
+    /// ([`crate::Options::leader_appends_before_flush`]).
+    pub(crate) leader_appends_before_flush: bool,
+    /// The vote last made durable.
+    pub(crate) vote: std::sync::Mutex<Option<Vote<u64>>>,
+    /// How far the log is durable, as the flusher publishes it.
+    pub(crate) durable: tokio::sync::watch::Receiver<Durability>,
 }
 
 /// The Raft log, vote and committed index of one node. Cheap to clone; every clone is the
@@ -126,6 +165,14 @@ impl<C: StoreConfig> LogStore<C> {
     /// snapshot policy by size needs (openraft's own counts entries, whatever their size).
     pub fn appended_bytes(&self) -> u64 {
         self.inner.appended_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long the log's flusher has been on its current batch of writes and flush (zero
+    /// while idle). A leader's own appends do not hold up openraft's core (see "A leader's
+    /// own appends"), so a disk that stopped completing flushes shows here, not as a core
+    /// that stopped answering.
+    pub fn flush_outstanding(&self) -> std::time::Duration {
+        self.inner.flusher.counters.outstanding()
     }
 
     /// Where the flusher's time went since the store was opened.
@@ -243,6 +290,30 @@ impl<C: StoreConfig> LogStore<C> {
         Ok(())
     }
 
+    /// Queue `entries` and call `report` once openraft may count them as this node's: when
+    /// they are durable, or at once for a leader's own entries (see "A leader's own
+    /// appends").
+    pub(crate) fn append_reporting(
+        &self,
+        entries: Vec<Entry<C>>,
+        report: crate::flusher::Durable,
+    ) -> Result<(), StoreError> {
+        if !self.own_leader_append(&entries) {
+            return self.queue_append(entries, report);
+        }
+        // Flushed as usual. A failed flush shows in `Durability`, which the apply waits on,
+        // and fails every later write.
+        let done: crate::flusher::Durable = Box::new(move |res| {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "a leader's append failed to become durable");
+            }
+        });
+        self.queue_append(entries, done)?;
+        self.inner.flusher.counters.leader_append();
+        report(Ok(()));
+        Ok(())
+    }
+
     /// Every stored entry above the purge point, generation by generation, oldest first
     /// (entries at or below it may await their generation's retirement), read as iterated.
     fn kept_entries(&self) -> Result<impl Iterator<Item = Result<(u64, sled::IVec), StoreError>>, StoreError> {
@@ -342,6 +413,75 @@ impl<C: StoreConfig> LogStore<C> {
         self.inner.disk.retire_through(purged.index)
     }
 
+    /// Whether `entries` are this node's own appends as the leader of its term, reported to
+    /// openraft before they are durable (see "A leader's own appends").
+    fn own_leader_append(&self, entries: &[Entry<C>]) -> bool {
+        if !self.inner.leader_appends_before_flush {
+            return false;
+        }
+        let vote = *self.inner.vote.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(vote) = vote else {
+            return false;
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(self.inner.node_id) {
+            return false;
+        }
+        let term = vote.leader_id().get_term();
+        !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| e.log_id.leader_id.term == term && !matches!(e.payload, EntryPayload::Membership(_)))
+    }
+
+    /// The id of the entry at `index`, or the purge point if that is it.
+    fn log_id_at(&self, index: u64) -> Result<Option<LogId<u64>>, StoreError> {
+        let queued = lock(&self.inner.pending).entries.get(&index).map(|(_, v)| v.clone());
+        let bytes = match queued {
+            Some(b) => Some(b),
+            None => self.inner.disk.range(index, index)?.remove(&index),
+        };
+        if let Some(bytes) = bytes {
+            return Ok(Some(Self::decode_entry(&bytes)?.log_id));
+        }
+        Ok(self.last_purged()?.filter(|p| p.index == index))
+    }
+
+    /// `committed`, lowered to the last entry this log is durable through: what a leader may
+    /// tell its followers is committed, and what it may save as committed (see "A leader's
+    /// own appends"). Never raises it. If the id of that entry cannot be read, the answer is
+    /// None: telling a follower less than it knows changes nothing for it.
+    pub fn clamp_commit(&self, committed: Option<LogId<u64>>) -> Option<LogId<u64>> {
+        let c = committed?;
+        let durable = self.inner.durable.borrow().index;
+        match durable {
+            Some(d) if d >= c.index => Some(c),
+            Some(d) => self.log_id_at(d).ok().flatten().filter(|l| *l <= c),
+            None => None,
+        }
+    }
+
+    /// The end of the durable log as the flusher publishes it, for the state machine.
+    pub(crate) fn durability(&self) -> tokio::sync::watch::Receiver<Durability> {
+        self.inner.durable.clone()
+    }
+
+    /// Hold the flusher thread until the returned sender is sent to (or dropped): nothing
+    /// queued after this call is written or made durable until then.
+    #[cfg(test)]
+    pub(crate) fn hold_flusher(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let job = Job {
+            write: Some(Box::new(move || {
+                let _ = held.recv();
+                Ok(())
+            })),
+            done: None,
+            mark: Mark::Keep,
+        };
+        assert!(self.inner.flusher.submit(job).is_ok(), "flusher running");
+        release
+    }
+
     /// How many sled databases the log's entries are in now (see `generations`).
     pub fn generations(&self) -> usize {
         self.inner.disk.generation_count()
@@ -427,7 +567,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
         self.put_meta_durably(KEY_VOTE, vote)
             .await
-            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        *self.inner.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
@@ -438,7 +580,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
         // Not waited for: the committed index only lets a restarted node re-apply sooner; it
-        // is written in queue order and made durable by the next flush.
+        // is written in queue order and made durable by the next flush. Never beyond the
+        // durable log: a leader's openraft may count its own entries before they are on disk.
+        let committed = self.clamp_commit(committed);
         let bytes = match committed {
             Some(c) => Some(encode(KEY_COMMITTED, &c).map_err(write_err)?),
             None => None,
@@ -472,8 +616,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let done: crate::flusher::Durable = Box::new(move |res| callback.log_io_completed(res));
-        self.queue_append(entries, done).map_err(write_err)
+        let report: crate::flusher::Durable = Box::new(move |res| callback.log_io_completed(res));
+        self.append_reporting(entries.into_iter().collect(), report)
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -544,7 +689,6 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 #[cfg(test)]
 mod tests {
     use super::inclusive_bounds;
-    use crate::flusher::{Job, Mark};
     use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
     use std::io::Cursor;
     use std::time::Duration;
@@ -597,6 +741,17 @@ mod tests {
         open_with(dir, crate::Options::default())
     }
 
+    /// A store that reports a leader's own appends before they are durable.
+    fn open_leader_store(dir: &std::path::Path) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
+        open_with(
+            dir,
+            crate::Options {
+                leader_appends_before_flush: true,
+                ..crate::Options::default()
+            },
+        )
+    }
+
     /// A store whose every append after the first starts a new log generation.
     fn open_tiny_generations(dir: &std::path::Path) -> (super::LogStore<Cfg>, crate::SmStore<Cfg, Nothing>) {
         open_with(
@@ -638,19 +793,8 @@ mod tests {
         names
     }
 
-    /// Hold the store's flusher thread until the returned sender is sent to (or dropped).
     fn hold_flusher(log: &super::LogStore<Cfg>) -> std::sync::mpsc::Sender<()> {
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let job = Job {
-            write: Some(Box::new(move || {
-                let _ = held.recv();
-                Ok(())
-            })),
-            done: None,
-            mark: Mark::Keep,
-        };
-        assert!(log.inner.flusher.submit(job).is_ok());
-        release
+        log.hold_flusher()
     }
 
     /// An append returns without waiting for sled or the disk, and is readable at once:
@@ -686,6 +830,134 @@ mod tests {
         assert!(super::lock(&log.inner.pending).entries.is_empty());
         let read = log.try_get_log_entries(..).await.unwrap();
         assert_eq!(payloads(&read), ["1.0", "1.1", "1.2", "1.3"]);
+    }
+
+    /// A leader's own entries are reported to openraft at once, so that it sends them on
+    /// while they are flushed; they are applied, and followers told they are committed, only
+    /// once this log is durable through them.
+    #[tokio::test]
+    async fn a_leaders_own_entries_are_reported_at_once_and_applied_once_durable() {
+        use openraft::storage::{RaftLogStorage, RaftStateMachine};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, sm) = open_leader_store(dir.path());
+        append_durably(&log, vec![entry(1, 0), entry(1, 1)]).await;
+        // Node 1 (this store) leads term 2.
+        log.save_vote(&openraft::Vote::new_committed(2, 1)).await.unwrap();
+        let release = hold_flusher(&log);
+
+        let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        log.append_reporting(
+            vec![entry(2, 2), entry(2, 3)],
+            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(reported.try_recv(), Ok(true), "reported before its flush");
+        assert_eq!(log.flush_stats().leader_appends, 1);
+        // openraft may now call entry 3 committed; followers hear of entry 1 at most.
+        assert_eq!(log.clamp_commit(Some(entry(2, 3).log_id)), Some(entry(1, 1).log_id));
+        assert_eq!(log.clamp_commit(Some(entry(1, 0).log_id)), Some(entry(1, 0).log_id));
+        assert_eq!(log.clamp_commit(None), None);
+        // The apply of entries 0..=3 waits for the flush.
+        let mut applying = tokio::spawn({
+            let mut sm = sm.clone();
+            async move {
+                sm.apply(vec![entry(1, 0), entry(1, 1), entry(2, 2), entry(2, 3)])
+                    .await
+                    .map(|r| r.len())
+            }
+        });
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut applying).await;
+        assert!(early.is_err(), "applied before the leader's entries were durable");
+        assert_eq!(sm.reader().read().last_applied, None);
+
+        release.send(()).unwrap();
+        let applied = tokio::time::timeout(Duration::from_secs(10), applying).await;
+        assert_eq!(applied.expect("applied once durable").unwrap().unwrap(), 4);
+        assert_eq!(sm.reader().read().last_applied, Some(entry(2, 3).log_id));
+        assert_eq!(sm.reader().apply_stats().durable_waits, 1);
+        assert_eq!(log.clamp_commit(Some(entry(2, 3).log_id)), Some(entry(2, 3).log_id));
+    }
+
+    /// The flusher's outstanding time is zero while it is idle and grows while a batch is
+    /// held up (a stuck disk), back to zero once it completes.
+    #[tokio::test]
+    async fn a_held_flush_shows_as_outstanding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _sm) = open_store(dir.path());
+        append_durably(&log, vec![entry(1, 0)]).await;
+        assert_eq!(log.flush_outstanding(), Duration::ZERO);
+        let release = hold_flusher(&log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.flush_outstanding() < Duration::from_millis(100) {
+            assert!(std::time::Instant::now() < deadline, "never outstanding");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        release.send(()).unwrap();
+        append_durably(&log, vec![entry(1, 1)]).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.flush_outstanding() != Duration::ZERO {
+            assert!(std::time::Instant::now() < deadline, "still outstanding");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything else is reported only once durable: a follower's entries (the vote names
+    /// another node), a leader's entries of an earlier term, a leader's membership change
+    /// (openraft moves to the next configuration on its own "committed"), and everything
+    /// when the option is off.
+    #[tokio::test]
+    async fn other_appends_are_reported_only_once_durable() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _sm) = open_store(dir.path());
+            log.save_vote(&openraft::Vote::new_committed(2, 1)).await.unwrap();
+            let release = hold_flusher(&log);
+            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+            log.append_reporting(vec![entry(2, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+                .unwrap();
+            assert!(reported.try_recv().is_err(), "option off: reported before durable");
+            release.send(()).unwrap();
+            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+            assert_eq!(ok.expect("reported once durable"), Some(true));
+        }
+        let (mut log, _sm) = open_leader_store(dir.path());
+        let membership = |term: u64, index: u64| openraft::Entry::<Cfg> {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(term, 0), index),
+            payload: EntryPayload::Membership(openraft::Membership::new(vec![[1u64].into_iter().collect()], None)),
+        };
+        let cases: Vec<(openraft::Vote<u64>, Vec<openraft::Entry<Cfg>>)> = vec![
+            // Node 2 leads term 3: this node follows.
+            (openraft::Vote::new_committed(3, 2), vec![entry(3, 1)]),
+            // This node stands in term 4 and has not won yet.
+            (openraft::Vote::new(4, 1), vec![entry(3, 2)]),
+            // This node leads term 4; entries of term 3 are not its own.
+            (openraft::Vote::new_committed(4, 1), vec![entry(3, 3)]),
+            // A membership change in its own term.
+            (openraft::Vote::new_committed(4, 1), vec![entry(4, 4), membership(4, 5)]),
+        ];
+        for (vote, entries) in cases {
+            log.save_vote(&vote).await.unwrap();
+            let release = hold_flusher(&log);
+            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+            log.append_reporting(entries.clone(), Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+                .unwrap();
+            assert!(reported.try_recv().is_err(), "{vote}: reported before durable");
+            release.send(()).unwrap();
+            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+            assert_eq!(ok.expect("reported once durable"), Some(true), "{vote}");
+        }
+        assert_eq!(log.flush_stats().leader_appends, 0);
+        // The vote is known again after a reopen: a leader's appends are its own at once.
+        drop(log);
+        drop(_sm);
+        let (log, _sm) = open_leader_store(dir.path());
+        let release = hold_flusher(&log);
+        let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        log.append_reporting(vec![entry(4, 6)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+            .unwrap();
+        assert_eq!(reported.try_recv(), Ok(true));
+        release.send(()).unwrap();
     }
 
     /// A purge returns once the purge point is durable, without waiting for anything to be

@@ -130,6 +130,12 @@ pub(crate) struct SmShared<A> {
     apply_calls: AtomicU64,
     apply_entries: AtomicU64,
     apply_nanos: AtomicU64,
+    /// How far the log is durable, when the apply waits for it (see `log_store`, "A
+    /// leader's own appends").
+    durable: Option<tokio::sync::watch::Receiver<crate::flusher::Durability>>,
+    /// Apply calls that waited for the log to be durable, and their total wait.
+    durable_waits: AtomicU64,
+    durable_wait_nanos: AtomicU64,
 }
 
 /// What apply has done since the store was opened, for metrics.
@@ -142,6 +148,12 @@ pub struct ApplyStats {
     /// Time from a call's start to its answers (decoding, the state's lock, the commands),
     /// in nanoseconds.
     pub nanos: u64,
+    /// Calls that first waited for this node's log to be durable through their entries (a
+    /// leader's own appends, see `log_store`), and their total wait in nanoseconds (not in
+    /// `nanos`).
+    pub durable_waits: u64,
+    /// See `durable_waits`.
+    pub durable_wait_nanos: u64,
 }
 
 /// How the last snapshot build went, for metrics.
@@ -196,6 +208,8 @@ impl<A> StateReader<A> {
             calls: self.shared.apply_calls.load(Ordering::Relaxed),
             entries: self.shared.apply_entries.load(Ordering::Relaxed),
             nanos: self.shared.apply_nanos.load(Ordering::Relaxed),
+            durable_waits: self.shared.durable_waits.load(Ordering::Relaxed),
+            durable_wait_nanos: self.shared.durable_wait_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -212,8 +226,12 @@ fn snap_err(e: StoreError) -> StorageError<u64> {
 }
 
 impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
-    /// Open the snapshots in `dir`, restoring the state from the current one if any.
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, StoreError> {
+    /// Open the snapshots in `dir`, restoring the state from the current one if any; with
+    /// `durable`, entries are applied only once it says the log holds them on disk.
+    pub(crate) fn open(
+        dir: PathBuf,
+        durable: Option<tokio::sync::watch::Receiver<crate::flusher::Durability>>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)?;
         // A crash during a snapshot write leaves its temporary file: never current, remove it.
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -239,6 +257,9 @@ impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
             apply_calls: AtomicU64::new(0),
             apply_entries: AtomicU64::new(0),
             apply_nanos: AtomicU64::new(0),
+            durable,
+            durable_waits: AtomicU64::new(0),
+            durable_wait_nanos: AtomicU64::new(0),
         };
         Ok(SmStore {
             shared: Arc::new(shared),
@@ -588,6 +609,44 @@ impl<C: StoreConfig, A: StateMachine<C>> RaftSnapshotBuilder<C> for SnapshotBuil
     }
 }
 
+impl<C: StoreConfig, A: StateMachine<C>> SmStore<C, A> {
+    /// Wait until this node's log is durable through `index`. A leader's openraft may
+    /// commit its own entries before they are on its disk (see `log_store`, "A leader's own
+    /// appends"); they are applied, and their clients answered, only once they are. On a
+    /// follower the log is durable before openraft learns of an entry, and this returns at
+    /// once.
+    async fn wait_durable(&self, index: u64) -> Result<(), StorageError<u64>> {
+        let Some(mut rx) = self.shared.durable.clone() else {
+            return Ok(());
+        };
+        let mut since = None;
+        loop {
+            let now = *rx.borrow_and_update();
+            if now.failed {
+                return Err(StorageIOError::write_logs(AnyError::error(
+                    "the log could not be made durable; committed entries are not applied",
+                ))
+                .into());
+            }
+            if now.index.is_some_and(|i| i >= index) {
+                break;
+            }
+            since.get_or_insert_with(std::time::Instant::now);
+            if rx.changed().await.is_err() {
+                return Err(StorageIOError::write_logs(AnyError::error("the log's flusher stopped")).into());
+            }
+        }
+        if let Some(since) = since {
+            self.shared.durable_waits.fetch_add(1, Ordering::Relaxed);
+            self.shared.durable_wait_nanos.fetch_add(
+                u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        Ok(())
+    }
+}
+
 impl<C: StoreConfig, A: StateMachine<C>> RaftStateMachine<C> for SmStore<C, A>
 where
     C::R: Default,
@@ -607,6 +666,10 @@ where
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.wait_durable(last.log_id.index).await?;
+        }
         let started = std::time::Instant::now();
         let shared = self.shared.clone();
         // Decoded before the write lock is taken: only the mutation itself blocks readers.
@@ -815,7 +878,7 @@ mod tests {
     #[test]
     fn a_failed_write_names_the_io_error_and_leaves_no_current_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SmStore::<TestCfg, Nothing>::open(dir.path().to_path_buf()).unwrap();
+        let store = SmStore::<TestCfg, Nothing>::open(dir.path().to_path_buf(), None).unwrap();
         let err = store
             .persist_snapshot(&meta(1), |_| Err(std::io::Error::other("no space left (test)")))
             .err()

@@ -1,11 +1,19 @@
 //! Keepalives: a leader whose Raft core is only waiting for its disk still vouches for
 //! itself, so that a slow flush does not depose it.
 //!
-//! openraft 0.9's core awaits every log append until it is durable
-//! (`RaftCore::append_to_log`) and sends no heartbeat meanwhile. A flush longer than the
+//! openraft 0.9's core awaits every durable write it makes to the log store and sends no
+//! heartbeat meanwhile. A leader's own appends no longer make it wait (they are reported
+//! when queued; see `corral_raft_store`'s log store, "A leader's own appends"), but a vote,
+//! a truncation and the purge point after each snapshot still do. A wait longer than the
 //! followers' lease (120 ms at the defaults) then looks to them like a dead leader: seen on a
 //! slow disk, where the first flush after a snapshot file was written took 150–330 ms, and
-//! the followers deposed a healthy leader every few minutes.
+//! the followers deposed a healthy leader every few minutes (when every append still made
+//! the core wait).
+//!
+//! A leader's disk that stops completing flushes altogether no longer silences its core.
+//! The peer network stops sending AppendEntries once the log's flush has been outstanding
+//! for longer than [`CORE_STALL_LIMIT`] (`network`), so the followers replace it as they
+//! would a wedged core, and `/health` answers 503 after [`CORE_UNRESPONSIVE`].
 //!
 //! So every master probes its own core ([`probe_core`]): a no-op request through openraft's
 //! queue (`Raft::with_raft_state`), one at a time, every half heartbeat interval. The core's
@@ -166,6 +174,10 @@ pub async fn run(
         };
         let now = Instant::now();
         if !keepalive_due(leading, probe.silence(), last_sent.map(|at| now - at), heartbeat) {
+            continue;
+        }
+        // A leader whose log flush is stuck is not vouched for either (see the module docs).
+        if network.flush_outstanding() > CORE_STALL_LIMIT {
             continue;
         }
         last_sent = Some(now);

@@ -29,6 +29,7 @@ use super::election::Elections;
 use super::keepalive::KeepaliveStats;
 use super::stages::Stages;
 use super::types::{CorralRaft, NodeId, Raft};
+use corral_raft_store::LogStore;
 
 /// Format byte in front of every payload. Version 2: standard Raft votes and log ids (one
 /// leader per term); a version 1 peer is refused rather than misread.
@@ -84,20 +85,34 @@ pub struct Network {
     retry_unreachable: Duration,
     elections: Elections,
     stages: Arc<Stages>,
+    log: LogStore<CorralRaft>,
 }
 
 impl Network {
     /// `retry_unreachable`: how soon to try a peer again after it was unreachable.
     /// `elections`: where vote answers leave their hints (see [`crate::raft::election`]).
     /// `stages`: where the time of AppendEntries is counted.
-    pub fn new(cluster: String, retry_unreachable: Duration, elections: Elections, stages: Arc<Stages>) -> Self {
+    /// `log`: this master's log, whose durable end caps the commit index sent to followers.
+    pub fn new(
+        cluster: String,
+        retry_unreachable: Duration,
+        elections: Elections,
+        stages: Arc<Stages>,
+        log: LogStore<CorralRaft>,
+    ) -> Self {
         Network {
             stages,
+            log,
             cluster,
             channels: Arc::default(),
             retry_unreachable,
             elections,
         }
+    }
+
+    /// How long this master's log flusher has been on its current flush (zero while idle).
+    pub fn flush_outstanding(&self) -> Duration {
+        self.log.flush_outstanding()
     }
 
     /// The channel to `addr` for one lane. Heartbeats and votes get their own connection:
@@ -157,6 +172,7 @@ impl RaftNetworkFactory<CorralRaft> for Network {
             retry_unreachable: self.retry_unreachable,
             elections: self.elections.clone(),
             stages: self.stages.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -170,6 +186,7 @@ pub struct PeerClient {
     retry_unreachable: Duration,
     elections: Elections,
     stages: Arc<Stages>,
+    log: LogStore<CorralRaft>,
 }
 
 struct PeerLane {
@@ -295,9 +312,28 @@ impl RaftNetwork<CorralRaft> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<CorralRaft>,
+        mut rpc: AppendEntriesRequest<CorralRaft>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        // A leader whose disk has stopped completing flushes cannot commit anything, but its
+        // core, which no longer waits for its own appends, would go on sending heartbeats
+        // and keep its followers from electing another. It falls silent instead, as a
+        // wedged core used to (see `keepalive`, CORE_STALL_LIMIT).
+        let stalled = self.log.flush_outstanding();
+        if stalled > super::keepalive::CORE_STALL_LIMIT {
+            tracing::warn!(
+                target_node = self.target,
+                stalled_ms = stalled.as_millis() as u64,
+                "not sending AppendEntries: this master's log flush is stuck"
+            );
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                format!("this master's log flush has been outstanding for {stalled:?}"),
+            ))));
+        }
+        // openraft counts a leader's own entries as durable before they are (see
+        // `corral_raft_store`'s log store, "A leader's own appends"): a follower must not
+        // apply what the leader's disk does not hold yet.
+        rpc.leader_commit = self.log.clamp_commit(rpc.leader_commit);
         if rpc.entries.is_empty() {
             return self.call(RpcKind::Heartbeat, &rpc, &option).await;
         }

@@ -185,6 +185,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         "How long this master's Raft core has left a probe unanswered (0 while it answers).",
         shared.core_probe.silence().as_secs_f64(),
     );
+    gauge(
+        "corral_raft_log_flush_outstanding_seconds",
+        "How long this master's Raft log flusher has been on its current write and flush (0 while idle).",
+        shared.log.flush_outstanding().as_secs_f64(),
+    );
     let leading = match shared.leader.get() {
         Some(leader) => leader
             .ask(|_, soft| {
@@ -317,6 +322,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         flush.flushes as f64,
     );
     counter(
+        "corral_raft_log_leader_appends_total",
+        "Appends of this master's own entries as leader, sent to followers while its flush runs instead of after it.",
+        flush.leader_appends as f64,
+    );
+    counter(
         "corral_raft_log_flush_waiters_total",
         "Appends, votes, purges and truncations made durable by those flushes.",
         flush.callbacks as f64,
@@ -405,6 +415,16 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         "corral_raft_apply_seconds_total",
         "Time applying those runs (decoding, the state's lock, the commands).",
         apply.nanos as f64 / 1e9,
+    );
+    counter(
+        "corral_raft_apply_durable_waits_total",
+        "Runs of committed entries that first waited for this master's own log flush (a leader's entries commit before they are on its disk, and apply only once they are).",
+        apply.durable_waits as f64,
+    );
+    counter(
+        "corral_raft_apply_durable_wait_seconds_total",
+        "Time those runs waited for this master's own log flush.",
+        apply.durable_wait_nanos as f64 / 1e9,
     );
     let lat = shared.writer.latency();
     let _ = writeln!(

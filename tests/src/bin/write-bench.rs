@@ -331,6 +331,18 @@ fn hop_lines(before: &[String], after: &[String], writes: f64, client_mean_us: O
         )
     });
     let apply = hop("corral_raft_apply_seconds_total", "corral_raft_apply_calls_total");
+    // Apply runs that waited for the leader's own flush (its entries commit on the
+    // followers' flushes and its own in parallel), and the mean wait over all runs.
+    let gate_wait = hop(
+        "corral_raft_apply_durable_wait_seconds_total",
+        "corral_raft_apply_calls_total",
+    );
+    let calls = delta(0, "corral_raft_apply_calls_total");
+    let gated = if calls > 0.0 {
+        delta(0, "corral_raft_apply_durable_waits_total") / calls * 100.0
+    } else {
+        0.0
+    };
     let per_flush = |name: &str| mean_us(delta(0, name), flushes);
     let mut lines = vec![format!(
         "leader log: {:.2} flushes/write; per flush: sled write {:.0} µs (flusher thread), sled flush {:.0} µs, fdatasync {:.0} µs",
@@ -349,7 +361,7 @@ fn hop_lines(before: &[String], after: &[String], writes: f64, client_mean_us: O
         "per write, means in µs: {front}queued {queued:.0} + entry proposed to applied {commit:.0}"
     ));
     lines.push(format!(
-        "  within it: leader's durable append {durable:.0}; AppendEntries round trip {rpc:.0}, of which the follower served {:.0}; apply {apply:.0}",
+        "  within it: leader's durable append {durable:.0}, beside the AppendEntries round trip {rpc:.0}, of which the follower served {:.0}; then apply {apply:.0}, which waited for the leader's flush in {gated:.0}% of runs ({gate_wait:.0} µs per run)",
         mean_us(served_s, served_n),
     ));
     lines
