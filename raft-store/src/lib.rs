@@ -246,10 +246,29 @@ where
     let mark = Arc::new(mark);
     // The vote, before anything is appended: whether an append is a leader's own depends on
     // it (see `log_store`).
-    let vote: Option<openraft::Vote<u64>> = match disk.meta.get(log_store::KEY_VOTE)? {
+    let mut vote: Option<openraft::Vote<u64>> = match disk.meta.get(log_store::KEY_VOTE)? {
         Some(bytes) => Some(decode(log_store::KEY_VOTE, &bytes)?),
         None => None,
     };
+    if options.leader_appends_before_flush {
+        if let Some(v) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(identity.node_id)) {
+            // This node led term T when it stopped. openraft 0.9 would resume leading T at
+            // once, appending after what its log kept; but a leader's own entries go out
+            // before they are durable, so a crash may have lost entries of T that followers
+            // hold, and new entries would reuse their (term, index) ids. It restarts as a
+            // candidate of T instead (it did vote for itself in T; that vote stands) and must
+            // win a later term to lead again.
+            let downgraded = openraft::Vote::new(v.leader_id().get_term(), identity.node_id);
+            disk.meta
+                .insert(log_store::KEY_VOTE, encode(log_store::KEY_VOTE, &downgraded)?)?;
+            disk.flush_all()?;
+            tracing::info!(
+                term = v.leader_id().get_term(),
+                "was the leader: restarting as a candidate of its term"
+            );
+            vote = Some(downgraded);
+        }
+    }
     // Set to the log's end once it is verified; the flusher raises it from there.
     let (durable_tx, durable_rx) = tokio::sync::watch::channel(flusher::Durability::default());
     let flusher = Flusher::start(

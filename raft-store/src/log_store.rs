@@ -45,6 +45,12 @@
 //! votes and log comparisons count them, which is the conservative side. Membership
 //! entries keep the strict rule: openraft moves to the next configuration on its own
 //! "committed", so those must be on a majority's disks when it says so.
+//!
+//! A leader that stops no longer has everything it sent on its disk, so it must not resume
+//! leading the same term after a restart, as openraft 0.9 would (its new entries would reuse
+//! the ids of entries that a crash lost here and the followers kept). At open, a committed
+//! vote for this node is saved back as this node's uncommitted vote of the same term
+//! (`open`): it restarts as a candidate and leads again only in a later term.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -878,6 +884,47 @@ mod tests {
         assert_eq!(log.clamp_commit(Some(entry(2, 3).log_id)), Some(entry(2, 3).log_id));
     }
 
+    /// A leader that stops restarts as a candidate of its term (its committed vote saved
+    /// back uncommitted), so that it cannot resume the term with entries lost in a crash;
+    /// without the option, and for a follower's vote, the vote is kept as it was.
+    #[tokio::test]
+    async fn a_leader_restarts_as_a_candidate_of_its_term() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let led = openraft::Vote::new_committed(5, 1);
+        {
+            let (mut log, _sm) = open_store(dir.path());
+            log.save_vote(&led).await.unwrap();
+        }
+        {
+            // Option off: kept.
+            let (mut log, _sm) = open_store(dir.path());
+            assert_eq!(log.read_vote().await.unwrap(), Some(led));
+        }
+        {
+            let (mut log, _sm) = open_leader_store(dir.path());
+            let vote = log.read_vote().await.unwrap().unwrap();
+            assert_eq!(vote, openraft::Vote::new(5, 1));
+            assert!(!vote.is_committed());
+            // Its appends are not a leader's own until it wins a later term.
+            let release = hold_flusher(&log);
+            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+            log.append_reporting(vec![entry(5, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+                .unwrap();
+            assert!(reported.try_recv().is_err(), "reported before durable");
+            release.send(()).unwrap();
+            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+            assert_eq!(ok.expect("reported once durable"), Some(true));
+            // A follower's committed vote is kept.
+            log.save_vote(&openraft::Vote::new_committed(6, 2)).await.unwrap();
+        }
+        let (mut log, _sm) = open_leader_store(dir.path());
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(openraft::Vote::new_committed(6, 2))
+        );
+    }
+
     /// The flusher's outstanding time is zero while it is idle and grows while a batch is
     /// held up (a stuck disk), back to zero once it completes.
     #[tokio::test]
@@ -948,16 +995,6 @@ mod tests {
             assert_eq!(ok.expect("reported once durable"), Some(true), "{vote}");
         }
         assert_eq!(log.flush_stats().leader_appends, 0);
-        // The vote is known again after a reopen: a leader's appends are its own at once.
-        drop(log);
-        drop(_sm);
-        let (log, _sm) = open_leader_store(dir.path());
-        let release = hold_flusher(&log);
-        let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
-        log.append_reporting(vec![entry(4, 6)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
-            .unwrap();
-        assert_eq!(reported.try_recv(), Ok(true));
-        release.send(()).unwrap();
     }
 
     /// A purge returns once the purge point is durable, without waiting for anything to be
