@@ -148,9 +148,8 @@ pub(crate) struct Counters {
     appends: AtomicU64,
     append_wait_nanos: AtomicU64,
     leader_appends: AtomicU64,
-    /// When the batch in hand began, in nanoseconds after `base` plus one (0: idle).
-    busy_since: AtomicU64,
-    base: Option<Instant>,
+    /// When the batch in hand began (None: idle).
+    busy_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Counters {
@@ -167,21 +166,8 @@ impl Counters {
         }
     }
 
-    fn with_base() -> Counters {
-        Counters {
-            base: Some(Instant::now()),
-            ..Counters::default()
-        }
-    }
-
-    fn nanos_since_base(&self, at: Instant) -> u64 {
-        let base = self.base.unwrap_or(at);
-        u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1) + 1
-    }
-
     fn busy(&self, since: Option<Instant>) {
-        let v = since.map_or(0, |at| self.nanos_since_base(at));
-        self.busy_since.store(v, Ordering::Relaxed);
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
     }
 
     /// How long the thread has been on the batch in hand (writing it, flushing it,
@@ -189,12 +175,8 @@ impl Counters {
     /// completing flushes shows here, even where nobody waits on the flush (a leader's own
     /// appends, see `log_store`).
     pub(crate) fn outstanding(&self) -> Duration {
-        let since = self.busy_since.load(Ordering::Relaxed);
-        if since == 0 {
-            return Duration::ZERO;
-        }
-        let now = self.nanos_since_base(Instant::now());
-        Duration::from_nanos(now.saturating_sub(since))
+        let since = *self.busy_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map_or(Duration::ZERO, |at| at.elapsed())
     }
 
     /// Count one append of the leader's reported before it was durable.
@@ -229,7 +211,7 @@ impl Flusher {
         name: String,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let counters = Arc::new(Counters::with_base());
+        let counters = Arc::new(Counters::default());
         let for_thread = counters.clone();
         let thread = thread::Builder::new()
             .name(name)

@@ -799,10 +799,6 @@ mod tests {
         names
     }
 
-    fn hold_flusher(log: &super::LogStore<Cfg>) -> std::sync::mpsc::Sender<()> {
-        log.hold_flusher()
-    }
-
     /// An append returns without waiting for sled or the disk, and is readable at once:
     /// shown with the flusher thread held up. (openraft 0.9 then awaits the callback; the
     /// insert into sled is no longer its work.)
@@ -810,7 +806,7 @@ mod tests {
     async fn appends_return_and_are_readable_while_the_flusher_is_held_up() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _sm) = open_store(dir.path());
-        let release = hold_flusher(&log);
+        let release = log.hold_flusher();
 
         let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
         for batch in [vec![entry(1, 0), entry(1, 1), entry(1, 2)], vec![entry(1, 3)]] {
@@ -849,7 +845,7 @@ mod tests {
         append_durably(&log, vec![entry(1, 0), entry(1, 1)]).await;
         // Node 1 (this store) leads term 2.
         log.save_vote(&openraft::Vote::new_committed(2, 1)).await.unwrap();
-        let release = hold_flusher(&log);
+        let release = log.hold_flusher();
 
         let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
         log.append_reporting(
@@ -907,7 +903,7 @@ mod tests {
             assert_eq!(vote, openraft::Vote::new(5, 1));
             assert!(!vote.is_committed());
             // Its appends are not a leader's own until it wins a later term.
-            let release = hold_flusher(&log);
+            let release = log.hold_flusher();
             let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
             log.append_reporting(vec![entry(5, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
                 .unwrap();
@@ -933,7 +929,7 @@ mod tests {
         let (log, _sm) = open_store(dir.path());
         append_durably(&log, vec![entry(1, 0)]).await;
         assert_eq!(log.flush_outstanding(), Duration::ZERO);
-        let release = hold_flusher(&log);
+        let release = log.hold_flusher();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while log.flush_outstanding() < Duration::from_millis(100) {
             assert!(std::time::Instant::now() < deadline, "never outstanding");
@@ -959,7 +955,7 @@ mod tests {
         {
             let (mut log, _sm) = open_store(dir.path());
             log.save_vote(&openraft::Vote::new_committed(2, 1)).await.unwrap();
-            let release = hold_flusher(&log);
+            let release = log.hold_flusher();
             let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
             log.append_reporting(vec![entry(2, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
                 .unwrap();
@@ -985,7 +981,7 @@ mod tests {
         ];
         for (vote, entries) in cases {
             log.save_vote(&vote).await.unwrap();
-            let release = hold_flusher(&log);
+            let release = log.hold_flusher();
             let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
             log.append_reporting(entries.clone(), Box::new(move |r| tx.send(r.is_ok()).unwrap()))
                 .unwrap();
@@ -1194,7 +1190,7 @@ mod tests {
         use openraft::storage::RaftLogStorage;
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _sm) = open_store(dir.path());
-        let release = hold_flusher(&log);
+        let release = log.hold_flusher();
         let (tx, mut durable) = tokio::sync::mpsc::unbounded_channel();
         let t1 = tx.clone();
         log.queue_append(
