@@ -658,7 +658,10 @@ impl Master {
     /// decode): a master in that state can never vote or apply again, so the caller must
     /// end the process rather than leave it up looking alive (R1). Returns why it stopped.
     pub async fn raft_stopped(&self) -> String {
-        let mut metrics = self.shared.raft.metrics();
+        // The core reports its end (running_state) in the full metrics just before it
+        // drops its senders; waiting on those would wake this task after every turn of the
+        // core, several times per write. The server metrics' sender goes at the same end.
+        let mut metrics = self.shared.raft.server_metrics();
         loop {
             if let Some(why) = self.shared.raft_failure() {
                 return why;

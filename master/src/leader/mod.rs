@@ -72,14 +72,17 @@ async fn end_term(shared: &Shared, t: Term) {
 /// subsystems and every read see everything acknowledged before (Raft's rule that a leader
 /// commits an entry of its own term before it serves; Nomad's barrier on leadership).
 pub async fn run_leadership(shared: Shared, mut stop: watch::Receiver<bool>) {
-    let mut metrics = shared.raft.metrics();
+    // The server metrics (vote, role, leader, membership) change only when one of those
+    // does; the full metrics are sent after every turn of the Raft core, several times per
+    // write, and each send would wake this task on another thread for nothing.
+    let mut metrics = shared.raft.server_metrics();
     let mut current: Option<Term> = None;
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
             (
                 m.state == ServerState::Leader && m.current_leader == Some(shared.config.id),
-                m.current_term,
+                m.vote.leader_id().get_term(),
             )
         };
         let running = current.as_ref().map(|t| t.term);

@@ -58,13 +58,19 @@ impl Hub {
 
 /// Publish what changes (leader, agents, frameworks, tasks) until `stop`.
 pub async fn publish(shared: Shared, Joins(mut joins): Joins, mut stop: watch::Receiver<bool>) {
-    let mut metrics = shared.raft.metrics();
+    // Who leads is in the server metrics, which change only with it (or the vote, role or
+    // membership); applies move the data metrics, followed only while someone watches
+    // (`view` is held exactly then). The full metrics are sent after every turn of the
+    // Raft core, several times per write, whether anything changed or not.
+    let mut server = shared.raft.server_metrics();
+    let mut data = shared.raft.data_metrics();
     let mut view: Option<crate::state::changes::WatchView> = None;
     let mut leader: Option<(u64, u64)> = None;
     let events = shared.watch.events.clone();
     loop {
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = server.changed() => if changed.is_err() { return },
+            changed = data.changed(), if view.is_some() => if changed.is_err() { return },
             join = joins.recv() => {
                 let Some(reply) = join else { return };
                 // Subscribed at the view the next diff starts from: nothing applied after
@@ -83,9 +89,10 @@ pub async fn publish(shared: Shared, Joins(mut joins): Joins, mut stop: watch::R
             _ = tokio::time::sleep(WATCH_COALESCE) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        data.mark_unchanged();
         let (term, current) = {
-            let m = metrics.borrow_and_update();
-            (m.current_term, m.current_leader)
+            let m = server.borrow_and_update();
+            (m.vote.leader_id().get_term(), m.current_leader)
         };
         let now = (current.unwrap_or(0), term);
         if leader != Some(now) {
