@@ -10,6 +10,12 @@
 //!   key; writes per second, and the servers' CPU time per write (every member's, from
 //!   `/proc`).
 //!
+//! Before the blocks it measures the disk itself: a small `pwrite` + `fdatasync` (the floor
+//! under any durable append here). For every sequential block it also prints the servers' context switches per write, by
+//! thread group (from `/proc/<pid>/task`): how many times a write makes some thread block
+//! and wake again, which on a 2-core machine is where a write's time goes. Corral's blocks
+//! add the leader's hop-by-hop counters from `/metrics`.
+//!
 //! ```sh
 //! cargo build --release --bins
 //! target/release/write-bench [--blocks 3] [--seconds 3] [--clients 32]
@@ -17,6 +23,7 @@
 //!
 //! etcd runs with heartbeat 30 ms and election timeout 150 ms; Corral with its defaults.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,6 +285,97 @@ fn cpu_us(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// What this machine's disk itself takes to make a small write durable: `pwrite` of 300
+/// bytes (a sequential write's log entry is about that size) and `fdatasync`, 1,000 times at
+/// successive offsets of a file in the temp dir (where the masters' data dirs are), as the
+/// median in µs. Once into space allocated beforehand (as etcd's WAL preallocates its
+/// segments), once at the end of a growing file (as sled's files grow), which also makes
+/// the file system commit the new size. The floor under any durable append on this disk;
+/// `None` if the probe could not run.
+fn disk_floor_us() -> Option<(f64, f64)> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    const WRITES: usize = 1000;
+    const ENTRY: [u8; 300] = [7; 300];
+    let probe = |preallocate: bool| -> Option<f64> {
+        let file = tempfile::tempfile().ok()?;
+        if preallocate {
+            let len = i64::try_from(WRITES * ENTRY.len()).ok()?;
+            // SAFETY: a valid open descriptor, offset and length in range.
+            if unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } != 0 {
+                return None;
+            }
+            file.sync_all().ok()?;
+        }
+        let mut took = Vec::with_capacity(WRITES);
+        for i in 0..WRITES {
+            let at = Instant::now();
+            file.write_all_at(&ENTRY, (i * ENTRY.len()) as u64).ok()?;
+            file.sync_data().ok()?;
+            took.push(at.elapsed().as_secs_f64() * 1e6);
+        }
+        Some(median(took))
+    };
+    Some((probe(true)?, probe(false)?))
+}
+
+/// Context switches so far (voluntary and involuntary) of every thread of these processes,
+/// by thread group: the thread's name without its trailing digits ("raft-1" and "raft-2"
+/// are "raft-", "sled-io-12" is "sled-io-"). Every switch is a hand-off or a wait: a thread
+/// that blocked (on a lock, a channel, the disk) and was woken again, or was preempted.
+/// Threads that ended between two readings take their counts with them.
+fn switches(pids: &[u32]) -> BTreeMap<String, u64> {
+    let mut groups = BTreeMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let (Ok(comm), Ok(status)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue;
+            };
+            let count = |field: &str| -> u64 {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let n = count("voluntary_ctxt_switches:") + count("nonvoluntary_ctxt_switches:");
+            let group = comm.trim().trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+            *groups.entry(group).or_insert(0) += n;
+        }
+    }
+    groups
+}
+
+/// The context switches per write between two [`switches`] readings: the total over every
+/// process, then the groups with at least one switch per write, busiest first.
+fn switch_line(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, writes: f64) -> String {
+    let mut groups: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(g, n)| {
+            let d = n.saturating_sub(before.get(g).copied().unwrap_or(0));
+            (g.as_str(), d as f64 / writes.max(1.0))
+        })
+        .collect();
+    let total: f64 = groups.iter().map(|(_, n)| n).sum();
+    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let parts: Vec<String> = groups
+        .iter()
+        .filter(|(_, n)| *n >= 1.0)
+        .map(|(g, n)| format!("{g} {n:.1}"))
+        .collect();
+    format!(
+        "context switches per write, all 3 processes: {total:.1} ({})",
+        parts.join(", ")
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     percentile(&v, 50.0)
@@ -490,6 +588,12 @@ async fn bench() {
         args.seconds,
         args.clients
     );
+    match disk_floor_us() {
+        Some((preallocated, growing)) => println!(
+            "this disk: pwrite of 300 bytes + fdatasync, median {preallocated:.0} µs into preallocated space, {growing:.0} µs at the end of a growing file"
+        ),
+        None => println!("this disk: the pwrite + fdatasync probe could not run"),
+    }
     // Warm up: connections, page cache, allocator, both systems' first elections settled.
     for t in &targets {
         if let Err(e) = sequential(t, 1).await {
@@ -506,6 +610,7 @@ async fn bench() {
         for &i in &order {
             let t = &targets[i];
             let before = read_metrics(&t.members).await;
+            let switched = switches(&t.pids);
             let lat = match sequential(t, args.seconds).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -518,6 +623,10 @@ async fn bench() {
                 "block {block}: {:<6} sequential  {:>6} writes  p50 {p50:>6.3} ms  p99 {p99:>6.3} ms",
                 t.system.name(),
                 lat.len()
+            );
+            println!(
+                "         {}",
+                switch_line(&switched, &switches(&t.pids), lat.len() as f64)
             );
             if t.system == System::Corral {
                 let after = read_metrics(&t.members).await;
@@ -592,4 +701,44 @@ async fn bench() {
         );
     }
     drop(etcd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_are_grouped_by_thread_name_and_counted_per_write() {
+        let before = BTreeMap::from([("raft-".to_string(), 100), ("sled-io-".to_string(), 50)]);
+        let after = BTreeMap::from([
+            ("raft-".to_string(), 400),
+            ("sled-io-".to_string(), 950),
+            ("tokio-rt-worker".to_string(), 20),
+        ]);
+        // 300 writes: raft- 1.0, sled-io- 3.0, tokio-rt-worker 0.07 (under one, not listed).
+        assert_eq!(
+            switch_line(&before, &after, 300.0),
+            "context switches per write, all 3 processes: 4.1 (sled-io- 3.0, raft- 1.0)"
+        );
+    }
+
+    #[test]
+    fn this_process_threads_are_read_under_their_names() {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let probe = std::thread::Builder::new()
+            .name("probe-7".into())
+            .spawn(move || {
+                let _ = started.send(());
+                // Blocks (a context switch) until the reading is done.
+                let _ = wait.recv();
+            })
+            .expect("spawn a thread");
+        running.recv().expect("the probe thread started");
+        let groups = switches(&[std::process::id()]);
+        let _ = done.send(());
+        probe.join().expect("the probe thread ends");
+        assert!(groups.contains_key("probe-"), "{groups:?}");
+        assert!(groups.values().sum::<u64>() > 0, "{groups:?}");
+    }
 }
