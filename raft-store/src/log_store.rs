@@ -880,6 +880,23 @@ mod tests {
         assert_eq!(log.clamp_commit(Some(entry(2, 3).log_id)), Some(entry(2, 3).log_id));
     }
 
+    /// Append `entries` with the flusher held and check that they are reported to openraft
+    /// only once durable: not while the flush is held, and successfully once it is released.
+    async fn assert_reported_only_once_durable(
+        log: &super::LogStore<Cfg>,
+        entries: Vec<openraft::Entry<Cfg>>,
+        case: &str,
+    ) {
+        let release = log.hold_flusher();
+        let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
+        log.append_reporting(entries, Box::new(move |r| tx.send(r.is_ok()).unwrap()))
+            .unwrap();
+        assert!(reported.try_recv().is_err(), "{case}: reported before durable");
+        release.send(()).unwrap();
+        let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
+        assert_eq!(ok.expect("reported once durable"), Some(true), "{case}");
+    }
+
     /// A leader that stops restarts as a candidate of its term (its committed vote saved
     /// back uncommitted), so that it cannot resume the term with entries lost in a crash;
     /// without the option, and for a follower's vote, the vote is kept as it was.
@@ -903,14 +920,7 @@ mod tests {
             assert_eq!(vote, openraft::Vote::new(5, 1));
             assert!(!vote.is_committed());
             // Its appends are not a leader's own until it wins a later term.
-            let release = log.hold_flusher();
-            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
-            log.append_reporting(vec![entry(5, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
-                .unwrap();
-            assert!(reported.try_recv().is_err(), "reported before durable");
-            release.send(()).unwrap();
-            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
-            assert_eq!(ok.expect("reported once durable"), Some(true));
+            assert_reported_only_once_durable(&log, vec![entry(5, 0)], "restarted as a candidate").await;
             // A follower's committed vote is kept.
             log.save_vote(&openraft::Vote::new_committed(6, 2)).await.unwrap();
         }
@@ -955,14 +965,7 @@ mod tests {
         {
             let (mut log, _sm) = open_store(dir.path());
             log.save_vote(&openraft::Vote::new_committed(2, 1)).await.unwrap();
-            let release = log.hold_flusher();
-            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
-            log.append_reporting(vec![entry(2, 0)], Box::new(move |r| tx.send(r.is_ok()).unwrap()))
-                .unwrap();
-            assert!(reported.try_recv().is_err(), "option off: reported before durable");
-            release.send(()).unwrap();
-            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
-            assert_eq!(ok.expect("reported once durable"), Some(true));
+            assert_reported_only_once_durable(&log, vec![entry(2, 0)], "option off").await;
         }
         let (mut log, _sm) = open_leader_store(dir.path());
         let membership = |term: u64, index: u64| openraft::Entry::<Cfg> {
@@ -981,14 +984,7 @@ mod tests {
         ];
         for (vote, entries) in cases {
             log.save_vote(&vote).await.unwrap();
-            let release = log.hold_flusher();
-            let (tx, mut reported) = tokio::sync::mpsc::unbounded_channel();
-            log.append_reporting(entries.clone(), Box::new(move |r| tx.send(r.is_ok()).unwrap()))
-                .unwrap();
-            assert!(reported.try_recv().is_err(), "{vote}: reported before durable");
-            release.send(()).unwrap();
-            let ok = tokio::time::timeout(Duration::from_secs(10), reported.recv()).await;
-            assert_eq!(ok.expect("reported once durable"), Some(true), "{vote}");
+            assert_reported_only_once_durable(&log, entries, &vote.to_string()).await;
         }
         assert_eq!(log.flush_stats().leader_appends, 0);
     }
