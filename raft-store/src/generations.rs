@@ -265,16 +265,14 @@ impl Disk {
     /// new one if the newest is full.
     pub(crate) fn append(&self, items: Vec<([u8; 8], sled::IVec)>, bytes: u64) -> Result<(), sled::Error> {
         let newest = self.newest_with_room().map_err(StoreError::into_sled)?;
-        // A lone entry is a plain insert: a sled batch costs an extra manifest record, which
-        // sled writes and syncs separately. Several entries go in one atomic batch.
-        if let [(key, value)] = items.as_slice() {
-            newest.tree.insert(key, value.clone())?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, value) in items {
-                batch.insert(&key, value);
-            }
-            newest.tree.apply_batch(batch)?;
+        // Plain inserts, in index order, not an atomic `sled::Batch`. sled recovers a prefix
+        // of what was written to it (its log is replayed up to the first message missing), so
+        // a crash in the middle of an append leaves a shorter log, never a hole, and a log
+        // may lose any suffix that was not yet reported durable. A batch would cost two more
+        // writes of sled's own, each a device wait on its I/O pool: `pin_log` seals and writes
+        // the buffer in hand, then writes the batch's manifest in a buffer of its own.
+        for (key, value) in items {
+            newest.tree.insert(key, value)?;
         }
         newest.appended.fetch_add(bytes, Ordering::Relaxed);
         newest.dirty.store(true, Ordering::Release);
