@@ -18,7 +18,10 @@
 //!   thesis 9.6), miss the leader too. A master that alone does not hear a live leader (its
 //!   runtime starved, a one-sided partition) so never bumps the term and deposes it; it
 //!   asks again after a short wait. A voter that granted a peer's pre-vote in the last
-//!   `t/2` leaves the election to that peer rather than split the vote;
+//!   `t/2` leaves the election to that peer rather than split the vote, and so does one
+//!   that granted it while asking for its own, if that peer goes first by [`yields_to`]
+//!   (the longer log, then the lower id): two followers that miss their leader at the same
+//!   moment otherwise both stand, and the split term costs an undecided round;
 //! - **an election is undecided**: no leader `0.75t..1.5t` (drawn anew each round) after its
 //!   term last changed, as a candidate or as a follower that voted in a term nobody won
 //!   yet (no lease is at stake then);
@@ -66,6 +69,25 @@ struct Hints {
     outlogged_at: Option<Instant>,
     stand_now: bool,
     granted_pre_vote_at: Option<Instant>,
+    /// The last pre-vote this master granted: to whom, and that peer's log.
+    granted_to: Option<Grant>,
+}
+
+/// A pre-vote this master granted.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    at: Instant,
+    candidate: NodeId,
+    last_log_index: Option<u64>,
+}
+
+/// Whether a master that asked for pre-votes at the same moment as `peer` leaves the
+/// election to it: two followers that both miss their leader, ask each other at once and
+/// both grant would both stand, each vote for itself, and split the term. One rule, the
+/// same on both sides, picks one of them: the longer log stands (the other could not win
+/// against it), and between equal logs the lower id.
+pub fn yields_to(me: NodeId, my_last: Option<u64>, peer: NodeId, peer_last: Option<u64>) -> bool {
+    (peer_last, std::cmp::Reverse(peer)) > (my_last, std::cmp::Reverse(me))
 }
 
 impl Elections {
@@ -80,13 +102,24 @@ impl Elections {
         self.0.wake.notify_one();
     }
 
-    /// This master granted a peer's pre-vote: the peer is about to stand.
-    pub fn granted_pre_vote(&self) {
-        self.0
-            .hints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .granted_pre_vote_at = Some(Instant::now());
+    /// This master granted `candidate`'s pre-vote: the peer is about to stand.
+    pub fn granted_pre_vote(&self, candidate: NodeId, last_log_index: Option<u64>) {
+        let now = Instant::now();
+        let mut h = self.0.hints.lock().unwrap_or_else(|p| p.into_inner());
+        h.granted_pre_vote_at = Some(now);
+        h.granted_to = Some(Grant {
+            at: now,
+            candidate,
+            last_log_index,
+        });
+    }
+
+    /// The peer whose pre-vote this master granted at or after `since`, and its log.
+    fn granted_since(&self, since: Instant) -> Option<(NodeId, Option<u64>)> {
+        let h = self.0.hints.lock().unwrap_or_else(|p| p.into_inner());
+        h.granted_to
+            .filter(|g| g.at >= since)
+            .map(|g| (g.candidate, g.last_log_index))
     }
 
     fn take(&self) -> Hints {
@@ -252,6 +285,14 @@ impl Clock {
         self.plan = None;
         self.retry_at = Some(now + t.mul_f64(draw(0.2, 0.9)));
     }
+
+    /// The pre-vote was granted, but a peer that asked at the same moment goes first
+    /// ([`yields_to`]): no stand. The grant this master gave that peer holds it back for
+    /// `t/2` (see [`Clock::decide`]); if no leader is heard by then, it asks again.
+    pub fn yielded(&mut self) {
+        self.stood = None;
+        self.plan = None;
+    }
 }
 
 /// Drive this master's elections until `stop` (see the module docs).
@@ -315,6 +356,7 @@ pub async fn run(
                     term,
                     last_log_index,
                 };
+                let asked = Instant::now();
                 let granted = pre_vote(&network, &peers, &req, election_timeout / 2).await;
                 // This master's own vote and the granted ones: a majority of all voters?
                 let (votes, voters) = (granted + 1, peers.len() + 1);
@@ -322,6 +364,13 @@ pub async fn run(
                     tracing::debug!(term, granted, "pre-vote refused: the leader is alive");
                     clock.refused(Instant::now(), election_timeout, &mut draw);
                     continue;
+                }
+                if let Some((peer, peer_last)) = elections.granted_since(asked) {
+                    if yields_to(id, last_log_index, peer, peer_last) {
+                        tracing::debug!(term, peer, "a peer asked at the same moment and goes first");
+                        clock.yielded();
+                        continue;
+                    }
                 }
                 "leader silent"
             }
@@ -535,6 +584,61 @@ mod tests {
         assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
         l.now = t0 + ms(150 + 68);
         assert_eq!(c.decide(l, TM, &mut low), Decision::Stand("election undecided"));
+    }
+
+    /// Two masters that ask at once each grant the other: exactly one of them stands.
+    #[test]
+    fn of_two_masters_asking_at_once_exactly_one_goes_first() {
+        for (a, b) in [(1, 2), (2, 1), (3, 7)] {
+            for (la, lb) in [
+                (Some(10), Some(10)),
+                (Some(10), Some(11)),
+                (None, Some(0)),
+                (None, None),
+            ] {
+                let a_yields = yields_to(a, la, b, lb);
+                let b_yields = yields_to(b, lb, a, la);
+                assert!(a_yields != b_yields, "{a}@{la:?} vs {b}@{lb:?}: exactly one yields");
+                // The longer log goes first; between equal logs, the lower id.
+                let a_first = la > lb || (la == lb && a < b);
+                assert_eq!(!a_yields, a_first, "{a}@{la:?} vs {b}@{lb:?}");
+            }
+        }
+    }
+
+    /// A master that yielded is held back by the grant it gave, then asks again if the
+    /// peer did not make it.
+    #[test]
+    fn a_master_that_yielded_asks_again_only_after_the_grant_has_run_out() {
+        let t0 = Instant::now();
+        let mut c = Clock::default();
+        let mut l = look(t0, ServerState::Follower, 5);
+        l.last_heard = Some(t0);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(129);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
+        // While it asked, it granted a peer's pre-vote (at 130 ms), and the peer goes first.
+        c.yielded();
+        l.granted_pre_vote_at = Some(t0 + ms(130));
+        l.now = t0 + ms(131);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(130 + 44);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::Wait);
+        l.now = t0 + ms(130 + 45);
+        assert_eq!(c.decide(l, TM, &mut low), Decision::AskThenStand);
+    }
+
+    /// Only a grant given while this master asked counts, and the latest one.
+    #[test]
+    fn the_grant_that_counts_is_one_given_while_asking() {
+        let e = Elections::default();
+        let before = Instant::now();
+        e.granted_pre_vote(2, Some(7));
+        let asked = Instant::now();
+        assert_eq!(e.granted_since(before), Some((2, Some(7))));
+        assert_eq!(e.granted_since(asked + ms(1)), None);
+        e.granted_pre_vote(3, Some(9));
+        assert_eq!(e.granted_since(asked), Some((3, Some(9))));
     }
 
     #[test]

@@ -627,7 +627,7 @@ impl v1::raft_server::Raft for RaftService {
             .is_none_or(|at| at.elapsed() >= self.pre_vote_silence);
         let granted = !leading && misses_leader && rpc.last_log_index >= last_log_index;
         if granted {
-            self.elections.granted_pre_vote();
+            self.elections.granted_pre_vote(rpc.candidate, rpc.last_log_index);
         }
         tracing::debug!(candidate = rpc.candidate, term = rpc.term, granted, "pre-vote");
         reply::<_, openraft::error::Infallible>(Ok(PreVoteResponse { granted }))
