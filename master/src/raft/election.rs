@@ -322,6 +322,9 @@ pub async fn run(
             let voter = m.membership_config.membership().voter_ids().any(|v| v == id);
             (m.state, m.current_term, voter, m.vote.is_committed(), m.last_log_index)
         };
+        // Taken before the hints: a pre-vote granted after this moment is one the decision
+        // below has not seen, so one given while this master asks (see `yields_to`).
+        let looked = Instant::now();
         let hints = elections.take();
         let look = Look {
             now: Instant::now(),
@@ -356,7 +359,6 @@ pub async fn run(
                     term,
                     last_log_index,
                 };
-                let asked = Instant::now();
                 let granted = pre_vote(&network, &peers, &req, election_timeout / 2).await;
                 // This master's own vote and the granted ones: a majority of all voters?
                 let (votes, voters) = (granted + 1, peers.len() + 1);
@@ -365,7 +367,7 @@ pub async fn run(
                     clock.refused(Instant::now(), election_timeout, &mut draw);
                     continue;
                 }
-                if let Some((peer, peer_last)) = elections.granted_since(asked) {
+                if let Some((peer, peer_last)) = elections.granted_since(looked) {
                     if yields_to(id, last_log_index, peer, peer_last) {
                         tracing::debug!(term, peer, "a peer asked at the same moment and goes first");
                         clock.yielded();

@@ -11,10 +11,10 @@
 //!   `/proc`).
 //!
 //! Before the blocks it measures the disk itself: a small `pwrite` + `fdatasync` (the floor
-//! under any durable append here). For every sequential block it also prints the servers' context switches per write, by
-//! thread group (from `/proc/<pid>/task`): how many times a write makes some thread block
-//! and wake again, which on a 2-core machine is where a write's time goes. Corral's blocks
-//! add the leader's hop-by-hop counters from `/metrics`.
+//! under any durable append here). For every sequential block it also prints the servers'
+//! context switches per write, by thread group (from `/proc/<pid>/task`): how many times a
+//! write makes some thread block and wake again, which on a 2-core machine is where a
+//! write's time goes. Corral's blocks add the leader's hop-by-hop counters from `/metrics`.
 //!
 //! ```sh
 //! cargo build --release --bins
@@ -355,7 +355,7 @@ fn switches(pids: &[u32]) -> BTreeMap<String, u64> {
 
 /// The context switches per write between two [`switches`] readings: the total over every
 /// process, then the groups with at least one switch per write, busiest first.
-fn switch_line(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, writes: f64) -> String {
+fn switch_line(processes: usize, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, writes: f64) -> String {
     let mut groups: Vec<(&str, f64)> = after
         .iter()
         .map(|(g, n)| {
@@ -371,7 +371,7 @@ fn switch_line(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, wr
         .map(|(g, n)| format!("{g} {n:.1}"))
         .collect();
     format!(
-        "context switches per write, all 3 processes: {total:.1} ({})",
+        "context switches per write, all {processes} processes: {total:.1} ({})",
         parts.join(", ")
     )
 }
@@ -626,7 +626,7 @@ async fn bench() {
             );
             println!(
                 "         {}",
-                switch_line(&switched, &switches(&t.pids), lat.len() as f64)
+                switch_line(t.pids.len(), &switched, &switches(&t.pids), lat.len() as f64)
             );
             if t.system == System::Corral {
                 let after = read_metrics(&t.members).await;
@@ -717,7 +717,7 @@ mod tests {
         ]);
         // 300 writes: raft- 1.0, sled-io- 3.0, tokio-rt-worker 0.07 (under one, not listed).
         assert_eq!(
-            switch_line(&before, &after, 300.0),
+            switch_line(3, &before, &after, 300.0),
             "context switches per write, all 3 processes: 4.1 (sled-io- 3.0, raft- 1.0)"
         );
     }
